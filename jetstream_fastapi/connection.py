@@ -1,0 +1,130 @@
+"""The NATS connection: reconnect forever, log its events, and keep secrets out of every text.
+
+nats-py gives up reconnecting after about two minutes by default and closes the client for good; a
+service should instead keep trying until it is told to stop, so ``max_reconnect_attempts`` defaults to
+-1 here. Connect options (credentials, TLS, token, user and password, ...) are passed through to
+``nats.connect`` unchanged; their secret values are replaced by ``***`` in logs, ``repr`` and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from .errors import ConnectError, InvalidArgumentError
+
+logger = logging.getLogger("jetstream_fastapi")
+
+_URL_USERINFO = re.compile(r"(?<=://)[^@/\s]+(?=@)")
+_SECRET_OPTIONS = ("password", "token", "nkeys_seed_str", "user")
+_OWN_CALLBACKS = ("error_cb", "disconnected_cb", "reconnected_cb", "closed_cb")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the user, password or token it may carry."""
+    return _URL_USERINFO.sub("***", url)
+
+
+class Redactor:
+    """Replaces known secrets in text with ``***``."""
+
+    def __init__(self, servers: Sequence[str], options: Mapping[str, Any]) -> None:
+        secrets: set[str] = set()
+        for url in servers:
+            for userinfo in _URL_USERINFO.findall(url):
+                secrets.add(userinfo)
+                secrets.update(part for part in userinfo.split(":") if part)
+        secrets.update(str(options[key]) for key in _SECRET_OPTIONS if isinstance(options.get(key), str))
+        # Longest first, so that a password containing a shorter secret is still hidden whole.
+        self._secrets = sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class Connection:
+    """Opens and closes one nats-py client, forwarding connection events to ``listener`` callbacks."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        connect_timeout: float,
+        options: Mapping[str, Any],
+        on_disconnected: Callable[[], None],
+        on_reconnected: Callable[[], None],
+    ) -> None:
+        clashing = set(options) & {"servers", *_OWN_CALLBACKS}
+        if clashing:
+            raise InvalidArgumentError(f"connect options {sorted(clashing)} are set by the broker itself")
+        self.servers = list(servers)
+        self.connect_timeout = connect_timeout
+        self._options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 2, **options}
+        self.redact = Redactor(self.servers, options)
+        self._on_disconnected = on_disconnected
+        self._on_reconnected = on_reconnected
+        self._last_error: BaseException | None = None
+
+    async def open(self) -> NATS:
+        """Connect within ``connect_timeout`` or raise :class:`ConnectError` with a clear, secret-free reason."""
+        nc = NATS()
+        self._last_error = None
+        # nats-py's own attempt timeout must fit in ours, or a black-holed address eats the whole budget.
+        attempt_timeout = max(1, min(int(self.connect_timeout), int(self._options.get("connect_timeout", 2))))
+        options = {**self._options, "connect_timeout": attempt_timeout}
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=self.servers,
+                    error_cb=self._error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    closed_cb=self._closed,
+                    **options,
+                ),
+                timeout=self.connect_timeout,
+            )
+        except BaseException as error:
+            await self._abandon(nc)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            cause = self._last_error if isinstance(error, TimeoutError) and self._last_error else error
+            raise ConnectError(
+                f"could not connect to NATS at {', '.join(map(redact_url, self.servers))} within "
+                f"{self.connect_timeout:g}s: {self.describe(cause)}"
+            ) from None
+        logger.info("connected to NATS at %s", redact_url(str(nc.connected_url.geturl() if nc.connected_url else "")))
+        return nc
+
+    async def _abandon(self, nc: NATS) -> None:
+        # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=1.0)
+
+    def describe(self, error: BaseException) -> str:
+        """``error`` as ``Type: text`` with secrets removed."""
+        text = str(error).strip() or "no details"
+        return self.redact(f"{type(error).__name__}: {text}")
+
+    async def _error(self, error: Exception) -> None:
+        self._last_error = error
+        logger.warning("NATS connection error: %s", self.describe(error))
+
+    async def _disconnected(self) -> None:
+        logger.warning("disconnected from NATS; reconnecting")
+        self._on_disconnected()
+
+    async def _reconnected(self) -> None:
+        logger.info("reconnected to NATS")
+        self._on_reconnected()
+
+    async def _closed(self) -> None:
+        logger.info("NATS connection closed")

@@ -1,0 +1,70 @@
+"""Consumer configs: what a subscription asks the server for, and reconciling an existing durable.
+
+``pull_subscribe(config=...)`` in nats-py silently ignores the config of an existing durable; here the
+server's config is compared with the wanted one, differences are logged, and the consumer is updated
+(the server's create-or-update), or :class:`~jetstream_fastapi.errors.ConsumerConfigError` says why not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+from nats.js.manager import JetStreamManager
+
+from .consuming import ConsumerSettings
+from .errors import ConsumerConfigError
+
+logger = logging.getLogger("jetstream_fastapi")
+
+_POLICIES = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST}
+# Fields this library sets and keeps in line on an existing consumer.
+_RECONCILED = ("filter_subject", "ack_wait", "max_deliver", "max_ack_pending", "inactive_threshold")
+
+
+def consumer_config(name: str, subject: str, settings: ConsumerSettings, *, durable: bool) -> ConsumerConfig:
+    """The config for a pull consumer named ``name`` on ``subject``: explicit ack, bounded redelivery."""
+    policy = settings.deliver_policy or ("all" if durable else "new")
+    return ConsumerConfig(
+        name=name,
+        durable_name=name if durable else None,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+        deliver_policy=_POLICIES[policy],
+        inactive_threshold=None if durable else settings.inactive_threshold,
+    )
+
+
+async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:
+    """Create the consumer, or update it when the server's config differs from ``config``."""
+    assert config.name is not None
+    try:
+        info = await jsm.consumer_info(stream, config.name)
+    except NotFoundError:
+        info = None
+    if info is not None:
+        differences = {
+            field: (getattr(config, field), getattr(info.config, field))
+            for field in _RECONCILED
+            if not _same(getattr(config, field), getattr(info.config, field))
+        }
+        if not differences:
+            return
+        logger.warning("consumer %s on stream %s differs, updating: %s", config.name, stream, differences)
+    try:
+        await jsm.add_consumer(stream, config)
+    except APIError as error:
+        action = "update" if info is not None else "create"
+        raise ConsumerConfigError(
+            f"could not {action} consumer {config.name!r} on stream {stream!r}: {error.description}"
+        ) from None
+
+
+def _same(want: object, have: object) -> bool:
+    if isinstance(want, float | int) and isinstance(have, float | int):
+        return abs(want - have) < 1e-6
+    return want == have

@@ -1,0 +1,157 @@
+"""What both brokers share about consuming: resolved consumer settings and the handler's verdict.
+
+A message's fate is decided here, once, so the in-memory broker and the JetStream worker cannot drift:
+the handler returns → ack; raises :class:`Retry` → nak after its delay; raises :class:`Reject` → terminate;
+raises anything else → nak after the backoff delay, or terminate when it was the last allowed attempt.
+Imports nothing from ``nats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from .driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
+from .errors import InvalidArgumentError, InvalidHandlerError
+
+logger = logging.getLogger("jetstream_fastapi")
+
+DeliverPolicy = Literal["all", "new", "last"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """The consumer options of one subscription, validated (defaults come from the broker)."""
+
+    batch_size: int = 10
+    fetch_wait: float = 5.0
+    concurrency: int = 10
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    deliver_policy: DeliverPolicy | None = None
+    inactive_threshold: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "concurrency", "max_ack_pending"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_deliver, int) or (self.max_deliver < 1 and self.max_deliver != -1):
+            raise InvalidArgumentError(f"max_deliver must be >= 1 (or -1 for unlimited), got {self.max_deliver!r}")
+        for name in ("fetch_wait", "ack_wait", "inactive_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.fetch_wait < 0.2:
+            raise InvalidArgumentError(f"fetch_wait must be at least 0.2 s, got {self.fetch_wait!r}")
+        if self.max_ack_pending < self.concurrency:
+            raise InvalidArgumentError(
+                f"max_ack_pending ({self.max_ack_pending}) must be >= concurrency ({self.concurrency})"
+            )
+        if not isinstance(self.backoff, Backoff):
+            raise InvalidArgumentError(f"backoff must be a Backoff, got {self.backoff!r}")
+        if self.deliver_policy not in (None, "all", "new", "last"):
+            raise InvalidArgumentError(f"deliver_policy must be 'all', 'new' or 'last', got {self.deliver_policy!r}")
+
+    def merged(self, options: ConsumerOptions | Mapping[str, object]) -> ConsumerSettings:
+        """These settings with ``options`` applied; unknown option names raise."""
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise InvalidArgumentError(f"unknown consumer option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
+        if not options:
+            return self
+        changes = dict(options)
+        # A larger concurrency than the default window needs a matching server-side window.
+        if "concurrency" in changes and "max_ack_pending" not in changes:
+            changes["max_ack_pending"] = max(self.max_ack_pending, int(changes["concurrency"]))  # type: ignore[call-overload]
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def is_last_attempt(self, attempt: int) -> bool:
+        """Whether ``attempt`` is the last one ``max_deliver`` allows."""
+        return self.max_deliver != -1 and attempt >= self.max_deliver
+
+
+_OPTION_NAMES = frozenset(ConsumerOptions.__annotations__)
+
+
+class Action(enum.Enum):
+    """What to tell the server about a handled message."""
+
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one handler run: the action, the nak delay, and why it failed."""
+
+    action: Action
+    delay: float = 0.0
+    error: BaseException | None = None
+
+    @property
+    def reason(self) -> str:
+        """A one-line description of the failure, for logs and termination reasons."""
+        if self.error is None:
+            return ""
+        text = str(self.error)
+        return f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
+
+
+ACKED = Verdict(Action.ACK)
+
+
+async def run_handler(handler: Handler, message: Message, settings: ConsumerSettings) -> Verdict:
+    """Run ``handler`` on ``message`` and decide its fate. Never raises, except ``CancelledError``."""
+    try:
+        await handler(message)
+    except Retry as retry:
+        return _failed(message, settings, retry, retry.after)
+    except Reject as reject:
+        _log(logging.WARNING, "rejected as poison", message, reject)
+        return Verdict(Action.TERM, error=reject)
+    except Exception as error:
+        return _failed(message, settings, error, None)
+    return ACKED
+
+
+def _failed(message: Message, settings: ConsumerSettings, error: Exception, after: float | None) -> Verdict:
+    attempt = message.attempt
+    if settings.is_last_attempt(attempt):
+        _log(logging.ERROR, f"failed its last attempt ({attempt}/{settings.max_deliver})", message, error)
+        return Verdict(Action.TERM, error=error)
+    delay = after if after is not None else settings.backoff.delay(attempt, random.random())
+    level = logging.INFO if isinstance(error, Retry) else logging.WARNING
+    _log(level, f"failed attempt {attempt}, redelivery in {delay:.2f}s", message, error)
+    return Verdict(Action.NAK, delay=delay, error=error)
+
+
+def _log(level: int, what: str, message: Message, error: BaseException) -> None:
+    delivery = message.delivery
+    where = f"{delivery.stream}#{delivery.sequence}" if delivery else "?"
+    logger.log(
+        level,
+        "message on %s (%s, msg_id=%s) %s: %s",
+        message.subject,
+        where,
+        message.msg_id,
+        what,
+        f"{type(error).__name__}: {error}",
+        exc_info=error if level >= logging.ERROR and not isinstance(error, Retry | Reject) else None,
+    )
+
+
+def check_handler(handler: object) -> None:
+    """Raise :class:`InvalidHandlerError` unless ``handler`` is an ``async`` callable."""
+    call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects are fine too
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+        raise InvalidHandlerError(f"handler {handler!r} must be an `async def` function taking a Message")

@@ -1,0 +1,257 @@
+"""The contract: messages, the ``Broker`` and ``Subscriber`` protocols, and the handler's steering exceptions.
+
+Business code and its tests can depend on this module alone: it imports nothing from ``nats`` (directly or
+through the modules it imports), so a handler written against :class:`Message` runs unchanged on
+:class:`~jetstream_fastapi.JetStreamBroker`, on :class:`~jetstream_fastapi.InMemoryBroker`, or called
+directly in a unit test::
+
+    from jetstream_fastapi.driver import Message, Retry
+
+    async def process(msg: Message) -> None:
+        if not inventory_ready():
+            raise Retry(after=30)        # nak: redeliver in 30 s
+        handle(msg.body)                 # returning acks the message
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
+
+from .errors import (
+    ConnectError,
+    ConsumerConfigError,
+    InvalidArgumentError,
+    InvalidHandlerError,
+    InvalidQueueError,
+    InvalidSubjectError,
+    JetStreamError,
+    NoStreamError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    PublishError,
+    PublishTimeoutError,
+    StreamConfigError,
+)
+
+__all__ = [
+    "Backoff",
+    "Broker",
+    "ConnectError",
+    "ConsumerConfigError",
+    "ConsumerOptions",
+    "Delivery",
+    "Handler",
+    "InvalidArgumentError",
+    "InvalidHandlerError",
+    "InvalidQueueError",
+    "InvalidSubjectError",
+    "JetStreamError",
+    "Message",
+    "NoStreamError",
+    "NotConnectedError",
+    "PayloadTooLargeError",
+    "PubAck",
+    "PublishError",
+    "PublishTimeoutError",
+    "Reject",
+    "Retry",
+    "StreamConfigError",
+    "Subscriber",
+]
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a received message came from and how often it was delivered."""
+
+    stream: str
+    """Name of the stream that stores the message."""
+    sequence: int
+    """The message's sequence number in its stream."""
+    attempt: int
+    """Delivery attempt, starting at 1; a redelivery after a nak or an ack timeout increases it."""
+    timestamp_ns: int
+    """When the stream stored the message, nanoseconds since the Unix epoch."""
+    consumer: str = ""
+    """Name of the consumer that delivered it (the queue name for a durable consumer)."""
+
+    @property
+    def timestamp(self) -> _dt.datetime:
+        """When the stream stored the message, as an aware UTC ``datetime``."""
+        return _dt.datetime.fromtimestamp(self.timestamp_ns / 1e9, tz=_dt.UTC)
+
+
+@dataclass(slots=True)
+class Message:
+    """A message to publish, or one handed to a handler.
+
+    ``Message(body=b"...")`` is all a publisher needs; a received message also has its ``subject`` and
+    its :class:`Delivery`.
+    """
+
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    subject: str = ""
+    delivery: Delivery | None = None
+    """Set on received messages only."""
+
+    @property
+    def msg_id(self) -> str | None:
+        """The ``Nats-Msg-Id`` header: the id the server deduplicates publishes by."""
+        return self.headers.get(MSG_ID_HEADER)
+
+    @property
+    def attempt(self) -> int:
+        """Delivery attempt, starting at 1 (1 for a message that was not delivered by a broker)."""
+        return self.delivery.attempt if self.delivery is not None else 1
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    """The server's acknowledgement of a stored message."""
+
+    stream: str
+    seq: int
+    duplicate: bool = False
+    """True when the ``msg_id`` was already stored within the duplicate window: ``seq`` is the original's."""
+
+
+Handler = Callable[[Message], Awaitable[None]]
+"""A consumer handler: return to ack, raise to nak (redelivered later), or raise :class:`Retry`/:class:`Reject`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before a failed message is redelivered: exponential with jitter, between ``initial`` and ``maximum``.
+
+    Attempt *n* waits ``min(maximum, initial * multiplier ** (n - 1))``, spread by ``±jitter`` (a fraction).
+    """
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.initial <= self.maximum):
+            raise InvalidArgumentError(f"backoff needs 0 <= initial <= maximum, got {self.initial}, {self.maximum}")
+        if self.multiplier < 1:
+            raise InvalidArgumentError(f"backoff multiplier must be >= 1, got {self.multiplier}")
+        if not (0 <= self.jitter < 1):
+            raise InvalidArgumentError(f"backoff jitter must be in [0, 1), got {self.jitter}")
+
+    def delay(self, attempt: int, random: float = 0.5) -> float:
+        """The delay after failed attempt ``attempt`` (1-based); ``random`` in [0, 1) picks the jitter."""
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        return max(0.0, base * (1 + self.jitter * (2 * random - 1)))
+
+
+class ConsumerOptions(TypedDict, total=False):
+    """Per-subscription overrides of the broker's consumer defaults (see the README's option table)."""
+
+    batch_size: int
+    """Most messages asked for in one pull request."""
+    fetch_wait: float
+    """Seconds a pull request waits on the server for messages before it expires and is renewed."""
+    concurrency: int
+    """Most handlers of this subscription running at once (and so most messages held unacked)."""
+    ack_wait: float
+    """Seconds the server waits for an ack before it redelivers."""
+    max_deliver: int
+    """Most delivery attempts of one message; the last failure terminates it."""
+    max_ack_pending: int
+    """Most unacked messages across every instance of the consumer."""
+    backoff: Backoff
+    """Delay before a failed message is redelivered."""
+    deliver_policy: Literal["all", "new", "last"]
+    """Where a new consumer starts: ``all`` (durable default) or ``new`` (ephemeral default)."""
+    inactive_threshold: float
+    """Seconds after which the server removes an idle ephemeral consumer (no ``queue``)."""
+
+
+class Retry(Exception):
+    """Raised by a handler: redeliver this message after ``after`` seconds (the backoff when ``None``).
+
+    The attempt still counts toward ``max_deliver``.
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "") -> None:
+        if after is not None and after < 0:
+            raise InvalidArgumentError(f"Retry(after=...) must be >= 0, got {after}")
+        super().__init__(reason or (f"retry after {after:g}s" if after is not None else "retry"))
+        self.after = after
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Retry(after={self.after!r}, reason={self.reason!r})"
+
+
+class Reject(Exception):
+    """Raised by a handler: this message is poison, never redeliver it (it is terminated)."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "rejected")
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Reject(reason={self.reason!r})"
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """A running subscription; ``unsubscribe()`` stops it gracefully."""
+
+    @property
+    def subject(self) -> str:
+        """The subject (or wildcard filter) it consumes."""
+        ...
+
+    @property
+    def queue(self) -> str | None:
+        """The queue (durable consumer) name, or ``None`` for an ephemeral consumer."""
+        ...
+
+    async def unsubscribe(self) -> None:
+        """Stop pulling at once, let running handlers finish, give back the rest. Durables stay."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What publishers and consumers rely on; both brokers of this package satisfy it."""
+
+    async def connect(self) -> None:
+        """Connect (idempotent)."""
+        ...
+
+    async def disconnect(self) -> None:
+        """Stop every subscription gracefully, then drain and close (idempotent)."""
+        ...
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message | bytes | str,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Store a message and wait for the server's acknowledgement."""
+        ...
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> Subscriber:
+        """Start a pull worker that runs ``handler`` for each message on ``subject``."""
+        ...

@@ -1,0 +1,117 @@
+"""Every exception the library raises, rooted at :class:`JetStreamError`.
+
+::
+
+    JetStreamError
+    ├── InvalidArgumentError (ValueError)   bad input, raised before anything reaches the server
+    │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards
+    │   ├── InvalidQueueError               queue (durable) name with ".", "*", ">", "/", "\\" or spaces
+    │   ├── InvalidHandlerError (TypeError) a handler that is not an ``async def``
+    │   └── PayloadTooLargeError            body larger than the server's max_payload
+    ├── NotConnectedError                   used before ``connect()`` or after ``disconnect()``
+    ├── ConnectError                        NATS unreachable or credentials refused at connect
+    ├── NoStreamError (LookupError)         no stream captures the subject, auto-provisioning is off
+    ├── StreamConfigError                   a declared stream differs from the server's and may not be updated
+    ├── ConsumerConfigError                 the server refused to create or update a consumer
+    └── PublishError                        the server refused the message
+        └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
+
+The two exceptions a *handler* raises to steer delivery (:class:`~jetstream_fastapi.driver.Retry` and
+:class:`~jetstream_fastapi.driver.Reject`) are not errors and live in :mod:`jetstream_fastapi.driver`.
+
+This module imports nothing from ``nats``: business code may catch these without the client installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class JetStreamError(Exception):
+    """Root of every exception raised by jetstream-fastapi."""
+
+
+class InvalidArgumentError(JetStreamError, ValueError):
+    """An argument is invalid; raised before anything is sent to the server."""
+
+
+class InvalidSubjectError(InvalidArgumentError):
+    """A subject is empty, contains whitespace, or uses wildcards where they are not allowed."""
+
+
+class InvalidQueueError(InvalidArgumentError):
+    """A queue name cannot be a JetStream durable consumer name."""
+
+
+class InvalidHandlerError(InvalidArgumentError, TypeError):
+    """A handler is not an ``async`` function, or a handler option is unknown or out of range."""
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """A message body is larger than the connected server accepts (its ``max_payload``)."""
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(f"message for {subject!r} is {size} bytes; the server accepts at most {limit}")
+        self.subject = subject
+        self.size = size
+        self.limit = limit
+
+
+class NotConnectedError(JetStreamError):
+    """The broker is not connected: call ``connect()`` (or use the lifespan) first."""
+
+
+class ConnectError(JetStreamError):
+    """The broker could not connect: server unreachable within the connect timeout, or auth refused."""
+
+
+class NoStreamError(JetStreamError, LookupError):
+    """No JetStream stream captures the subject and auto-provisioning does not cover it."""
+
+    def __init__(self, subject: str, hint: str = "") -> None:
+        message = f"no stream captures subject {subject!r}"
+        super().__init__(f"{message}: {hint}" if hint else message)
+        self.subject = subject
+
+
+class StreamConfigError(JetStreamError):
+    """A declared stream exists on the server with a different configuration.
+
+    ``differences`` maps each field to ``(declared, on_server)``.
+    """
+
+    def __init__(self, stream: str, differences: Mapping[str, tuple[object, object]], hint: str = "") -> None:
+        fields = ", ".join(
+            f"{name}: declared {want!r}, server has {have!r}" for name, (want, have) in differences.items()
+        )
+        message = f"stream {stream!r} differs from its declaration ({fields})"
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.stream = stream
+        self.differences = dict(differences)
+
+
+class ConsumerConfigError(JetStreamError):
+    """The server refused to create or update a consumer (for example a field it cannot change)."""
+
+
+class PublishError(JetStreamError):
+    """The server answered a publish with an error."""
+
+    def __init__(self, subject: str, description: str, code: int | None = None) -> None:
+        super().__init__(f"publish to {subject!r} failed: {description}")
+        self.subject = subject
+        self.description = description
+        self.code = code
+
+
+class PublishTimeoutError(PublishError, TimeoutError):
+    """No PubAck arrived within the publish deadline.
+
+    The message may still have been stored (nats-py sends buffered data after a reconnect): publish again
+    with the same ``msg_id`` and the server's duplicate window makes the retry safe.
+    """
+
+    def __init__(self, subject: str, timeout: float, msg_id: str) -> None:
+        super().__init__(subject, f"no PubAck within {timeout:g}s (msg_id {msg_id!r})")
+        self.timeout = timeout
+        self.msg_id = msg_id

@@ -1,0 +1,347 @@
+"""``JetStreamBroker``: the :class:`~jetstream_fastapi.driver.Broker` contract on a real NATS server (nats-py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Unpack
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig
+from nats.js.manager import JetStreamManager
+
+from .connection import Connection, redact_url
+from .consumers import consumer_config, ensure_consumer
+from .consuming import ConsumerSettings, check_handler
+from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, PubAck
+from .errors import (
+    ConnectError,
+    InvalidArgumentError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    PublishError,
+    PublishTimeoutError,
+)
+from .publishing import coerce_message
+from .streams import StreamMismatch, StreamRegistry
+from .subjects import check_queue, check_subject
+from .worker import PullWorker, WorkerState
+
+logger = logging.getLogger("jetstream_fastapi")
+
+# Retries of a publish that met "no responders" while the stream exists (restart, leader election).
+_NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class JetStreamBroker:
+    """Publishes with PubAck and consumes with pull workers on a NATS JetStream server.
+
+    ``connect()``/``disconnect()`` are explicit and idempotent (or use ``async with``); consumer options
+    given here are the defaults of every ``subscribe`` (see the README's option table). Any other keyword
+    (``user_credentials``, ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ...) goes to
+    ``nats.connect`` unchanged; secrets never appear in logs, ``repr`` or errors::
+
+        broker = JetStreamBroker("nats://localhost:4222", batch_size=10, fetch_wait=5.0)
+        async with broker:
+            ack = await broker.publish("orders.created", b"{}")
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://localhost:4222",
+        *,
+        batch_size: int = 10,
+        fetch_wait: float = 5.0,
+        concurrency: int | None = None,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        max_ack_pending: int = 1000,
+        backoff: Backoff | None = None,
+        streams: Iterable[StreamConfig] = (),
+        auto_provision: bool = True,
+        stream_mismatch: StreamMismatch = "error",
+        connect_timeout: float = 5.0,
+        publish_timeout: float = 5.0,
+        shutdown_timeout: float = 10.0,
+        **connect_options: Any,
+    ) -> None:
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        if not self.servers:
+            raise InvalidArgumentError("servers must name at least one NATS URL")
+        self.defaults = ConsumerSettings(
+            batch_size=batch_size,
+            fetch_wait=fetch_wait,
+            concurrency=concurrency if concurrency is not None else batch_size,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max(max_ack_pending, concurrency or batch_size),
+            backoff=backoff or Backoff(),
+        )
+        self.streams = list(streams)
+        for config in self.streams:
+            if not isinstance(config, StreamConfig) or not config.name or not config.subjects:
+                raise InvalidArgumentError(f"streams must be StreamConfig objects with a name and subjects: {config!r}")
+        if stream_mismatch not in ("error", "warn", "update"):
+            raise InvalidArgumentError(f"stream_mismatch must be 'error', 'warn' or 'update', not {stream_mismatch!r}")
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("publish_timeout", publish_timeout),
+            ("shutdown_timeout", shutdown_timeout),
+        ):
+            if value <= 0:
+                raise InvalidArgumentError(f"{name} must be positive, got {value!r}")
+        self.auto_provision = auto_provision
+        self.stream_mismatch: StreamMismatch = stream_mismatch
+        self.publish_timeout = publish_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self._connection = Connection(
+            self.servers,
+            connect_timeout=connect_timeout,
+            options=connect_options,
+            on_disconnected=self._connection_lost,
+            on_reconnected=self._connection_restored,
+        )
+        self._nc: NATS | None = None
+        self._jsm: JetStreamManager | None = None
+        self._registry: StreamRegistry | None = None
+        self._subscriptions: set[JetStreamSubscription] = set()
+        self._lock = asyncio.Lock()
+        self._id_prefix = ""
+        self._id_counter = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection is up right now (False while reconnecting)."""
+        return self._nc is not None and self._nc.is_connected
+
+    async def connect(self) -> None:
+        """Connect, check that JetStream answers, and create or reconcile the declared streams."""
+        async with self._lock:
+            if self._nc is not None:
+                return
+            nc = await self._connection.open()
+            try:
+                jsm = nc.jsm(timeout=self._connection.connect_timeout)
+                try:
+                    await jsm.account_info()
+                except Exception as error:
+                    raise ConnectError(
+                        f"connected, but JetStream does not answer: {self._connection.describe(error)} "
+                        "(is the server started with -js?)"
+                    ) from None
+                registry = StreamRegistry(
+                    jsm, declared=self.streams, auto_provision=self.auto_provision, on_mismatch=self.stream_mismatch
+                )
+                await registry.declare_all()
+            except BaseException:
+                await nc.close()
+                raise
+            self._nc, self._jsm, self._registry = nc, jsm, registry
+            self._id_prefix = f"{uuid.uuid4().hex}-"
+
+    async def disconnect(self) -> None:
+        """Stop every subscription (see :meth:`JetStreamSubscription.unsubscribe`), then drain and close."""
+        async with self._lock:
+            nc = self._nc
+            if nc is None:
+                return
+            await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
+            self._nc = self._jsm = self._registry = None
+            try:
+                # Flushes the acks and naks written by the workers; bounded in case the server is gone.
+                await asyncio.wait_for(nc.drain(), timeout=max(1.0, min(5.0, self.shutdown_timeout)))
+            except Exception:
+                await nc.close()
+
+    async def __aenter__(self) -> JetStreamBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.disconnect()
+
+    def _connection_lost(self) -> None:
+        for sub in self._subscriptions:
+            sub.worker.connection_lost()
+
+    def _connection_restored(self) -> None:
+        for sub in self._subscriptions:
+            sub.worker.connection_restored()
+
+    def _require(self) -> tuple[NATS, JetStreamManager, StreamRegistry]:
+        if self._nc is None or self._jsm is None or self._registry is None:
+            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
+        return self._nc, self._jsm, self._registry
+
+    # -- publish -----------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message | bytes | str,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
+
+        ``msg_id`` (the ``Nats-Msg-Id`` header) defaults to a fresh unique id, so that this method's own
+        retries of a transient failure are stored once. ``timeout`` (default ``publish_timeout``) is the
+        total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
+        may still have been stored: retry with the same ``msg_id``.
+        """
+        nc, _, registry = self._require()
+        if registry.cached(subject) is None:
+            check_subject(subject, wildcards=False)
+        body, merged = coerce_message(message, headers)
+        if len(body) > nc.max_payload:
+            raise PayloadTooLargeError(subject, len(body), nc.max_payload)
+        if msg_id is None:
+            self._id_counter += 1
+            msg_id = f"{self._id_prefix}{self._id_counter}"
+        merged[MSG_ID_HEADER] = msg_id
+        total = self.publish_timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        no_responders = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishTimeoutError(subject, total, msg_id)
+            # Each attempt gets a share of the deadline, so that a request lost with a dying connection is
+            # sent again; the msg id makes the server store it once whichever attempt lands.
+            attempt_timeout = min(remaining, max(1.0, total / 3))
+            try:
+                reply = await nc.request(subject, body, timeout=attempt_timeout, headers=merged)
+            except nats.errors.NoRespondersError:
+                await self._no_responders(subject, registry, no_responders, deadline)
+                no_responders += 1
+                continue
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise NotConnectedError("the NATS connection is closed") from None
+            response = json.loads(reply.data)
+            error = response.get("error")
+            if error is not None:
+                raise PublishError(subject, error.get("description", str(error)), error.get("code"))
+            stream = response["stream"]
+            if registry.cached(subject) is None:
+                registry.remember(subject, stream)
+            return PubAck(stream=stream, seq=response["seq"], duplicate=response.get("duplicate", False))
+
+    async def _no_responders(self, subject: str, registry: StreamRegistry, attempt: int, deadline: float) -> None:
+        """No stream answered: find or provision one, or wait out a restart; raise if neither helps."""
+        if attempt == 0:
+            registry.forget()
+        try:
+            stream = await asyncio.wait_for(registry.find(subject), timeout=max(0.01, deadline - time.monotonic()))
+        except Exception:
+            stream = "?"  # JetStream itself is not answering yet (restart, election): wait and retry
+        if stream is None:
+            await registry.stream_for(subject)  # provisions, or raises NoStreamError naming the subject
+            return
+        await asyncio.sleep(_NO_RESPONDERS_DELAYS[min(attempt, len(_NO_RESPONDERS_DELAYS) - 1)])
+
+    # -- subscribe ---------------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> JetStreamSubscription:
+        """Start a pull worker running ``handler`` for each message on ``subject``.
+
+        With ``queue``, a durable consumer of that name is shared by every instance using it (load
+        balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
+        every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
+        """
+        check_subject(subject, wildcards=True)
+        if queue is not None:
+            check_queue(queue)
+        check_handler(handler)
+        settings = self.defaults.merged(options)
+        nc, jsm, registry = self._require()
+        stream = await registry.stream_for(subject)
+        name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
+        config = consumer_config(name, subject, settings, durable=queue is not None)
+
+        async def ensure() -> None:
+            await ensure_consumer(jsm, stream, config)
+
+        await ensure()
+        worker = PullWorker(
+            nc, stream=stream, consumer=name, handler=handler, settings=settings, ensure_consumer=ensure
+        )
+        subscription = JetStreamSubscription(self, subject, queue, worker)
+        self._subscriptions.add(subscription)
+        try:
+            await worker.start()
+        except BaseException:
+            self._subscriptions.discard(subscription)
+            raise
+        logger.info("consuming %s from stream %s as %s", subject, stream, name)
+        return subscription
+
+    @property
+    def subscriptions(self) -> list[JetStreamSubscription]:
+        """The running subscriptions."""
+        return list(self._subscriptions)
+
+    def __repr__(self) -> str:
+        state = "connected" if self.is_connected else ("reconnecting" if self._nc is not None else "disconnected")
+        servers = [redact_url(url) for url in self.servers]
+        return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
+
+
+class JetStreamSubscription:
+    """A running pull worker; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
+
+    def __init__(self, broker: JetStreamBroker, subject: str, queue: str | None, worker: PullWorker) -> None:
+        self._broker = broker
+        self._subject = subject
+        self._queue = queue
+        self.worker = worker
+
+    @property
+    def subject(self) -> str:
+        """The subject (or wildcard filter) it consumes."""
+        return self._subject
+
+    @property
+    def queue(self) -> str | None:
+        """The durable consumer's name, or ``None`` for an ephemeral consumer."""
+        return self._queue
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker is pulling."""
+        return self.worker.state is WorkerState.RUNNING
+
+    async def unsubscribe(self) -> None:
+        """Stop pulling at once, let running handlers finish within the broker's ``shutdown_timeout``,
+        give back (nak) messages that were pulled but not started. An ephemeral consumer is deleted."""
+        await self.worker.stop(self._broker.shutdown_timeout)
+        self._broker._subscriptions.discard(self)
+        jsm = self._broker._jsm
+        if self._queue is None and jsm is not None:
+            with contextlib.suppress(Exception):
+                await jsm.delete_consumer(self.worker.stream, self.worker.consumer)
+
+    def __repr__(self) -> str:
+        state = self.worker.state.value
+        return f"JetStreamSubscription(subject={self._subject!r}, queue={self._queue!r}, state={state!r})"

@@ -1,0 +1,353 @@
+"""The pull worker: one JetStream pull consumer feeding a bounded pool of handler tasks.
+
+Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume`` works, not on
+``fetch()`` (which stalls, mixes error types and hangs ``drain``; see the project notes):
+
+* one inbox subscription receives messages and status replies for every pull request;
+* pull requests ask for at most the free handler slots (``concurrency - running - outstanding``), so the
+  worker never holds more pulled-but-unstarted messages than it can start;
+* each request expires after ``fetch_wait`` with idle heartbeats every ``fetch_wait / 2``; a new one is
+  sent as soon as at least half a batch of slots is free;
+* a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
+  past half the ack wait, and re-pulls after a reconnect;
+* a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
+
+The fate of each message is decided by :func:`~jetstream_fastapi.consuming.run_handler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
+from .driver import Delivery, Handler, Message
+
+logger = logging.getLogger("jetstream_fastapi")
+
+ACK = b"+ACK"
+NAK = b"-NAK"
+IN_PROGRESS = b"+WPI"
+_MAX_HEARTBEAT = 30.0
+_RECREATE_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+TerminateHook = Callable[[Message, Verdict], Awaitable[bool]]
+"""Called before a message is terminated (dead-lettering); returning False naks it instead."""
+
+
+class WorkerState(enum.Enum):
+    """Lifecycle of a :class:`PullWorker`."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def nak_payload(delay: float) -> bytes:
+    """The ``-NAK`` body asking the server to redeliver after ``delay`` seconds."""
+    if delay <= 0:
+        return NAK
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
+def decode(msg: Msg) -> Message:
+    """Turn a nats-py JetStream message into a :class:`Message`, reading its delivery from the reply subject."""
+    tokens = msg.reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the newer form with
+    # <domain>.<account hash> after $JS.ACK and a random token at the end.
+    offset = 2 if len(tokens) == 9 else 4
+    delivery = Delivery(
+        stream=tokens[offset],
+        sequence=int(tokens[offset + 3]),
+        attempt=int(tokens[offset + 2]),
+        timestamp_ns=int(tokens[offset + 5]),
+        consumer=tokens[offset + 1],
+    )
+    return Message(body=msg.data, headers=msg.headers or {}, subject=msg.subject, delivery=delivery)
+
+
+class PullWorker:
+    """Runs ``handler`` for every message of one consumer until :meth:`stop`."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str,
+        consumer: str,
+        handler: Handler,
+        settings: ConsumerSettings,
+        ensure_consumer: Callable[[], Awaitable[object]],
+        on_terminate: TerminateHook | None = None,
+        api_prefix: str = "$JS.API",
+    ) -> None:
+        self._nc = nc
+        self.stream = stream
+        self.consumer = consumer
+        self._handler = handler
+        self._settings = settings
+        self._ensure_consumer = ensure_consumer
+        self._on_terminate = on_terminate
+        self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
+        self._threshold = max(1, min(settings.batch_size, settings.concurrency) // 2)
+        self._requests: dict[int, bytes] = {}
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._recreating: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, float] = {}  # reply subject -> last ack-wait refresh (monotonic)
+        self._overflow: deque[Msg] = deque()
+        self._in_flight = 0
+        self._outstanding = 0
+        self._paused = False
+        self._last_activity = 0.0
+        self.state = WorkerState.NEW
+        self.last_error: str | None = None
+        """The last problem the worker met (a status reply, a failed recreate), for health probes."""
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now."""
+        return self._in_flight
+
+    async def start(self) -> None:
+        """Subscribe the inbox, start the watchdog and send the first pull request."""
+        if self.state is not WorkerState.NEW:
+            return
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self.state = WorkerState.RUNNING
+        self._last_activity = time.monotonic()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-watchdog-{self.consumer}")
+        await self._pull()
+
+    # -- pulling -----------------------------------------------------------------------------------
+
+    def _request(self, batch: int) -> bytes:
+        body = self._requests.get(batch)
+        if body is None:
+            body = json.dumps(
+                {
+                    "batch": batch,
+                    "expires": int(self._settings.fetch_wait * 1e9),
+                    "idle_heartbeat": int(self._heartbeat * 1e9),
+                }
+            ).encode()
+            self._requests[batch] = body
+        return body
+
+    async def _pull(self) -> None:
+        if self.state is not WorkerState.RUNNING or self._paused or self._recreating is not None:
+            return
+        free = self._settings.concurrency - self._in_flight - self._outstanding - len(self._overflow)
+        while free >= self._threshold:
+            batch = min(free, self._settings.batch_size)
+            self._outstanding += batch
+            free -= batch
+            try:
+                await self._nc.publish(self._pull_subject, self._request(batch), reply=self._inbox)
+            except Exception as error:  # closed or draining connection: the watchdog retries
+                self._outstanding -= batch
+                self.last_error = f"pull request failed: {error!r}"
+                return
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_activity = time.monotonic()
+        if not msg.reply:
+            await self._on_status(msg.headers or {})
+            return
+        if self._outstanding > 0:
+            self._outstanding -= 1
+        if self.state is not WorkerState.RUNNING:
+            await self._give_back(msg)
+        elif self._in_flight >= self._settings.concurrency:
+            # Only after a reset (reconnect, missed heartbeats) can old requests deliver beyond the free
+            # slots; hold these few until a slot frees rather than exceed the concurrency.
+            self._overflow.append(msg)
+        else:
+            self._start(msg)
+
+    def _start(self, msg: Msg) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get("Status", "")
+        if status == "100":  # idle heartbeat: activity was recorded
+            return
+        description = headers.get("Description", "")
+        pending = headers.get("Nats-Pending-Messages")
+        if pending is not None:
+            self._outstanding = max(0, self._outstanding - int(pending))
+        if (status == "409" and "Consumer Deleted" in description) or status == "503":
+            self.last_error = f"consumer {self.consumer!r} is gone ({status} {description}); recreating"
+            logger.warning("%s", self.last_error)
+            self._outstanding = 0
+            self._schedule_recreate()
+            return
+        if status == "409" and "Leadership Change" in description:
+            self._outstanding = 0
+        elif status not in ("404", "408", "409"):
+            self.last_error = f"pull request refused: {status} {description}"
+            logger.error("consumer %s: %s", self.consumer, self.last_error)
+            self._outstanding = 0
+            return  # the watchdog retries after a heartbeat interval instead of a tight loop
+        await self._pull()
+
+    # -- handling ----------------------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        reply = msg.reply
+        self._running[reply] = time.monotonic()
+        try:
+            message = decode(msg)
+            verdict = await run_handler(self._handler, message, self._settings)
+            if verdict is ACKED:
+                await self._nc.publish(reply, ACK)
+            elif verdict.action is Action.NAK:
+                await self._nc.publish(reply, nak_payload(verdict.delay))
+            else:
+                await self._terminate(reply, message, verdict)
+        except asyncio.CancelledError:
+            # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
+            with contextlib.suppress(Exception):
+                await self._nc.publish(reply, NAK)
+            raise
+        except Exception as error:
+            # The ack could not be sent (connection closed): the server redelivers after the ack wait.
+            self.last_error = f"could not settle a message: {error!r}"
+            logger.warning("consumer %s: %s", self.consumer, self.last_error)
+        finally:
+            del self._running[reply]
+            self._in_flight -= 1
+            if self._overflow and self.state is WorkerState.RUNNING:
+                self._start(self._overflow.popleft())
+            else:
+                await self._pull()
+
+    async def _terminate(self, reply: str, message: Message, verdict: Verdict) -> None:
+        if self._on_terminate is not None and not await self._on_terminate(message, verdict):
+            # The dead letter could not be stored: keep the message rather than lose it.
+            await self._nc.publish(reply, nak_payload(self._settings.backoff.maximum))
+            return
+        await self._nc.publish(reply, b"+TERM " + verdict.reason.encode()[:1024])
+
+    async def _give_back(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.publish(msg.reply, NAK)
+
+    # -- watchdog, reconnects, recreation ----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        tick = min(self._heartbeat, self._settings.ack_wait / 4)
+        while self.state is WorkerState.RUNNING:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self._running:
+                await self._refresh_long_handlers(now)
+            if self._paused or self._recreating is not None:
+                continue
+            if self._outstanding and now - self._last_activity > 2 * self._heartbeat:
+                logger.warning("consumer %s: missed heartbeats, pulling again", self.consumer)
+                self._outstanding = 0
+                self._last_activity = now
+            await self._pull()
+
+    async def _refresh_long_handlers(self, now: float) -> None:
+        # A handler running past half the ack wait would be redelivered to someone else; "+WPI" resets
+        # the server's ack timer for that message.
+        limit = self._settings.ack_wait / 2
+        for reply, since in list(self._running.items()):
+            if now - since >= limit and reply in self._running:
+                self._running[reply] = now
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(reply, IN_PROGRESS)
+
+    def connection_lost(self) -> None:
+        """The connection dropped: stop pulling until it is back."""
+        self._paused = True
+
+    def connection_restored(self) -> None:
+        """The connection is back: old pull requests died with it, so pull afresh."""
+        self._paused = False
+        self._outstanding = 0
+        self._last_activity = time.monotonic()
+        if self.state is WorkerState.RUNNING:
+            self._spawn(self._pull())
+
+    def _schedule_recreate(self) -> None:
+        if self._recreating is None and self.state is WorkerState.RUNNING:
+            self._recreating = asyncio.create_task(self._recreate())
+
+    async def _recreate(self) -> None:
+        attempt = 0
+        while self.state is WorkerState.RUNNING:
+            try:
+                await self._ensure_consumer()
+                self.last_error = None
+                logger.info("consumer %s on stream %s recreated", self.consumer, self.stream)
+                break
+            except Exception as error:
+                self.last_error = f"recreating consumer {self.consumer!r} failed: {error!r}"
+                logger.warning("%s", self.last_error)
+                await asyncio.sleep(_RECREATE_DELAYS[min(attempt, len(_RECREATE_DELAYS) - 1)])
+                attempt += 1
+        self._recreating = None
+        self._last_activity = time.monotonic()
+        await self._pull()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Stop pulling at once, let running handlers finish within ``timeout``, give back the rest."""
+        if self.state is not WorkerState.RUNNING:
+            self.state = WorkerState.STOPPED
+            return
+        self.state = WorkerState.STOPPING
+        deadline = time.monotonic() + timeout
+        for task in (self._watchdog, self._recreating):
+            if task is not None:
+                task.cancel()
+        if self._sub is not None:
+            # Drain: the server stops sending, and messages already buffered go through _on_message,
+            # which gives them back (nak) now that the state is STOPPING.
+            try:
+                await asyncio.wait_for(self._sub.drain(), timeout=max(0.1, min(2.0, timeout)))
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+        while self._overflow:
+            await self._give_back(self._overflow.popleft())
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
+            if late:
+                logger.warning(
+                    "consumer %s: %d handler(s) still running after the %gs shutdown timeout; cancelled and given back",
+                    self.consumer,
+                    len(late),
+                    timeout,
+                )
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        self.state = WorkerState.STOPPED
