@@ -72,11 +72,14 @@ class Connection:
         self._on_disconnected = on_disconnected
         self._on_reconnected = on_reconnected
         self._last_error: BaseException | None = None
+        self.closing = False
+        """Set by the broker before it drains, so the expected disconnect is not reported as a fault."""
 
     async def open(self) -> NATS:
         """Connect within ``connect_timeout`` or raise :class:`ConnectError` with a clear, secret-free reason."""
         nc = NATS()
         self._last_error = None
+        self.closing = False
         # nats-py's own attempt timeout must fit in ours, or a black-holed address eats the whole budget.
         attempt_timeout = max(1, min(int(self.connect_timeout), int(self._options.get("connect_timeout", 2))))
         options = {**self._options, "connect_timeout": attempt_timeout}
@@ -119,6 +122,8 @@ class Connection:
         logger.warning("NATS connection error: %s", self.describe(error))
 
     async def _disconnected(self) -> None:
+        if self.closing:
+            return
         logger.warning("disconnected from NATS; reconnecting")
         self._on_disconnected()
 

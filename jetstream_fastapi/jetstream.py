@@ -156,6 +156,7 @@ class JetStreamBroker:
                 return
             await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
             self._nc = self._jsm = self._registry = None
+            self._connection.closing = True
             try:
                 # Flushes the acks and naks written by the workers; bounded in case the server is gone.
                 await asyncio.wait_for(nc.drain(), timeout=max(1.0, min(5.0, self.shutdown_timeout)))

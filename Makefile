@@ -1,0 +1,25 @@
+# Two commands for a fresh machine with Python 3.11+: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,example]'
+	touch $@
+
+## Serve the example app on http://127.0.0.1:8000 (embedded nats-server unless NATS_URL is set).
+run: $(VENV)/.installed
+	$(BIN)/python -m example_app
+
+## Lint, type-check (mypy strict) and run every test: unit, contract, integration, end to end.
+test: lint
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

@@ -1,0 +1,81 @@
+"""FastAPI glue: the lifespan that connects the broker and runs the consumers, and ``get_broker``.
+
+::
+
+    app = FastAPI(lifespan=jetstream_lifespan(broker, consumer_router))
+
+    @app.post("/orders", status_code=202)
+    async def create(order: Order, broker: Broker = Depends(get_broker)) -> dict[str, object]: ...
+
+Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
+enter the app's own lifespan, then subscribe every handler of every router. Shutdown runs in reverse:
+stop the consumers (in-flight handlers finish, the rest is given back), leave the app's lifespan (its
+resources outlive the handlers that use them), then drain and close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from .driver import Broker, Subscriber
+from .routing import ConsumerRouter
+
+STATE_KEY = "jetstream_broker"
+"""The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+
+def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: Lifespan | None = None) -> Lifespan:
+    """A FastAPI ``lifespan`` running ``broker`` and the handlers of ``routers``, around ``lifespan``."""
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(app: Any) -> AsyncIterator[Mapping[str, Any]]:
+        await broker.connect()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                state: dict[str, Any] = {}
+                if lifespan is not None:
+                    inner: Mapping[str, Any] | None = await stack.enter_async_context(lifespan(app))
+                    state.update(inner or {})
+                subscribers = await _start(broker, routers)
+                stack.push_async_callback(_stop, subscribers)
+                state[STATE_KEY] = broker
+                yield state
+        finally:
+            await broker.disconnect()
+
+    return _lifespan
+
+
+async def _start(broker: Broker, routers: tuple[ConsumerRouter, ...]) -> list[Subscriber]:
+    subscribers: list[Subscriber] = []
+    try:
+        for router in routers:
+            for spec in router:
+                subscribers.append(await broker.subscribe(spec.subject, spec.handler, queue=spec.queue, **spec.options))
+    except BaseException:
+        await _stop(subscribers)
+        raise
+    return subscribers
+
+
+async def _stop(subscribers: list[Subscriber]) -> None:
+    await asyncio.gather(*(sub.unsubscribe() for sub in subscribers))
+
+
+def get_broker(connection: HTTPConnection) -> Broker:
+    """FastAPI dependency: the broker of the app's ``jetstream_lifespan`` (``Depends(get_broker)``)."""
+    broker = getattr(connection.state, STATE_KEY, None)
+    if broker is None:
+        raise RuntimeError(
+            "no JetStream broker in the lifespan state: create the app with "
+            "FastAPI(lifespan=jetstream_lifespan(broker, ...))"
+        )
+    return broker  # type: ignore[no-any-return]

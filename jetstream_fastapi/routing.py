@@ -1,0 +1,96 @@
+"""``ConsumerRouter``: declare consumer handlers with a decorator, compose routers across modules.
+
+Registration mistakes raise at import time, not at startup: a handler that is not ``async``, an invalid
+subject or queue name, an unknown consumer option, or the same subject and queue registered twice::
+
+    consumer_router = ConsumerRouter()
+
+    @consumer_router.handle("orders.created", queue="order-processor")
+    async def process(msg: Message) -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar, Unpack
+
+from .consuming import ConsumerSettings, check_handler
+from .driver import ConsumerOptions, Handler
+from .errors import InvalidArgumentError
+from .subjects import check_queue, check_subject
+
+HandlerT = TypeVar("HandlerT", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """One registered handler: what ``jetstream_lifespan`` passes to ``broker.subscribe``."""
+
+    subject: str
+    queue: str | None
+    handler: Handler
+    options: ConsumerOptions = field(default_factory=lambda: ConsumerOptions())
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """Subject and queue: registering the same pair twice is a mistake."""
+        return self.subject, self.queue
+
+
+class ConsumerRouter:
+    """A group of consumer handlers; ``options`` are defaults for every handler registered on it."""
+
+    def __init__(self, **options: Unpack[ConsumerOptions]) -> None:
+        ConsumerSettings().merged(options)  # unknown names and bad values raise here
+        self.options = options
+        self._specs: dict[tuple[str, str | None], HandlerSpec] = {}
+
+    def handle(
+        self, subject: str, *, queue: str | None = None, **options: Unpack[ConsumerOptions]
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Register the decorated ``async`` function for ``subject``; returns it unchanged.
+
+        ``queue`` names a durable consumer shared by every instance (load balancing); without it each
+        instance gets every message. ``options`` override the router's and the broker's defaults.
+        """
+        check_subject(subject, wildcards=True)
+        if queue is not None:
+            check_queue(queue)
+        merged: ConsumerOptions = {**self.options, **options}
+        ConsumerSettings().merged(merged)
+
+        def decorator(handler: HandlerT) -> HandlerT:
+            check_handler(handler)
+            self._add(HandlerSpec(subject, queue, handler, merged))
+            return handler
+
+        return decorator
+
+    def include_router(self, router: ConsumerRouter) -> None:
+        """Add every handler of ``router`` (with its own options) to this one."""
+        for spec in router:
+            self._add(HandlerSpec(spec.subject, spec.queue, spec.handler, {**self.options, **spec.options}))
+
+    def _add(self, spec: HandlerSpec) -> None:
+        existing = self._specs.get(spec.key)
+        if existing is not None:
+            where = f"queue {spec.queue!r}" if spec.queue else "no queue"
+            raise InvalidArgumentError(
+                f"subject {spec.subject!r} with {where} is already handled by {_name(existing.handler)}; "
+                f"cannot also register {_name(spec.handler)}"
+            )
+        self._specs[spec.key] = spec
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
+        return iter(list(self._specs.values()))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"ConsumerRouter(handlers={[f'{s.subject}@{s.queue}' for s in self._specs.values()]})"
+
+
+def _name(handler: Handler) -> str:
+    return getattr(handler, "__qualname__", repr(handler))
