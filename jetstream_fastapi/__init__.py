@@ -1,7 +1,11 @@
 """NATS JetStream for FastAPI: synchronous publish, pull consumers, at-least-once delivery.
 
 The public surface; see the README for a tour and :mod:`jetstream_fastapi.driver` for the contract.
+The nats-py implementation is imported lazily, on first use of ``JetStreamBroker``, so that importing
+``jetstream_fastapi.driver`` (which imports this package first) never imports ``nats``.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .driver import (
     Backoff,
@@ -30,10 +34,14 @@ from .errors import (
     PublishTimeoutError,
     StreamConfigError,
 )
-from .jetstream import JetStreamBroker, JetStreamSubscription
 from .lifespan import get_broker, jetstream_lifespan
 from .memory import InMemoryBroker, InMemorySubscription
 from .routing import ConsumerRouter
+
+if TYPE_CHECKING:
+    from .jetstream import JetStreamBroker, JetStreamSubscription
+
+_LAZY = {"JetStreamBroker", "JetStreamSubscription"}
 
 __all__ = [
     "Backoff",
@@ -67,3 +75,17 @@ __all__ = [
     "get_broker",
     "jetstream_lifespan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import jetstream
+
+        value = getattr(jetstream, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jetstream_fastapi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

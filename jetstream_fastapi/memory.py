@@ -54,9 +54,6 @@ class _Stream:
     messages: list[_Stored] = field(default_factory=list)
     dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
 
-    def captures(self, subject: str) -> bool:
-        return any(subject_matches(pattern, subject) for pattern in self.subjects)
-
 
 @dataclass(slots=True)
 class Terminated:
@@ -184,16 +181,19 @@ class InMemoryBroker:
         return PubAck(stream=stream.name, seq=stored.seq)
 
     def _stream_for(self, subject: str) -> _Stream:
+        """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
         for stream in self._streams.values():
-            if stream.captures(subject):
+            if any(_overlap(pattern, subject) for pattern in stream.subjects):
                 return stream
-        plan = provisioned_stream(subject) if self.auto_provision else None
-        if plan is None:
+        if not self.auto_provision:
             raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
+        plan = provisioned_stream(subject)
+        if plan is None:
+            raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
         name, subjects = plan
-        stream = self._streams.setdefault(name, _Stream(name, subjects))
-        if not stream.captures(subject):
-            raise NoStreamError(subject, f"stream {name!r} exists with other subjects")
+        if name in self._streams:
+            raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
+        stream = self._streams[name] = _Stream(name, subjects)
         return stream
 
     # -- subscribe ---------------------------------------------------------------------------------
@@ -213,11 +213,7 @@ class InMemoryBroker:
         check_handler(handler)
         settings = self.defaults.merged(options)
         self._require()
-        stream = self._stream_for(subject) if "*" not in subject and ">" not in subject else None
-        if stream is None:
-            stream = next((s for s in self._streams.values() if any(_overlap(p, subject) for p in s.subjects)), None)
-            if stream is None:
-                raise NoStreamError(subject, "auto-provisioning needs a literal subject; declare a stream")
+        stream = self._stream_for(subject)
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         consumer = self._consumers.get((stream.name, name))
         if consumer is None:
