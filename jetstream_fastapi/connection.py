@@ -31,6 +31,12 @@ def redact_url(url: str) -> str:
     return _URL_USERINFO.sub("***", url)
 
 
+def _is_auth_error(error: BaseException | None) -> bool:
+    return error is not None and (
+        "Authorization Violation" in str(error) or type(error).__name__ == "AuthorizationError"
+    )
+
+
 class Redactor:
     """Replaces known secrets in text with ``***``."""
 
@@ -118,7 +124,9 @@ class Connection:
         return self.redact(f"{type(error).__name__}: {text}")
 
     async def _error(self, error: Exception) -> None:
-        self._last_error = error
+        # Keep a refusal of the credentials as the reason: the connection reset that follows it says less.
+        if not _is_auth_error(self._last_error) or _is_auth_error(error):
+            self._last_error = error
         logger.warning("NATS connection error: %s", self.describe(error))
 
     async def _disconnected(self) -> None:

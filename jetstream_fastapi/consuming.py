@@ -38,6 +38,7 @@ class ConsumerSettings:
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
     deliver_policy: DeliverPolicy | None = None
     inactive_threshold: float = 300.0
+    dead_letter: bool = True
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency", "max_ack_pending"):

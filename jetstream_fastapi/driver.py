@@ -172,6 +172,8 @@ class ConsumerOptions(TypedDict, total=False):
     """Where a new consumer starts: ``all`` (durable default) or ``new`` (ephemeral default)."""
     inactive_threshold: float
     """Seconds after which the server removes an idle ephemeral consumer (no ``queue``)."""
+    dead_letter: bool
+    """Republish terminated messages to the dead-letter stream before terminating them (default True)."""
 
 
 class Retry(Exception):
@@ -224,6 +226,11 @@ class Subscriber(Protocol):
 @runtime_checkable
 class Broker(Protocol):
     """What publishers and consumers rely on; both brokers of this package satisfy it."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the broker can publish right now (False before ``connect`` and while reconnecting)."""
+        ...
 
     async def connect(self) -> None:
         """Connect (idempotent)."""

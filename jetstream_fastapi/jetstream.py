@@ -40,6 +40,14 @@ logger = logging.getLogger("jetstream_fastapi")
 _NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+def _headers_size(headers: dict[str, str]) -> int:
+    """Bytes of the ``NATS/1.0`` header block nats-py sends for ``headers``."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        size += len(key.strip().encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
+    return size
+
+
 class JetStreamBroker:
     """Publishes with PubAck and consumes with pull workers on a NATS JetStream server.
 
@@ -115,6 +123,7 @@ class JetStreamBroker:
         self._lock = asyncio.Lock()
         self._id_prefix = ""
         self._id_counter = 0
+        self._settled = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -161,7 +170,9 @@ class JetStreamBroker:
                 # Flushes the acks and naks written by the workers; bounded in case the server is gone.
                 await asyncio.wait_for(nc.drain(), timeout=max(1.0, min(5.0, self.shutdown_timeout)))
             except Exception:
-                await nc.close()
+                # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
+                with contextlib.suppress(Exception):
+                    await nc.close()
 
     async def __aenter__(self) -> JetStreamBroker:
         await self.connect()
@@ -207,12 +218,15 @@ class JetStreamBroker:
         if registry.cached(subject) is None:
             check_subject(subject, wildcards=False)
         body, merged = coerce_message(message, headers)
-        if len(body) > nc.max_payload:
-            raise PayloadTooLargeError(subject, len(body), nc.max_payload)
-        if msg_id is None:
+        if not msg_id:
             self._id_counter += 1
             msg_id = f"{self._id_prefix}{self._id_counter}"
         merged[MSG_ID_HEADER] = msg_id
+        # The server's limit covers headers and body; past it the server drops the connection and nats-py
+        # closes the client for good, so check here (nats-py itself checks the body only).
+        size = len(body) + _headers_size(merged)
+        if size > nc.max_payload:
+            raise PayloadTooLargeError(subject, size, nc.max_payload)
         total = self.publish_timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         no_responders = 0
@@ -286,7 +300,13 @@ class JetStreamBroker:
 
         await ensure()
         worker = PullWorker(
-            nc, stream=stream, consumer=name, handler=handler, settings=settings, ensure_consumer=ensure
+            nc,
+            stream=stream,
+            consumer=name,
+            handler=handler,
+            settings=settings,
+            ensure_consumer=ensure,
+            on_settled=self._settled.set,
         )
         subscription = JetStreamSubscription(self, subject, queue, worker)
         self._subscriptions.add(subscription)
@@ -297,6 +317,31 @@ class JetStreamBroker:
             raise
         logger.info("consuming %s from stream %s as %s", subject, stream, name)
         return subscription
+
+    async def wait_until_idle(self, timeout: float = 10.0) -> None:
+        """Return once every subscription's consumer has nothing pending, nothing unacked and no handler
+        running (for tests: await "everything published was handled"); ``TimeoutError`` after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._settled.clear()
+                if await self._idle():
+                    return
+                # Handlers signal each settled message; the short bound covers redeliveries the server
+                # has scheduled (nak delays) that no local event announces.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), 0.1)
+
+    async def _idle(self) -> bool:
+        nc, jsm, _ = self._require()
+        subscriptions = list(self._subscriptions)
+        if any(sub.worker.in_flight for sub in subscriptions):
+            return False
+        await nc.flush()  # the server has processed every ack sent so far
+        for sub in subscriptions:
+            info = await jsm.consumer_info(sub.worker.stream, sub.worker.consumer)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
 
     @property
     def subscriptions(self) -> list[JetStreamSubscription]:

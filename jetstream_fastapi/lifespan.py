@@ -29,10 +29,13 @@ from .routing import ConsumerRouter
 STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
 
-Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+"""The app's own lifespan, as FastAPI takes it: it may yield a state mapping or nothing."""
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]
+"""What :func:`jetstream_lifespan` returns: it always yields the lifespan state."""
 
 
-def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: Lifespan | None = None) -> Lifespan:
+def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLifespan | None = None) -> Lifespan:
     """A FastAPI ``lifespan`` running ``broker`` and the handlers of ``routers``, around ``lifespan``."""
 
     @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ Imports nothing from ``nats``.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import itertools
 import time
 import uuid
@@ -25,6 +26,14 @@ from types import TracebackType
 from typing import Protocol, Unpack
 
 from .consuming import Action, ConsumerSettings, Verdict, check_handler, run_handler
+from .deadletters import (
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    DeadLetter,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+)
 from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Delivery, Handler, Message, PubAck
 from .errors import InvalidArgumentError, NoStreamError, NotConnectedError, PayloadTooLargeError
 from .publishing import coerce_message
@@ -53,22 +62,15 @@ class _Stream:
     subjects: list[str]
     messages: list[_Stored] = field(default_factory=list)
     dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
-
-
-@dataclass(slots=True)
-class Terminated:
-    """A message the in-memory broker stopped delivering: rejected, or failed on its last attempt."""
-
-    message: Message
-    consumer: str
-    reason: str
+    deleted: set[int] = field(default_factory=set)
 
 
 class InMemoryBroker:
     """A broker in this process's memory, behind the same contract as :class:`JetStreamBroker`.
 
-    Consumer options are the defaults of every ``subscribe``, as on the real broker. ``terminated``
-    lists every message that was rejected or exhausted its attempts::
+    Consumer options are the defaults of every ``subscribe``, as on the real broker. A rejected or
+    exhausted message goes to the dead-letter stream, as on a real server (:meth:`list_dead_letters`,
+    :meth:`replay_dead_letter`)::
 
         broker = InMemoryBroker(backoff=Backoff(initial=0.01))
         async with broker:
@@ -87,6 +89,7 @@ class InMemoryBroker:
         max_deliver: int = 5,
         max_ack_pending: int = 1000,
         backoff: Backoff | None = None,
+        dead_letters: bool = True,
         streams: Iterable[StreamDeclaration] = (),
         auto_provision: bool = True,
         duplicate_window: float = 120.0,
@@ -101,8 +104,11 @@ class InMemoryBroker:
             max_deliver=max_deliver,
             max_ack_pending=max(max_ack_pending, concurrency or batch_size),
             backoff=backoff or Backoff(),
+            dead_letter=dead_letters,
         )
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, _Stream] = {
+            DEAD_LETTER_STREAM: _Stream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
+        }
         for declared in streams:
             if not declared.name or not declared.subjects:
                 raise InvalidArgumentError(f"a stream needs a name and subjects: {declared!r}")
@@ -111,7 +117,6 @@ class InMemoryBroker:
         self.duplicate_window = duplicate_window
         self.max_payload = max_payload
         self.shutdown_timeout = shutdown_timeout
-        self.terminated: list[Terminated] = []
         self._consumers: dict[tuple[str, str], _Consumer] = {}
         self._subscriptions: set[InMemorySubscription] = set()
         self._connected = False
@@ -165,8 +170,10 @@ class InMemoryBroker:
         body, merged = coerce_message(message, headers)
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(subject, len(body), self.max_payload)
+        return self._store(subject, body, merged, msg_id or uuid.uuid4().hex)
+
+    def _store(self, subject: str, body: bytes, merged: dict[str, str], msg_id: str) -> PubAck:
         stream = self._stream_for(subject)
-        msg_id = msg_id or uuid.uuid4().hex
         merged[MSG_ID_HEADER] = msg_id
         now = time.monotonic()
         seen = stream.dedupe.get(msg_id)
@@ -195,6 +202,42 @@ class InMemoryBroker:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
         stream = self._streams[name] = _Stream(name, subjects)
         return stream
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    def _dead_letter(self, message: Message, verdict: Verdict, consumer: str) -> None:
+        delivery = message.delivery
+        assert delivery is not None
+        self._store(
+            dead_letter_subject(delivery.stream, consumer),
+            message.body,
+            dead_letter_headers(message, verdict.error),
+            dead_letter_msg_id(delivery.stream, delivery.sequence, consumer),
+        )
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters still in the dead-letter stream."""
+        stream = self._streams[DEAD_LETTER_STREAM]
+        return [
+            DeadLetter.from_stored(
+                m.seq, m.body, m.headers, _dt.datetime.fromtimestamp(m.timestamp_ns / 1e9, tz=_dt.UTC)
+            )
+            for m in stream.messages
+            if m.seq not in stream.deleted
+        ][:limit]
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject, then remove it from the dead letters."""
+        stream = self._streams[DEAD_LETTER_STREAM]
+        if not 1 <= seq <= len(stream.messages) or seq in stream.deleted:
+            raise LookupError(f"no dead letter with sequence {seq}")
+        letter = DeadLetter.from_stored(seq, stream.messages[seq - 1].body, stream.messages[seq - 1].headers)
+        headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
+        ack = await self.publish(
+            letter.subject, letter.body, headers=headers, msg_id=f"replay-{DEAD_LETTER_STREAM}-{seq}"
+        )
+        stream.deleted.add(seq)
+        return ack
 
     # -- subscribe ---------------------------------------------------------------------------------
 
@@ -333,8 +376,8 @@ class _Consumer:
         if verdict.action is Action.NAK:
             self.scheduled += 1
             asyncio.get_running_loop().call_later(verdict.delay, self._redeliver, pending)
-        elif verdict.action is Action.TERM:
-            self.broker.terminated.append(Terminated(message, self.name, verdict.reason))
+        elif verdict.action is Action.TERM and self.settings.dead_letter:
+            self.broker._dead_letter(message, verdict, self.name)
         self.dispatch()
 
     def give_back(self, pending: _Pending) -> None:

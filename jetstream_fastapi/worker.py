@@ -90,6 +90,7 @@ class PullWorker:
         settings: ConsumerSettings,
         ensure_consumer: Callable[[], Awaitable[object]],
         on_terminate: TerminateHook | None = None,
+        on_settled: Callable[[], None] | None = None,
         api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
@@ -99,6 +100,7 @@ class PullWorker:
         self._settings = settings
         self._ensure_consumer = ensure_consumer
         self._on_terminate = on_terminate
+        self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
         self._threshold = max(1, min(settings.batch_size, settings.concurrency) // 2)
@@ -235,6 +237,8 @@ class PullWorker:
         finally:
             del self._running[reply]
             self._in_flight -= 1
+            if self._on_settled is not None:
+                self._on_settled()
             if self._overflow and self.state is WorkerState.RUNNING:
                 self._start(self._overflow.popleft())
             else:

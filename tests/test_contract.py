@@ -289,3 +289,55 @@ async def test_async_context_manager(make_broker: BrokerFactory, prefix: str) ->
         await broker.publish(f"{prefix}.created", b"x")
     with pytest.raises(NotConnectedError):
         await broker.publish(f"{prefix}.created", b"x")
+
+
+async def test_terminated_messages_become_dead_letters_and_can_be_replayed(
+    make_broker: BrokerFactory, prefix: str
+) -> None:
+    broker = await make_broker(max_deliver=2)
+    healed = False
+    handled: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        if msg.body == b"poison" and not healed:
+            raise Reject("cannot parse")
+        if msg.body == b"broken" and not healed:
+            raise RuntimeError("downstream\nis down")
+        handled.append(msg.body)
+
+    await broker.subscribe(f"{prefix}.created", handler, queue="dlq")
+    poison = await broker.publish(f"{prefix}.created", b"poison", headers={"X-Trace": "p1"}, msg_id="p-1")
+    await broker.publish(f"{prefix}.created", b"broken")
+    await broker.publish(f"{prefix}.created", b"good")
+    await broker.wait_until_idle()
+    assert handled == [b"good"]
+
+    letters = {d.body: d for d in await broker.list_dead_letters(limit=10_000) if d.subject.startswith(prefix)}
+    assert set(letters) == {b"poison", b"broken"}
+    rejected, exhausted = letters[b"poison"], letters[b"broken"]
+    assert (rejected.error_type, rejected.error, rejected.attempts) == ("Reject", "cannot parse", 1)
+    assert (exhausted.error_type, exhausted.error, exhausted.attempts) == ("RuntimeError", "downstream is down", 2)
+    assert (rejected.subject, rejected.stream, rejected.sequence) == (f"{prefix}.created", poison.stream, poison.seq)
+    assert rejected.consumer == "dlq"
+    assert rejected.headers["X-Trace"] == "p1"
+    assert rejected.headers["Nats-Msg-Id"] == "p-1"
+
+    healed = True
+    await broker.replay_dead_letter(rejected.seq)
+    await broker.wait_until_idle()
+    assert handled == [b"good", b"poison"]
+    remaining = [d.seq for d in await broker.list_dead_letters(limit=10_000)]
+    assert rejected.seq not in remaining
+    assert exhausted.seq in remaining
+
+
+async def test_dead_letters_can_be_turned_off(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+
+    async def handler(msg: Message) -> None:
+        raise Reject("no")
+
+    await broker.subscribe(f"{prefix}.created", handler, queue="nodlq", dead_letter=False)
+    await broker.publish(f"{prefix}.created", b"poison")
+    await broker.wait_until_idle()
+    assert [d for d in await broker.list_dead_letters(limit=10_000) if d.subject.startswith(prefix)] == []

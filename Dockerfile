@@ -1,0 +1,27 @@
+# The example orders service: `docker compose up` runs it next to a NATS server with JetStream.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY jetstream_fastapi ./jetstream_fastapi
+COPY example_app ./example_app
+RUN pip install '.[example]' \
+    && rm -rf /src \
+    && useradd --create-home --uid 10001 app
+
+WORKDIR /home/app
+USER app
+
+# Listen on every interface inside the container; NATS_URL is set by docker-compose.yml (without it the
+# app starts an embedded nats-server, which is fine for a quick `docker run` but keeps no data).
+ENV HOST=0.0.0.0 \
+    PORT=8000
+EXPOSE 8000
+
+# Exec form: python is PID 1 and gets SIGTERM from `docker stop`, shuts down gracefully, exits 0.
+CMD ["python", "-m", "example_app"]

@@ -1,0 +1,53 @@
+"""``python -m example_app``: serve the orders service with uvicorn.
+
+``HOST`` and ``PORT`` (default ``127.0.0.1:8000``; use ``HOST=0.0.0.0`` in a container) set where it
+listens. With ``NATS_URL`` set it uses that server; otherwise it starts an embedded ``nats-server`` with
+its store in a temporary directory, and stops it after uvicorn exits. SIGTERM and Ctrl-C shut down
+gracefully (in-flight handlers finish) and exit with status 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from types import FrameType
+
+import uvicorn
+
+from jetstream_fastapi import JetStreamBroker
+from jetstream_fastapi.connection import redact_url
+from jetstream_fastapi.server import NatsServer
+
+from .app import create_app
+
+logger = logging.getLogger("example_app")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the previous handler in
+    # place; without this one the default action would kill the process (status -15, embedded server left).
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Serve the app until SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8000"))
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as stack:
+        nats_url = os.environ.get("NATS_URL")
+        if nats_url:
+            which = f"NATS at {redact_url(nats_url)} (NATS_URL)"
+        else:
+            server = stack.enter_context(NatsServer())
+            nats_url = server.url
+            which = f"an embedded nats-server at {nats_url}, store in {server.store_dir} (set NATS_URL to use another)"
+        logger.info("orders service on http://%s:%d using %s", host, port, which)
+        uvicorn.run(create_app(JetStreamBroker(nats_url)), host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The orders service: an HTTP API that publishes orders and a consumer that processes them.
+
+Each :func:`create_app` gets its own broker, consumer router and :class:`OrderStore`, so tests can run
+several apps side by side (for example on an :class:`~jetstream_fastapi.InMemoryBroker`)::
+
+    app = create_app(InMemoryBroker())
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Annotated, Literal, cast
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import StatefulLifespan
+
+from jetstream_fastapi import (
+    Broker,
+    ConsumerRouter,
+    JetStreamBroker,
+    Message,
+    NotConnectedError,
+    PublishError,
+    Reject,
+    get_broker,
+    jetstream_lifespan,
+)
+
+ORDERS_CREATED = "orders.created"
+"""The subject new orders are published to."""
+ORDER_PROCESSOR = "order-processor"
+"""The queue (durable consumer) shared by every instance that processes orders."""
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+"""Where the app connects when ``NATS_URL`` is not set."""
+
+Status = Literal["pending", "processed"]
+
+
+class Order(BaseModel):
+    """An order as the API accepts it and as it travels on ``orders.created`` (JSON)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    item: Annotated[str, Field(max_length=1024)]
+    quantity: Annotated[int, Field(gt=0)]
+
+
+class OrderAccepted(BaseModel):
+    """The answer to ``POST /orders``: where the order was stored on the stream."""
+
+    id: str
+    stream: str
+    seq: int
+    duplicate: bool
+    """True when the ``Idempotency-Key`` was seen before: the order was not stored again."""
+
+
+class OrderStatus(BaseModel):
+    """The answer to ``GET /orders/{id}``."""
+
+    id: str
+    status: Status
+    attempts: int
+    """How many deliveries of the order the consumer has handled (0 while pending)."""
+
+
+class Health(BaseModel):
+    """The answer to ``GET /healthz``."""
+
+    status: Literal["ok"]
+    nats: bool
+
+
+@dataclass(slots=True)
+class _Record:
+    status: Status = "pending"
+    attempts: int = 0
+
+
+class OrderStore:
+    """What this process knows about orders: accepted (pending) or processed, and delivery counts."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+
+    def accept(self, order_id: str) -> None:
+        """Note an order as pending, unless the consumer got to it first."""
+        self._records.setdefault(order_id, _Record())
+
+    def mark_processed(self, order_id: str) -> None:
+        """Note that the consumer handled one delivery of the order."""
+        record = self._records.setdefault(order_id, _Record())
+        record.status = "processed"
+        record.attempts += 1
+
+    def get(self, order_id: str) -> OrderStatus | None:
+        """The order's status, or ``None`` if this process never saw it."""
+        record = self._records.get(order_id)
+        if record is None:
+            return None
+        return OrderStatus(id=order_id, status=record.status, attempts=record.attempts)
+
+
+def get_orders(request: Request) -> OrderStore:
+    """FastAPI dependency: the app's :class:`OrderStore`."""
+    orders: OrderStore = request.app.state.orders
+    return orders
+
+
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+OrdersDep = Annotated[OrderStore, Depends(get_orders)]
+
+router = APIRouter()
+
+
+@router.post("/orders", status_code=202)
+async def create_order(
+    order: Order,
+    broker: BrokerDep,
+    orders: OrdersDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> OrderAccepted:
+    """Publish the order to ``orders.created``.
+
+    A retry with the same ``Idempotency-Key`` within the stream's duplicate window (2 minutes by default)
+    is not stored again: the answer has the original ``seq`` and ``duplicate: true``.
+    """
+    try:
+        ack = await broker.publish(ORDERS_CREATED, order.model_dump_json(), msg_id=idempotency_key or None)
+    except (PublishError, NotConnectedError) as error:
+        raise HTTPException(status_code=503, detail=f"order not stored, try again: {error}") from None
+    orders.accept(order.id)
+    return OrderAccepted(id=order.id, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate)
+
+
+@router.get("/orders/{order_id}")
+async def read_order(order_id: str, orders: OrdersDep) -> OrderStatus:
+    """Whether the order was processed; 404 if this process never saw it."""
+    status = orders.get(order_id)
+    if status is None:
+        raise HTTPException(status_code=404, detail=f"order {order_id!r} not found")
+    return status
+
+
+@router.get("/healthz")
+async def healthz(broker: BrokerDep) -> Health:
+    """Liveness, and whether the NATS connection is up right now."""
+    return Health(status="ok", nats=getattr(broker, "is_connected", True))
+
+
+def order_consumers(orders: OrderStore) -> ConsumerRouter:
+    """The consumer handlers of the service, recording into ``orders``."""
+    consumer_router = ConsumerRouter()
+
+    @consumer_router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
+    async def process_order(msg: Message) -> None:
+        """Process a new order; a body that is not an order is rejected (never redelivered)."""
+        try:
+            order = Order.model_validate_json(msg.body)
+        except ValidationError as error:
+            raise Reject(f"not an order: {error.error_count()} validation error(s)") from error
+        orders.mark_processed(order.id)
+
+    return consumer_router
+
+
+def create_app(broker: Broker | None = None) -> FastAPI:
+    """The orders service on ``broker``; by default a :class:`JetStreamBroker` on ``$NATS_URL``."""
+    if broker is None:
+        broker = JetStreamBroker(os.environ.get("NATS_URL", DEFAULT_NATS_URL))
+    orders = OrderStore()
+    # jetstream_lifespan's declared return type is wider than FastAPI's `lifespan` accepts; it does yield a mapping.
+    lifespan = cast("StatefulLifespan[FastAPI]", jetstream_lifespan(broker, order_consumers(orders)))
+    app = FastAPI(title="Orders", lifespan=lifespan)
+    app.state.orders = orders
+    app.include_router(router)
+    return app

@@ -1,0 +1,250 @@
+"""The example orders service: in process on the in-memory broker, and end to end under uvicorn on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from example_app.app import ORDERS_CREATED, OrderStore, create_app
+from jetstream_fastapi import Backoff, InMemoryBroker, PubAck, PublishTimeoutError
+from jetstream_fastapi.server import NatsServer
+
+FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
+ORDER = {"id": "order-1", "item": "book", "quantity": 2}
+
+
+@pytest.fixture
+def broker() -> InMemoryBroker:
+    return InMemoryBroker(backoff=FAST_BACKOFF)
+
+
+@pytest.fixture
+async def client(broker: InMemoryBroker) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(broker)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``app`` with its lifespan running (the broker connected, the consumer started)."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://orders.test") as client:
+            yield client
+
+
+# -- in process, on the in-memory broker ---------------------------------------------------------------
+
+
+async def test_posted_order_is_processed(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+    response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 202
+    body = response.json()
+    assert body == {"id": "order-1", "stream": "ORDERS", "seq": body["seq"], "duplicate": False}
+    assert body["seq"] >= 1
+
+    await broker.wait_until_idle()
+    response = await client.get("/orders/order-1")
+    assert response.status_code == 200
+    assert response.json() == {"id": "order-1", "status": "processed", "attempts": 1}
+    assert await broker.list_dead_letters() == []
+
+
+async def test_unknown_order_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/orders/never-posted")
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"id": "", "item": "book", "quantity": 1},
+        {"id": "o", "item": "book", "quantity": 0},
+        {"id": "o", "item": "book", "quantity": -3},
+        {"id": "o", "item": "book", "quantity": "many"},
+        {"id": "o", "item": "book"},
+        {"item": "book", "quantity": 1},
+        ["not", "an", "object"],
+        "not json at all",
+    ],
+)
+async def test_invalid_order_is_422_and_not_published(
+    client: httpx.AsyncClient, broker: InMemoryBroker, payload: object
+) -> None:
+    if isinstance(payload, str):
+        response = await client.post("/orders", content=payload, headers={"Content-Type": "application/json"})
+    else:
+        response = await client.post("/orders", json=payload)
+    assert response.status_code == 422
+    # Nothing was stored: the next valid order is the stream's first message.
+    response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 202
+    assert response.json()["seq"] == 1
+
+
+async def test_idempotency_key_stores_a_retry_once(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+    headers = {"Idempotency-Key": "client-retry-1"}
+    first = await client.post("/orders", json=ORDER, headers=headers)
+    retry = await client.post("/orders", json=ORDER, headers=headers)
+    assert first.status_code == retry.status_code == 202
+    assert first.json()["duplicate"] is False
+    assert retry.json()["duplicate"] is True
+    assert retry.json()["seq"] == first.json()["seq"]
+
+    await broker.wait_until_idle()
+    response = await client.get("/orders/order-1")
+    assert response.json() == {"id": "order-1", "status": "processed", "attempts": 1}
+
+    # Another key is another message, even for the same body.
+    other = await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "client-retry-2"})
+    assert other.json()["duplicate"] is False
+    assert other.json()["seq"] == first.json()["seq"] + 1
+
+
+async def test_malformed_message_on_the_stream_is_rejected_not_redelivered(
+    client: httpx.AsyncClient, broker: InMemoryBroker
+) -> None:
+    await broker.publish(ORDERS_CREATED, b"{not json")
+    await broker.publish(ORDERS_CREATED, b'{"id": "x", "item": "book", "quantity": 0}')
+    await broker.wait_until_idle()
+    dead = await broker.list_dead_letters()
+    assert [(d.attempts, d.error_type, d.consumer) for d in dead] == [(1, "Reject", "order-processor")] * 2
+    assert all("not an order" in d.error for d in dead)
+    assert (await client.get("/orders/x")).status_code == 404
+
+
+async def test_publish_failure_is_503(broker: InMemoryBroker) -> None:
+    class FailingBroker(InMemoryBroker):
+        async def publish(self, subject: str, message: Any, **options: Any) -> PubAck:
+            raise PublishTimeoutError(subject, 1.0, "some-id")
+
+    async with serve(create_app(FailingBroker())) as client:
+        response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 503
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "nats": True}
+
+
+async def test_each_app_has_its_own_store() -> None:
+    first_broker, second_broker = InMemoryBroker(), InMemoryBroker()
+    async with serve(create_app(first_broker)) as first, serve(create_app(second_broker)) as second:
+        assert (await first.post("/orders", json=ORDER)).status_code == 202
+        await first_broker.wait_until_idle()
+        assert (await first.get("/orders/order-1")).json()["status"] == "processed"
+        assert (await second.get("/orders/order-1")).status_code == 404
+
+
+def test_store_keeps_processed_over_a_late_accept() -> None:
+    orders = OrderStore()
+    orders.accept("a")
+    status = orders.get("a")
+    assert status is not None
+    assert (status.status, status.attempts) == ("pending", 0)
+    # The consumer may process an order before the POST handler notes it as accepted.
+    orders.mark_processed("b")
+    orders.accept("b")
+    status = orders.get("b")
+    assert status is not None
+    assert (status.status, status.attempts) == ("processed", 1)
+    assert orders.get("c") is None
+
+
+# -- end to end: `python -m example_app` under uvicorn, on a real nats-server ----------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Output:
+    """Collects what a subprocess prints, for assertions and failure messages."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self._lines: list[str] = []
+        self.done = asyncio.ensure_future(self._collect(stream))
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self._lines.append(line.decode(errors="replace"))
+
+    def __str__(self) -> str:
+        return "".join(self._lines)
+
+
+async def wait_until_healthy(
+    http: httpx.AsyncClient, process: asyncio.subprocess.Process, output: Output, timeout: float = 30.0
+) -> None:
+    """Poll /healthz until the app answers, failing early if the process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.returncode is not None:
+            pytest.fail(f"example_app exited with {process.returncode} before answering:\n{output}")
+        try:
+            response = await http.get("/healthz")
+        except httpx.TransportError:
+            pass  # not listening yet
+        else:
+            assert response.json() == {"status": "ok", "nats": True}
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"example_app did not answer /healthz within {timeout}s:\n{output}")
+        await asyncio.sleep(0.05)
+
+
+async def test_end_to_end_under_uvicorn(nats_server: NatsServer) -> None:
+    port = free_port()
+    env = {**os.environ, "NATS_URL": nats_server.url, "HOST": "127.0.0.1", "PORT": str(port)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "example_app", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert process.stdout is not None
+    output = Output(process.stdout)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
+            await wait_until_healthy(http, process, output)
+
+            order = {"id": f"e2e-{uuid.uuid4().hex}", "item": "lamp", "quantity": 1}
+            headers = {"Idempotency-Key": order["id"]}
+            first = await http.post("/orders", json=order, headers=headers)
+            retry = await http.post("/orders", json=order, headers=headers)
+            assert first.status_code == retry.status_code == 202, first.text
+            assert first.json()["stream"] == "ORDERS"
+            assert retry.json() == {**first.json(), "duplicate": True}
+
+            deadline = time.monotonic() + 10.0
+            while (status := (await http.get(f"/orders/{order['id']}")).json())["status"] != "processed":
+                assert time.monotonic() < deadline, f"order not processed within 10 s: {status}\n{output}"
+                await asyncio.sleep(0.05)
+            assert status == {"id": order["id"], "status": "processed", "attempts": 1}
+
+        process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(process.wait(), timeout=5.0)
+        await output.done
+        assert returncode == 0, str(output)
+        assert f"orders service on http://127.0.0.1:{port} using NATS at {nats_server.url}" in str(output)
+        assert "Application shutdown complete" in str(output)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await output.done
