@@ -19,7 +19,15 @@ from nats.js.manager import JetStreamManager
 
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
-from .consuming import ConsumerSettings, check_handler
+from .consuming import ConsumerSettings, Verdict, check_handler
+from .dead_letter_stream import DEAD_LETTER_CONFIG, get_dead_letter, list_dead_letters
+from .deadletters import (
+    DEAD_LETTER_STREAM,
+    DeadLetter,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+)
 from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, PubAck
 from .errors import (
     ConnectError,
@@ -72,6 +80,7 @@ class JetStreamBroker:
         max_deliver: int = 5,
         max_ack_pending: int = 1000,
         backoff: Backoff | None = None,
+        dead_letters: bool = True,
         streams: Iterable[StreamConfig] = (),
         auto_provision: bool = True,
         stream_mismatch: StreamMismatch = "error",
@@ -91,6 +100,7 @@ class JetStreamBroker:
             max_deliver=max_deliver,
             max_ack_pending=max(max_ack_pending, concurrency or batch_size),
             backoff=backoff or Backoff(),
+            dead_letter=dead_letters,
         )
         self.streams = list(streams)
         for config in self.streams:
@@ -294,6 +304,8 @@ class JetStreamBroker:
         stream = await registry.stream_for(subject)
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         config = consumer_config(name, subject, settings, durable=queue is not None)
+        if settings.dead_letter:
+            await registry.ensure(DEAD_LETTER_CONFIG)
 
         async def ensure() -> None:
             await ensure_consumer(jsm, stream, config)
@@ -306,6 +318,7 @@ class JetStreamBroker:
             handler=handler,
             settings=settings,
             ensure_consumer=ensure,
+            on_terminate=self._dead_letter if settings.dead_letter else None,
             on_settled=self._settled.set,
         )
         subscription = JetStreamSubscription(self, subject, queue, worker)
@@ -317,6 +330,47 @@ class JetStreamBroker:
             raise
         logger.info("consuming %s from stream %s as %s", subject, stream, name)
         return subscription
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    async def _dead_letter(self, message: Message, verdict: Verdict) -> bool:
+        """Store a message that is about to be terminated in the dead-letter stream; False if that failed."""
+        delivery = message.delivery
+        assert delivery is not None
+        letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
+        try:
+            await self.publish(
+                dead_letter_subject(delivery.stream, delivery.consumer),
+                letter,
+                msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
+            )
+        except Exception as error:
+            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
+                "could not dead-letter %s#%d (%s); it is nak'd instead: %s",
+                delivery.stream,
+                delivery.sequence,
+                message.subject,
+                self._connection.describe(error),
+            )
+            return False
+        return True
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` messages in the dead-letter stream, with why they died."""
+        _, jsm, _ = self._require()
+        return await list_dead_letters(jsm, limit)
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
+        ``msg_id``), then delete it from the dead-letter stream. ``LookupError`` if there is none."""
+        _, jsm, _ = self._require()
+        letter = await get_dead_letter(jsm, seq)
+        headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
+        ack = await self.publish(
+            letter.subject, letter.body, headers=headers, msg_id=f"replay-{DEAD_LETTER_STREAM}-{seq}"
+        )
+        await jsm.delete_msg(DEAD_LETTER_STREAM, seq)
+        return ack
 
     async def wait_until_idle(self, timeout: float = 10.0) -> None:
         """Return once every subscription's consumer has nothing pending, nothing unacked and no handler
