@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.types import StatefulLifespan
 
 from jetstream_fastapi import (
     Broker,
@@ -27,6 +26,7 @@ from jetstream_fastapi import (
     get_broker,
     jetstream_lifespan,
 )
+from jetstream_fastapi.deadletters import DeadLetterAdmin
 
 ORDERS_CREATED = "orders.created"
 """The subject new orders are published to."""
@@ -149,6 +149,28 @@ async def healthz(broker: BrokerDep) -> Health:
     return Health(status="ok", nats=getattr(broker, "is_connected", True))
 
 
+def _dead_letters(broker: Broker) -> DeadLetterAdmin:
+    if not isinstance(broker, DeadLetterAdmin):
+        raise HTTPException(status_code=501, detail="this broker keeps no dead letters")
+    return broker
+
+
+@router.get("/dead-letters")
+async def list_dead_letters(broker: BrokerDep, limit: int = 100) -> list[dict[str, Any]]:
+    """Messages that were rejected or failed every attempt, oldest first, with why they died."""
+    return [letter.as_dict() for letter in await _dead_letters(broker).list_dead_letters(limit)]
+
+
+@router.post("/dead-letters/{seq}/replay", status_code=202)
+async def replay_dead_letter(seq: int, broker: BrokerDep) -> dict[str, Any]:
+    """Publish dead letter ``seq`` again to its original subject (after fixing what made it fail)."""
+    try:
+        ack = await _dead_letters(broker).replay_dead_letter(seq)
+    except LookupError:
+        raise HTTPException(status_code=404, detail=f"no dead letter with sequence {seq}") from None
+    return {"stream": ack.stream, "seq": ack.seq}
+
+
 def order_consumers(orders: OrderStore) -> ConsumerRouter:
     """The consumer handlers of the service, recording into ``orders``."""
     consumer_router = ConsumerRouter()
@@ -170,9 +192,7 @@ def create_app(broker: Broker | None = None) -> FastAPI:
     if broker is None:
         broker = JetStreamBroker(os.environ.get("NATS_URL", DEFAULT_NATS_URL))
     orders = OrderStore()
-    # jetstream_lifespan's declared return type is wider than FastAPI's `lifespan` accepts; it does yield a mapping.
-    lifespan = cast("StatefulLifespan[FastAPI]", jetstream_lifespan(broker, order_consumers(orders)))
-    app = FastAPI(title="Orders", lifespan=lifespan)
+    app = FastAPI(title="Orders", lifespan=jetstream_lifespan(broker, order_consumers(orders)))
     app.state.orders = orders
     app.include_router(router)
     return app

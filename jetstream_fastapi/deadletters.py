@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from .driver import MSG_ID_HEADER, Message
+from .driver import MSG_ID_HEADER, Message, PubAck
 
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_PREFIX = "deadletter"
@@ -120,3 +121,16 @@ class DeadLetter:
             "headers": self.headers,
             "timestamp": self.timestamp.isoformat() if self.timestamp else None,
         }
+
+
+@runtime_checkable
+class DeadLetterAdmin(Protocol):
+    """Inspecting and replaying dead letters; both brokers of this package have it."""
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+        ...
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject and remove it; ``LookupError`` if none."""
+        ...

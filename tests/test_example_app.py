@@ -126,6 +126,26 @@ async def test_malformed_message_on_the_stream_is_rejected_not_redelivered(
     assert (await client.get("/orders/x")).status_code == 404
 
 
+async def test_dead_letters_endpoint_lists_and_replays(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+    await broker.publish(ORDERS_CREATED, b'{"id": "late", "item": "book"}')  # quantity missing: poison
+    await broker.wait_until_idle()
+    [letter] = (await client.get("/dead-letters")).json()
+    assert (letter["subject"], letter["error_type"], letter["consumer"]) == (
+        ORDERS_CREATED,
+        "Reject",
+        "order-processor",
+    )
+    assert "not an order" in letter["error"]
+    assert (await client.post("/dead-letters/999/replay")).status_code == 404
+    replayed = await client.post(f"/dead-letters/{letter['seq']}/replay")
+    assert replayed.status_code == 202
+    await broker.wait_until_idle()
+    # Still poison: it comes back as a new dead letter, and the replayed one is gone.
+    [again] = (await client.get("/dead-letters")).json()
+    assert again["seq"] != letter["seq"]
+    assert again["body"] == letter["body"]
+
+
 async def test_publish_failure_is_503(broker: InMemoryBroker) -> None:
     class FailingBroker(InMemoryBroker):
         async def publish(self, subject: str, message: Any, **options: Any) -> PubAck:
