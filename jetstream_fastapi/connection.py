@@ -102,6 +102,7 @@ class Connection:
                 timeout=self.connect_timeout,
             )
         except BaseException as error:
+            self.closing = True  # nats-py reports a failed first connect as a disconnect: not a reconnect
             await self._abandon(nc)
             if isinstance(error, asyncio.CancelledError):
                 raise

@@ -51,7 +51,9 @@ class PayloadTooLargeError(InvalidArgumentError):
     """A message body is larger than the connected server accepts (its ``max_payload``)."""
 
     def __init__(self, subject: str, size: int, limit: int) -> None:
-        super().__init__(f"message for {subject!r} is {size} bytes; the server accepts at most {limit}")
+        super().__init__(
+            f"message for {subject!r} is {size} bytes with its headers; the server accepts at most {limit}"
+        )
         self.subject = subject
         self.size = size
         self.limit = limit
