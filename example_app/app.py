@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from jetstream_fastapi import (
     Broker,
     ConsumerRouter,
+    DeadLetterAdmin,
     JetStreamBroker,
     Message,
     NotConnectedError,
@@ -26,7 +27,6 @@ from jetstream_fastapi import (
     get_broker,
     jetstream_lifespan,
 )
-from jetstream_fastapi.deadletters import DeadLetterAdmin
 
 ORDERS_CREATED = "orders.created"
 """The subject new orders are published to."""

@@ -7,6 +7,7 @@ The nats-py implementation is imported lazily, on first use of ``JetStreamBroker
 
 from typing import TYPE_CHECKING, Any
 
+from .deadletters import DeadLetter, DeadLetterAdmin
 from .driver import (
     Backoff,
     Broker,
@@ -50,6 +51,8 @@ __all__ = [
     "ConsumerConfigError",
     "ConsumerOptions",
     "ConsumerRouter",
+    "DeadLetter",
+    "DeadLetterAdmin",
     "Delivery",
     "Handler",
     "InMemoryBroker",
