@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js.manager import JetStreamManager
 
 from jetstream_fastapi import Backoff, InMemoryBroker, JetStreamBroker
 from jetstream_fastapi.server import NatsServer
@@ -66,3 +70,34 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
     name = re.sub(r"[^a-zA-Z0-9]", "", request.node.name)[:24].lower()
     return f"t{name}{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+async def admin_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    nc = await nats.connect(nats_server.url)
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+def admin(admin_nc: NATS) -> JetStreamManager:
+    """A JetStreamManager on a separate connection: the test's view of the server."""
+    return admin_nc.jsm()
+
+
+@pytest.fixture
+async def brokers(nats_server: NatsServer) -> AsyncIterator[Callable[..., JetStreamBroker]]:
+    """Makes (unconnected) JetStream brokers, by default on the shared server; all are disconnected at teardown."""
+    made: list[JetStreamBroker] = []
+
+    def make(url: str | None = None, **options: Any) -> JetStreamBroker:
+        options.setdefault("backoff", FAST_BACKOFF)
+        options.setdefault("fetch_wait", 1.0)
+        broker = JetStreamBroker(url or nats_server.url, **options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        with contextlib.suppress(Exception):
+            await broker.disconnect()

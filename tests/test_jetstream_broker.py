@@ -10,11 +10,10 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.js.api import AckPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -34,31 +33,6 @@ from jetstream_fastapi.server import NatsServer
 
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0)
 WAIT = 5.0  # generous bound on anything that should take milliseconds
-
-
-@pytest.fixture
-async def admin(nats_server: NatsServer) -> AsyncIterator[JetStreamManager]:
-    """A JetStreamManager on a separate connection: the test's view of the server."""
-    nc = await nats.connect(nats_server.url)
-    yield nc.jsm()
-    await nc.close()
-
-
-@pytest.fixture
-async def brokers(nats_server: NatsServer) -> AsyncIterator[Callable[..., JetStreamBroker]]:
-    """Makes (unconnected) brokers on the shared server; every one is disconnected at teardown."""
-    made: list[JetStreamBroker] = []
-
-    def make(url: str | None = None, **options: Any) -> JetStreamBroker:
-        options.setdefault("backoff", FAST_BACKOFF)
-        options.setdefault("fetch_wait", 1.0)
-        broker = JetStreamBroker(url or nats_server.url, **options)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.disconnect()
 
 
 class Collector:

@@ -7,14 +7,11 @@ JetStreamManager on a connection of the test's own. Nothing here sleeps to wait 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import nats
-import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerInfo
 from nats.js.manager import JetStreamManager
@@ -32,37 +29,6 @@ from jetstream_fastapi.server import NatsServer
 
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0)
 WAIT = 5.0  # generous bound on anything that should take milliseconds
-
-
-@pytest.fixture
-async def admin_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    nc = await nats.connect(nats_server.url)
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
-def admin(admin_nc: NATS) -> JetStreamManager:
-    """A JetStreamManager on a separate connection: the test's view of the server."""
-    return admin_nc.jsm()
-
-
-@pytest.fixture
-async def brokers(nats_server: NatsServer) -> AsyncIterator[Callable[..., JetStreamBroker]]:
-    """Makes (unconnected) brokers, by default on the shared server; all are disconnected at teardown."""
-    made: list[JetStreamBroker] = []
-
-    def make(url: str | None = None, **options: Any) -> JetStreamBroker:
-        options.setdefault("backoff", FAST_BACKOFF)
-        options.setdefault("fetch_wait", 1.0)
-        broker = JetStreamBroker(url or nats_server.url, **options)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        with contextlib.suppress(Exception):
-            await broker.disconnect()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
