@@ -19,6 +19,10 @@ run: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest
 
+## Benchmark against raw nats-py (see bench/README.md).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench.py --rounds 5
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
