@@ -106,6 +106,13 @@ class DeadLetter:
             timestamp=timestamp,
         )
 
+    def replay(self) -> Message:
+        """The message a replay publishes: the original body and headers, with a msg id of its own (the
+        original id would be dropped as a duplicate within the window; this one stores a double replay once)."""
+        headers = {k: v for k, v in self.headers.items() if k != MSG_ID_HEADER}
+        headers[MSG_ID_HEADER] = f"replay-{DEAD_LETTER_STREAM}-{self.seq}"
+        return Message(body=self.body, headers=headers)
+
     def as_dict(self) -> dict[str, object]:
         """A JSON-friendly view (the body decoded as UTF-8 with replacement), for an admin endpoint."""
         return {

@@ -365,10 +365,8 @@ class JetStreamBroker:
         ``msg_id``), then delete it from the dead-letter stream. ``LookupError`` if there is none."""
         _, jsm, _ = self._require()
         letter = await get_dead_letter(jsm, seq)
-        headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
-        ack = await self.publish(
-            letter.subject, letter.body, headers=headers, msg_id=f"replay-{DEAD_LETTER_STREAM}-{seq}"
-        )
+        replay = letter.replay()
+        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
         await jsm.delete_msg(DEAD_LETTER_STREAM, seq)
         return ack
 

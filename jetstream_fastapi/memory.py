@@ -232,10 +232,8 @@ class InMemoryBroker:
         if not 1 <= seq <= len(stream.messages) or seq in stream.deleted:
             raise LookupError(f"no dead letter with sequence {seq}")
         letter = DeadLetter.from_stored(seq, stream.messages[seq - 1].body, stream.messages[seq - 1].headers)
-        headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
-        ack = await self.publish(
-            letter.subject, letter.body, headers=headers, msg_id=f"replay-{DEAD_LETTER_STREAM}-{seq}"
-        )
+        replay = letter.replay()
+        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
         stream.deleted.add(seq)
         return ack
 
