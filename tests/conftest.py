@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,20 @@ from jetstream_fastapi.server import NatsServer
 
 # Fast redeliveries keep retry tests short; the schedule itself is checked in unit tests.
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
+WAIT = 5.0  # generous bound on anything that should take milliseconds
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
+    """Poll the *server's* state (which signals nothing) until ``check`` passes; re-raise its last failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
 from jetstream_fastapi import (
-    Backoff,
     ConnectError,
     JetStreamBroker,
     Message,
@@ -30,9 +29,7 @@ from jetstream_fastapi import (
     StreamConfigError,
 )
 from jetstream_fastapi.server import NatsServer
-
-FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0)
-WAIT = 5.0  # generous bound on anything that should take milliseconds
+from tests.conftest import WAIT, eventually
 
 
 class Collector:
@@ -51,19 +48,6 @@ class Collector:
     async def wait(self, timeout: float = WAIT) -> list[Message]:
         await asyncio.wait_for(self.done.wait(), timeout)
         return self.messages
-
-
-async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
-    """Poll the *server's* state (which signals nothing) until ``check`` passes; re-raise its last failure."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.02)
 
 
 def unused_port() -> socket.socket:

@@ -17,7 +17,6 @@ from nats.js.api import ConsumerInfo
 from nats.js.manager import JetStreamManager
 
 from jetstream_fastapi import (
-    Backoff,
     JetStreamBroker,
     Message,
     PubAck,
@@ -26,22 +25,7 @@ from jetstream_fastapi import (
     Retry,
 )
 from jetstream_fastapi.server import NatsServer
-
-FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0)
-WAIT = 5.0  # generous bound on anything that should take milliseconds
-
-
-async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
-    """Poll the *server's* state (which signals nothing) until ``check`` passes; re-raise its last failure."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.02)
+from tests.conftest import WAIT, eventually
 
 
 async def settled(admin: JetStreamManager, stream: str, consumer: str) -> ConsumerInfo:
