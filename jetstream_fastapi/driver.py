@@ -49,9 +49,11 @@ __all__ = [
     "InvalidQueueError",
     "InvalidSubjectError",
     "JetStreamError",
+    "JsonModel",
     "Message",
     "NoStreamError",
     "NotConnectedError",
+    "Payload",
     "PayloadTooLargeError",
     "PubAck",
     "PublishError",
@@ -120,6 +122,20 @@ class PubAck:
     duplicate: bool = False
     """True when the ``msg_id`` was already stored within the duplicate window: ``seq`` is the original's."""
 
+
+class JsonModel(Protocol):
+    """Anything with pydantic's ``model_dump_json()``: published as JSON with a content-type header."""
+
+    def model_dump_json(self) -> str:
+        """The model as a JSON document."""
+        ...
+
+
+Payload = Message | bytes | str | JsonModel
+"""What ``publish`` accepts: a :class:`Message`, raw bytes, text (UTF-8), or a pydantic model (JSON)."""
+
+CONTENT_TYPE_HEADER = "Content-Type"
+JSON_CONTENT_TYPE = "application/json"
 
 Handler = Callable[[Message], Awaitable[None]]
 """A consumer handler: return to ack, raise to nak (redelivered later), or raise :class:`Retry`/:class:`Reject`."""
@@ -243,7 +259,7 @@ class Broker(Protocol):
     async def publish(
         self,
         subject: str,
-        message: Message | bytes | str,
+        message: Payload,
         *,
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,

@@ -47,26 +47,16 @@ def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLi
                 if lifespan is not None:
                     inner: Mapping[str, Any] | None = await stack.enter_async_context(lifespan(app))
                     state.update(inner or {})
-                subscribers = await _start(broker, routers)
-                stack.push_async_callback(_stop, subscribers)
                 state[STATE_KEY] = broker
+                subscribers: list[Subscriber] = []
+                stack.push_async_callback(_stop, subscribers)
+                for router in routers:
+                    subscribers += await router.start(broker, state)
                 yield state
         finally:
             await broker.disconnect()
 
     return _lifespan
-
-
-async def _start(broker: Broker, routers: tuple[ConsumerRouter, ...]) -> list[Subscriber]:
-    subscribers: list[Subscriber] = []
-    try:
-        for router in routers:
-            for spec in router:
-                subscribers.append(await broker.subscribe(spec.subject, spec.handler, queue=spec.queue, **spec.options))
-    except BaseException:
-        await _stop(subscribers)
-        raise
-    return subscribers
 
 
 async def _stop(subscribers: list[Subscriber]) -> None:

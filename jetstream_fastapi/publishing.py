@@ -5,11 +5,11 @@ Imports nothing from ``nats``; both brokers use it.
 
 from __future__ import annotations
 
-from .driver import Message
+from .driver import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, Message, Payload
 from .errors import InvalidArgumentError
 
 
-def coerce_message(message: Message | bytes | str, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
     """The body and a fresh headers dict (the message's, then ``headers``) of something to publish."""
     if isinstance(message, Message):
         body, merged = message.body, dict(message.headers)
@@ -17,10 +17,14 @@ def coerce_message(message: Message | bytes | str, headers: dict[str, str] | Non
         body, merged = message, {}
     elif isinstance(message, str):
         body, merged = message.encode(), {}
+    elif hasattr(message, "model_dump_json"):  # a pydantic model, without importing pydantic here
+        body, merged = message.model_dump_json().encode(), {CONTENT_TYPE_HEADER: JSON_CONTENT_TYPE}
     elif isinstance(message, bytearray | memoryview):
         body, merged = bytes(message), {}
     else:
-        raise InvalidArgumentError(f"message must be a Message, bytes or str, not {type(message).__name__}")
+        raise InvalidArgumentError(
+            f"message must be a Message, bytes, str or a pydantic model, not {type(message).__name__}"
+        )
     if headers:
         merged.update(headers)
     if merged:

@@ -11,16 +11,18 @@ subject or queue name, an unknown consumer option, or the same subject and queue
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 from .consuming import ConsumerSettings, check_handler
-from .driver import ConsumerOptions, Handler
+from .driver import Broker, ConsumerOptions, Subscriber
 from .errors import InvalidArgumentError
+from .handlers import HandlerPlan
 from .subjects import check_queue, check_subject
 
-HandlerT = TypeVar("HandlerT", bound=Handler)
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +31,13 @@ class HandlerSpec:
 
     subject: str
     queue: str | None
-    handler: Handler
+    plan: HandlerPlan
     options: ConsumerOptions = field(default_factory=lambda: ConsumerOptions())
+
+    @property
+    def handler(self) -> Callable[..., Awaitable[None]]:
+        """The function as it was registered."""
+        return self.plan.handler
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -62,7 +69,7 @@ class ConsumerRouter:
 
         def decorator(handler: HandlerT) -> HandlerT:
             check_handler(handler)
-            self._add(HandlerSpec(subject, queue, handler, merged))
+            self._add(HandlerSpec(subject, queue, HandlerPlan(handler), merged))
             return handler
 
         return decorator
@@ -70,17 +77,30 @@ class ConsumerRouter:
     def include_router(self, router: ConsumerRouter) -> None:
         """Add every handler of ``router`` (with its own options) to this one."""
         for spec in router:
-            self._add(HandlerSpec(spec.subject, spec.queue, spec.handler, {**self.options, **spec.options}))
+            self._add(HandlerSpec(spec.subject, spec.queue, spec.plan, {**self.options, **spec.options}))
 
     def _add(self, spec: HandlerSpec) -> None:
         existing = self._specs.get(spec.key)
         if existing is not None:
             where = f"queue {spec.queue!r}" if spec.queue else "no queue"
             raise InvalidArgumentError(
-                f"subject {spec.subject!r} with {where} is already handled by {_name(existing.handler)}; "
-                f"cannot also register {_name(spec.handler)}"
+                f"subject {spec.subject!r} with {where} is already handled by {existing.plan.name}; "
+                f"cannot also register {spec.plan.name}"
             )
         self._specs[spec.key] = spec
+
+    async def start(self, broker: Broker, state: Mapping[str, Any] | None = None) -> list[Subscriber]:
+        """Subscribe every handler on ``broker`` (what ``jetstream_lifespan`` does at startup); ``state``
+        is what handlers asking for ``State`` receive. On a failure, those already started are stopped."""
+        subscribers: list[Subscriber] = []
+        try:
+            for spec in self:
+                handler = spec.plan.bind(broker, state)
+                subscribers.append(await broker.subscribe(spec.subject, handler, queue=spec.queue, **spec.options))
+        except BaseException:
+            await asyncio.gather(*(sub.unsubscribe() for sub in subscribers))
+            raise
+        return subscribers
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(list(self._specs.values()))
@@ -92,5 +112,5 @@ class ConsumerRouter:
         return f"ConsumerRouter(handlers={[f'{s.subject}@{s.queue}' for s in self._specs.values()]})"
 
 
-def _name(handler: Handler) -> str:
+def _name(handler: Callable[..., Any]) -> str:
     return getattr(handler, "__qualname__", repr(handler))
