@@ -28,7 +28,7 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, PubAck
+from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
 from .errors import (
     ConnectError,
     InvalidArgumentError,
@@ -211,7 +211,7 @@ class JetStreamBroker:
     async def publish(
         self,
         subject: str,
-        message: Message | bytes | str,
+        message: Payload,
         *,
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,

@@ -34,7 +34,7 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Delivery, Handler, Message, PubAck
+from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Delivery, Handler, Message, Payload, PubAck
 from .errors import InvalidArgumentError, NoStreamError, NotConnectedError, PayloadTooLargeError
 from .publishing import coerce_message
 from .subjects import check_queue, check_subject, provisioned_stream, subject_matches
@@ -158,7 +158,7 @@ class InMemoryBroker:
     async def publish(
         self,
         subject: str,
-        message: Message | bytes | str,
+        message: Payload,
         *,
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,
