@@ -16,6 +16,10 @@ from nats.js.manager import JetStreamManager
 from jetstream_fastapi import Backoff, InMemoryBroker, JetStreamBroker
 from jetstream_fastapi.server import NatsServer
 
+# The project's own testing kit provides `nats_server` (one real server per session), `memory_broker`,
+# `jetstream_broker` and the `broker` fixture parametrized over both.
+pytest_plugins = ["jetstream_fastapi.testing"]
+
 # Fast redeliveries keep retry tests short; the schedule itself is checked in unit tests.
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
 WAIT = 5.0  # generous bound on anything that should take milliseconds
@@ -32,13 +36,6 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    """A real nats-server with JetStream on a free loopback port, shared by the session."""
-    with NatsServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,107 @@
+"""Testing kit: fixtures for a real embedded server and for the in-memory broker, as a pytest plugin.
+
+Enable it in your ``conftest.py``::
+
+    pytest_plugins = ["jetstream_fastapi.testing"]
+
+Then a test that takes the ``broker`` fixture runs twice, on an :class:`InMemoryBroker` (fast, no server)
+and on a :class:`JetStreamBroker` connected to a real ``nats-server`` started for the session (needs the
+``server`` extra). ``pytest --broker=memory`` or ``--broker=jetstream`` runs one of them only. The test
+code does not change::
+
+    async def test_order_is_processed(broker: Broker) -> None:
+        app = create_app(broker)
+        async with LifespanManager(app) as manager, AsyncClient(...) as client:
+            await client.post("/orders", json={...})
+            await wait_until_handled(broker)
+            ...
+
+Fixtures: ``nats_server`` (session), ``memory_broker``, ``jetstream_broker`` (each test starts from an empty
+server: its streams are deleted afterwards), ``broker`` (parametrized over both). The brokers are *not*
+connected, so an app's lifespan can connect them; call ``await broker.connect()`` to use one directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from .driver import Broker
+from .memory import InMemoryBroker
+from .server import NatsServer
+
+__all__ = ["jetstream_broker", "memory_broker", "nats_server", "wait_until_handled"]
+
+KINDS = ("memory", "jetstream")
+
+
+async def wait_until_handled(broker: Broker, timeout: float = 10.0) -> None:
+    """Return once every message published to ``broker`` has been handled to its end (acked, or
+    dead-lettered after its retries), without sleeping; ``TimeoutError`` after ``timeout`` seconds."""
+    wait = getattr(broker, "wait_until_idle", None)
+    if wait is None:
+        raise TypeError(f"{type(broker).__name__} has no wait_until_idle()")
+    await wait(timeout)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--broker``: which brokers the ``broker`` fixture runs on."""
+    parser.addoption(
+        "--broker",
+        choices=("both", *KINDS),
+        default="both",
+        help="run tests that use the `broker` fixture on the in-memory broker, a real server, or both",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize the ``broker`` fixture over the chosen kinds."""
+    if "broker" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--broker")
+        metafunc.parametrize("broker", KINDS if chosen == "both" else (chosen,), indirect=True)
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """A real ``nats-server -js`` on a free loopback port with a temporary store, for the whole session."""
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def memory_broker() -> AsyncIterator[InMemoryBroker]:
+    """A fresh, unconnected :class:`InMemoryBroker`; disconnected after the test."""
+    broker = InMemoryBroker()
+    yield broker
+    await broker.disconnect()
+
+
+@pytest.fixture
+async def jetstream_broker(nats_server: NatsServer) -> AsyncIterator[Any]:
+    """An unconnected :class:`JetStreamBroker` on the session's server; afterwards it is disconnected and
+    every stream on the server is deleted, so the next test starts from nothing."""
+    import nats
+
+    from .jetstream import JetStreamBroker
+
+    broker = JetStreamBroker(nats_server.url, fetch_wait=1.0)
+    yield broker
+    await broker.disconnect()
+    nc = await nats.connect(nats_server.url)
+    try:
+        jsm = nc.jsm()
+        for info in await jsm.streams_info():
+            if info.config.name:
+                await jsm.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """An unconnected broker of each kind chosen with ``--broker`` (both by default)."""
+    fixture = "memory_broker" if request.param == "memory" else "jetstream_broker"
+    chosen: Broker = request.getfixturevalue(fixture)
+    return chosen

@@ -1,0 +1,69 @@
+"""The testing kit: one test module runs on the in-memory broker and on a real server, unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from jetstream_fastapi import Broker, ConsumerRouter, Message
+from jetstream_fastapi.testing import wait_until_handled
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_the_broker_fixture_runs_on_each_kind(broker: Broker) -> None:
+    router = ConsumerRouter()
+    seen: list[bytes] = []
+
+    @router.handle("kit.orders", queue="kit")
+    async def handle(msg: Message) -> None:
+        seen.append(msg.body)
+
+    await broker.connect()
+    await router.start(broker)
+    await broker.publish("kit.orders", b"one")
+    await broker.publish("kit.orders", b"two")
+    await wait_until_handled(broker)
+    assert sorted(seen) == [b"one", b"two"]
+
+
+async def test_jetstream_broker_starts_from_an_empty_server(jetstream_broker: Broker) -> None:
+    await jetstream_broker.connect()
+    ack = await jetstream_broker.publish("kit.orders", b"first")
+    assert ack.seq == 1  # the previous test's stream was deleted
+
+
+def _run_pytest(tmp_path: Path, *args: str) -> str:
+    test = tmp_path / "test_user.py"
+    test.write_text(
+        textwrap.dedent(
+            """
+            from jetstream_fastapi.testing import wait_until_handled
+
+            async def test_publish(broker):
+                async with broker:
+                    ack = await broker.publish("user.events", b"x")
+                    assert ack.seq == 1
+                    await wait_until_handled(broker)
+            """
+        )
+    )
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["jetstream_fastapi.testing"]\n')
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    return result.stdout + result.stderr
+
+
+def test_plugin_recipe_runs_a_user_module_on_both_or_one(tmp_path: Path) -> None:
+    assert "2 passed" in _run_pytest(tmp_path)
+    assert "1 passed" in _run_pytest(tmp_path, "--broker=memory")
+    assert "1 passed" in _run_pytest(tmp_path, "--broker=jetstream")
