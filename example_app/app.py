@@ -8,7 +8,6 @@ several apps side by side (for example on an :class:`~jetstream_fastapi.InMemory
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,14 +16,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from jetstream_fastapi import (
     Broker,
+    BrokerSettings,
     ConsumerRouter,
     DeadLetterAdmin,
-    JetStreamBroker,
     Message,
     NotConnectedError,
     PublishError,
     Reject,
     get_broker,
+    health_router,
     jetstream_lifespan,
 )
 
@@ -145,7 +145,8 @@ async def read_order(order_id: str, orders: OrdersDep) -> OrderStatus:
 
 @router.get("/healthz")
 async def healthz(broker: BrokerDep) -> Health:
-    """Liveness, and whether the NATS connection is up right now."""
+    """Liveness, and whether the NATS connection is up right now (kept for compatibility: probes should use
+    ``/health/live`` and ``/health/ready``)."""
     return Health(status="ok", nats=getattr(broker, "is_connected", True))
 
 
@@ -188,11 +189,16 @@ def order_consumers(orders: OrderStore) -> ConsumerRouter:
 
 
 def create_app(broker: Broker | None = None) -> FastAPI:
-    """The orders service on ``broker``; by default a :class:`JetStreamBroker` on ``$NATS_URL``."""
+    """The orders service on ``broker``; by default a :class:`~jetstream_fastapi.JetStreamBroker` built from
+    the ``NATS_*`` environment variables (:class:`~jetstream_fastapi.BrokerSettings`: ``NATS_URL``,
+    ``NATS_CREDS_FILE``, ``NATS_BATCH_SIZE``, ...) and a ``.env`` file."""
     if broker is None:
-        broker = JetStreamBroker(os.environ.get("NATS_URL", DEFAULT_NATS_URL))
+        settings = BrokerSettings()
+        broker = settings.broker() if settings.url else settings.broker(servers=DEFAULT_NATS_URL)
     orders = OrderStore()
     app = FastAPI(title="Orders", lifespan=jetstream_lifespan(broker, order_consumers(orders)))
     app.state.orders = orders
     app.include_router(router)
+    # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).
+    app.include_router(health_router())
     return app

@@ -1,10 +1,11 @@
 """NATS JetStream for FastAPI: synchronous publish, pull consumers, at-least-once delivery.
 
 The public surface; see the README for a tour and :mod:`jetstream_fastapi.driver` for the contract.
-The nats-py implementation is imported lazily, on first use of ``JetStreamBroker``, so that importing
-``jetstream_fastapi.driver`` (which imports this package first) never imports ``nats``.
+The nats-py implementation (and ``BrokerSettings``, which builds it) is imported lazily, on first use, so
+that importing ``jetstream_fastapi.driver`` (which imports this package first) never imports ``nats``.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from .deadletters import DeadLetter, DeadLetterAdmin
@@ -14,7 +15,9 @@ from .driver import (
     ConsumerOptions,
     Delivery,
     Handler,
+    JsonModel,
     Message,
+    Payload,
     PubAck,
     Reject,
     Retry,
@@ -35,20 +38,25 @@ from .errors import (
     PublishTimeoutError,
     StreamConfigError,
 )
+from .health import ConsumerHealth, Readiness, check_readiness, health_router
 from .lifespan import get_broker, jetstream_lifespan
 from .memory import InMemoryBroker, InMemorySubscription
 from .routing import ConsumerRouter
 
 if TYPE_CHECKING:
     from .jetstream import JetStreamBroker, JetStreamSubscription
+    from .settings import BrokerSettings
 
-_LAZY = {"JetStreamBroker", "JetStreamSubscription"}
+# Lazily imported names and their modules.
+_LAZY = {"BrokerSettings": "settings", "JetStreamBroker": "jetstream", "JetStreamSubscription": "jetstream"}
 
 __all__ = [
     "Backoff",
     "Broker",
+    "BrokerSettings",
     "ConnectError",
     "ConsumerConfigError",
+    "ConsumerHealth",
     "ConsumerOptions",
     "ConsumerRouter",
     "DeadLetter",
@@ -64,31 +72,35 @@ __all__ = [
     "JetStreamBroker",
     "JetStreamError",
     "JetStreamSubscription",
+    "JsonModel",
     "Message",
     "NoStreamError",
     "NotConnectedError",
+    "Payload",
     "PayloadTooLargeError",
     "PubAck",
     "PublishError",
     "PublishTimeoutError",
+    "Readiness",
     "Reject",
     "Retry",
     "StreamConfigError",
     "Subscriber",
+    "check_readiness",
     "get_broker",
+    "health_router",
     "jetstream_lifespan",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import jetstream
-
-        value = getattr(jetstream, name)
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'jetstream_fastapi' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))

@@ -87,8 +87,10 @@ class HandlerPlan:
     # -- reading a signature -----------------------------------------------------------------------
 
     def _arguments(self, call: Callable[..., Any], *, top_level: bool) -> tuple[tuple[str, _Source], ...]:
+        # A callable object's annotations live on its __call__ method.
+        annotated = call if inspect.isroutine(call) else getattr(call, "__call__", call)  # noqa: B004
         try:
-            hints = typing.get_type_hints(call, include_extras=True)
+            hints = typing.get_type_hints(annotated, include_extras=True)
         except Exception as error:
             raise InvalidHandlerError(f"cannot read the annotations of {_name(call)}: {error}") from None
         signature = inspect.signature(call)

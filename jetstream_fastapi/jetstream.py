@@ -46,6 +46,8 @@ logger = logging.getLogger("jetstream_fastapi")
 
 # Retries of a publish that met "no responders" while the stream exists (restart, leader election).
 _NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+# The JetStream API's account-info request: the cheapest question the server answers (see ping()).
+_ACCOUNT_INFO = "$JS.API.INFO"
 
 
 def _headers_size(headers: dict[str, str]) -> int:
@@ -141,6 +143,25 @@ class JetStreamBroker:
     def is_connected(self) -> bool:
         """Whether the connection is up right now (False while reconnecting)."""
         return self._nc is not None and self._nc.is_connected
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """Whether JetStream answers right now: one account-info request, waiting ``timeout`` seconds at most.
+
+        False (never an exception) before ``connect``, while reconnecting, after ``disconnect``, when the
+        request times out or finds no responders, and when the server answers with an error (JetStream
+        disabled for the account). For readiness probes: see :func:`~jetstream_fastapi.health_router`.
+        """
+        if timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        try:
+            reply = await nc.request(_ACCOUNT_INFO, b"", timeout=timeout)
+            response = json.loads(reply.data)
+        except Exception:
+            return False
+        return isinstance(response, dict) and "error" not in response
 
     async def connect(self) -> None:
         """Connect, check that JetStream answers, and create or reconcile the declared streams."""
@@ -429,6 +450,21 @@ class JetStreamSubscription:
     def running(self) -> bool:
         """Whether the worker is pulling."""
         return self.worker.state is WorkerState.RUNNING
+
+    @property
+    def state(self) -> str:
+        """The worker's state: ``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"`` (for health probes)."""
+        return self.worker.state.value
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this subscription running now."""
+        return self.worker.in_flight
+
+    @property
+    def last_error(self) -> str | None:
+        """The last problem the worker met (a refused pull, a failed recreate), or ``None``."""
+        return self.worker.last_error
 
     async def unsubscribe(self) -> None:
         """Stop pulling at once, let running handlers finish within the broker's ``shutdown_timeout``,

@@ -129,6 +129,12 @@ class InMemoryBroker:
         """Whether ``connect()`` was called (and not undone by ``disconnect()``)."""
         return self._connected
 
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """Whether the broker is connected (there is no server to ask); the readiness probe's question."""
+        if timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+        return self._connected
+
     async def connect(self) -> None:
         """Mark the broker connected (idempotent). Streams and durable consumers survive a reconnect."""
         self._connected = True
@@ -422,6 +428,21 @@ class InMemorySubscription:
     def queue(self) -> str | None:
         """The durable consumer's name, or ``None``."""
         return self._queue
+
+    @property
+    def state(self) -> str:
+        """``"running"`` until ``unsubscribe()``, then ``"stopped"`` (as a real subscription's, for health probes)."""
+        return "running" if self.running else "stopped"
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this subscription running now."""
+        return len(self._tasks)
+
+    @property
+    def last_error(self) -> str | None:
+        """Always ``None``: there is no network to fail (handler errors are the message's fate, not the worker's)."""
+        return None
 
     def has_room(self) -> bool:
         return self.running and len(self._tasks) < self._settings.concurrency

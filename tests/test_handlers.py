@@ -192,3 +192,12 @@ def test_plain_handler_is_not_wrapped() -> None:
 
     assert HandlerPlan(plain).bind(None, None) is plain
     assert HandlerPlan(unannotated).bind(None, None) is unannotated
+
+
+def test_callable_objects_are_handlers_too() -> None:
+    class Handler:
+        async def __call__(self, order: Order) -> None: ...
+
+    plan = HandlerPlan(Handler())
+    assert plan.payload == "order"
+    assert not plan.plain

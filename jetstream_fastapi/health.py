@@ -1,0 +1,188 @@
+"""Health probes: ``GET /health/live`` and ``GET /health/ready`` for Kubernetes, Docker and load balancers.
+
+::
+
+    app = FastAPI(lifespan=jetstream_lifespan(broker, consumer_router))
+    app.include_router(health_router())
+
+* **Liveness** (``/health/live``) answers ``200 {"status": "ok"}`` whenever the process serves HTTP. It
+  never asks NATS: a server outage must not make an orchestrator restart every healthy instance.
+* **Readiness** (``/health/ready``) answers ``200`` only when the broker is connected, JetStream answers a
+  cheap request within ``timeout`` seconds, and every consumer worker is running; otherwise ``503``. The
+  body is the same :class:`Readiness` document either way, so a failing probe says why. It turns ``503``
+  while the connection is being re-established and ``200`` again once it is back.
+
+The broker is the one :func:`~jetstream_fastapi.jetstream_lifespan` put in the lifespan state; before
+startup (or in an app without that lifespan) readiness is a ``503`` naming the problem, never a ``500``.
+An app that manages its broker itself passes it: ``health_router(broker=broker)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from .driver import Broker
+from .errors import InvalidArgumentError
+from .lifespan import STATE_KEY
+
+__all__ = ["ConsumerHealth", "Liveness", "Readiness", "check_readiness", "health_router"]
+
+_NO_BROKER = (
+    "no JetStream broker yet: the app's lifespan has not started, or the app was not created with "
+    "FastAPI(lifespan=jetstream_lifespan(broker, ...)) (or pass health_router(broker=...))"
+)
+
+
+class Liveness(BaseModel):
+    """The answer to the liveness probe."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ConsumerHealth(BaseModel):
+    """One running subscription, as the readiness probe reports it."""
+
+    subject: str
+    """The subject (or wildcard filter) it consumes."""
+    queue: str | None
+    """The durable consumer's name, or ``None`` for an ephemeral consumer."""
+    state: str
+    """``"running"`` when it pulls messages; ``"new"``, ``"stopping"`` or ``"stopped"`` otherwise."""
+    in_flight: int
+    """Handlers running now."""
+    last_error: str | None
+    """The last problem the worker met (a refused pull, a failed consumer recreate), or ``None``."""
+
+
+class Readiness(BaseModel):
+    """The answer to the readiness probe (``200`` when ``ready``, ``503`` otherwise)."""
+
+    ready: bool
+    """``connected`` and ``jetstream`` and every consumer ``running``."""
+    connected: bool
+    """Whether the NATS connection is up right now (False before startup and while reconnecting)."""
+    jetstream: bool
+    """Whether JetStream answered within the probe's timeout (not asked while disconnected)."""
+    consumers: list[ConsumerHealth]
+    """Every subscription of the broker."""
+    detail: str | None = None
+    """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
+
+
+def _consumer_health(subscription: Any) -> ConsumerHealth:
+    """Describe a subscription of either broker (or any ``Subscriber`` with fewer attributes)."""
+    state = getattr(subscription, "state", None)
+    if isinstance(state, Enum):
+        state = state.value
+    if not isinstance(state, str):
+        state = "running" if getattr(subscription, "running", True) else "stopped"
+    in_flight = getattr(subscription, "in_flight", 0)
+    last_error = getattr(subscription, "last_error", None)
+    return ConsumerHealth(
+        subject=str(subscription.subject),
+        queue=subscription.queue,
+        state=state,
+        in_flight=in_flight if isinstance(in_flight, int) else 0,
+        last_error=None if last_error is None else str(last_error),
+    )
+
+
+def _describe(consumer: ConsumerHealth) -> str:
+    queue = f" (queue {consumer.queue})" if consumer.queue else ""
+    return f"{consumer.subject}{queue} is {consumer.state}"
+
+
+async def _ping(broker: Broker, timeout: float) -> bool:
+    ping = getattr(broker, "ping", None)
+    if ping is None:
+        return True  # a broker that cannot be asked: being connected is all it can tell
+    try:
+        # The brokers bound the request themselves; this also bounds a third-party ping that does not.
+        async with asyncio.timeout(timeout + 1.0):
+            return bool(await ping(timeout))
+    except Exception:
+        return False
+
+
+async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
+    """The readiness of ``broker``: connected, JetStream answering within ``timeout`` s, every consumer running.
+
+    ``None`` (no broker yet) is not ready. Never raises for a broker's failure; usable outside FastAPI
+    (a CLI check, a custom route).
+    """
+    if timeout <= 0:
+        raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+    if broker is None:
+        return Readiness(ready=False, connected=False, jetstream=False, consumers=[], detail=_NO_BROKER)
+    connected = bool(broker.is_connected)
+    jetstream = connected and await _ping(broker, timeout)
+    consumers = [_consumer_health(sub) for sub in getattr(broker, "subscriptions", ())]
+    stopped = [consumer for consumer in consumers if consumer.state != "running"]
+    problems: list[str] = []
+    if not connected:
+        problems.append("not connected to NATS (not started, reconnecting, or shut down)")
+    elif not jetstream:
+        problems.append(f"JetStream did not answer within {timeout:g}s")
+    if stopped:
+        problems.append("consumer " + ", ".join(map(_describe, stopped)))
+    return Readiness(
+        ready=not problems,
+        connected=connected,
+        jetstream=jetstream,
+        consumers=consumers,
+        detail="; ".join(problems) or None,
+    )
+
+
+def health_router(
+    *,
+    broker: Broker | None = None,
+    prefix: str = "/health",
+    live_path: str = "/live",
+    ready_path: str = "/ready",
+    timeout: float = 1.0,
+    tags: Sequence[str | Enum] = ("health",),
+    include_in_schema: bool = True,
+) -> APIRouter:
+    """An ``APIRouter`` with the liveness (``prefix + live_path``) and readiness (``prefix + ready_path``) probes.
+
+    ``broker`` defaults to the one in the lifespan state of :func:`~jetstream_fastapi.jetstream_lifespan`.
+    ``timeout`` bounds the JetStream request of each readiness check; keep it below the probe's own
+    timeout (Kubernetes ``timeoutSeconds``, 1 s by default). ``app.include_router(health_router())``.
+    """
+    if timeout <= 0:
+        raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+    for name, path in (("live_path", live_path), ("ready_path", ready_path)):
+        if not path.startswith("/"):
+            raise InvalidArgumentError(f"{name} must start with '/', got {path!r}")
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise InvalidArgumentError(f"prefix must start and not end with '/', got {prefix!r}")
+    router = APIRouter(prefix=prefix, tags=list(tags), include_in_schema=include_in_schema)
+
+    @router.get(live_path, response_model=Liveness, summary="Liveness probe")
+    async def live() -> Liveness:
+        """``200 {"status": "ok"}`` while the process serves HTTP; never asks NATS."""
+        return Liveness()
+
+    @router.get(
+        ready_path,
+        response_model=Readiness,
+        summary="Readiness probe",
+        responses={503: {"model": Readiness, "description": "Not ready: the body says why"}},
+    )
+    async def ready(request: Request, response: Response) -> Readiness:
+        """``200`` when connected, JetStream answers and every consumer runs; ``503`` otherwise."""
+        current = broker if broker is not None else getattr(request.state, STATE_KEY, None)
+        result = await check_readiness(current, timeout=timeout)
+        response.headers["Cache-Control"] = "no-store"
+        if not result.ready:
+            response.status_code = 503
+        return result
+
+    return router
