@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from jetstream_fastapi import JetStreamBroker
+from jetstream_fastapi import BrokerSettings
 from jetstream_fastapi.connection import redact_url
 from jetstream_fastapi.server import NatsServer
 
@@ -46,7 +46,8 @@ def main() -> None:
             nats_url = server.url
             which = f"an embedded nats-server at {nats_url}, store in {server.store_dir} (set NATS_URL to use another)"
         logger.info("orders service on http://%s:%d using %s", host, port, which)
-        uvicorn.run(create_app(JetStreamBroker(nats_url)), host=host, port=port)
+        # Credentials, TLS and tuning come from the other NATS_* variables (BrokerSettings).
+        uvicorn.run(create_app(BrokerSettings().broker(servers=nats_url)), host=host, port=port)
 
 
 if __name__ == "__main__":

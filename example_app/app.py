@@ -8,21 +8,22 @@ several apps side by side (for example on an :class:`~jetstream_fastapi.InMemory
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
+from starlette.datastructures import State
 
 from jetstream_fastapi import (
     Broker,
     BrokerSettings,
     ConsumerRouter,
     DeadLetterAdmin,
-    Message,
     NotConnectedError,
     PublishError,
-    Reject,
     get_broker,
     health_router,
     jetstream_lifespan,
@@ -172,20 +173,21 @@ async def replay_dead_letter(seq: int, broker: BrokerDep) -> dict[str, Any]:
     return {"stream": ack.stream, "seq": ack.seq}
 
 
-def order_consumers(orders: OrderStore) -> ConsumerRouter:
-    """The consumer handlers of the service, recording into ``orders``."""
-    consumer_router = ConsumerRouter()
+def order_store(state: State) -> OrderStore:
+    """Dependency of the consumer: the app's :class:`OrderStore`, from the lifespan state."""
+    orders: OrderStore = state.orders
+    return orders
 
-    @consumer_router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
-    async def process_order(msg: Message) -> None:
-        """Process a new order; a body that is not an order is rejected (never redelivered)."""
-        try:
-            order = Order.model_validate_json(msg.body)
-        except ValidationError as error:
-            raise Reject(f"not an order: {error.error_count()} validation error(s)") from error
-        orders.mark_processed(order.id)
 
-    return consumer_router
+consumer_router = ConsumerRouter()
+"""The service's consumers. Stateless: each app binds them to its own broker and lifespan state."""
+
+
+@consumer_router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
+async def process_order(order: Order, orders: Annotated[OrderStore, Depends(order_store)]) -> None:
+    """Process a new order. A body that is not a valid ``Order`` never reaches this function: it is
+    dead-lettered with its validation error, not redelivered."""
+    orders.mark_processed(order.id)
 
 
 def create_app(broker: Broker | None = None) -> FastAPI:
@@ -196,7 +198,12 @@ def create_app(broker: Broker | None = None) -> FastAPI:
         settings = BrokerSettings()
         broker = settings.broker() if settings.url else settings.broker(servers=DEFAULT_NATS_URL)
     orders = OrderStore()
-    app = FastAPI(title="Orders", lifespan=jetstream_lifespan(broker, order_consumers(orders)))
+
+    @contextlib.asynccontextmanager
+    async def store_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        yield {"orders": orders}  # what order_store() reads, in handlers
+
+    app = FastAPI(title="Orders", lifespan=jetstream_lifespan(broker, consumer_router, lifespan=store_lifespan))
     app.state.orders = orders
     app.include_router(router)
     # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).
