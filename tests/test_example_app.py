@@ -19,20 +19,19 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from example_app.app import ORDERS_CREATED, OrderStore, create_app
-from jetstream_fastapi import Backoff, InMemoryBroker, PubAck, PublishTimeoutError
+from jetstream_fastapi import Backoff, Broker, InMemoryBroker, PubAck, PublishTimeoutError
 from jetstream_fastapi.server import NatsServer
 
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
 ORDER = {"id": "order-1", "item": "book", "quantity": 2}
 
 
-@pytest.fixture
-def broker() -> InMemoryBroker:
-    return InMemoryBroker(backoff=FAST_BACKOFF)
+# `broker` comes from the testing kit (jetstream_fastapi.testing): each test below that takes it runs on
+# the in-memory broker and on a real nats-server, unchanged.
 
 
 @pytest.fixture
-async def client(broker: InMemoryBroker) -> AsyncIterator[httpx.AsyncClient]:
+async def client(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(create_app(broker)) as client:
         yield client
 
@@ -46,10 +45,10 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-# -- in process, on the in-memory broker ---------------------------------------------------------------
+# -- in process, on both brokers ---------------------------------------------------------------
 
 
-async def test_posted_order_is_processed(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+async def test_posted_order_is_processed(client: httpx.AsyncClient, broker: Any) -> None:
     response = await client.post("/orders", json=ORDER)
     assert response.status_code == 202
     body = response.json()
@@ -95,7 +94,7 @@ async def test_invalid_order_is_422_and_not_published(
     assert response.json()["seq"] == 1
 
 
-async def test_idempotency_key_stores_a_retry_once(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+async def test_idempotency_key_stores_a_retry_once(client: httpx.AsyncClient, broker: Any) -> None:
     headers = {"Idempotency-Key": "client-retry-1"}
     first = await client.post("/orders", json=ORDER, headers=headers)
     retry = await client.post("/orders", json=ORDER, headers=headers)
@@ -127,7 +126,7 @@ async def test_malformed_message_on_the_stream_is_rejected_not_redelivered(
     assert (await client.get("/orders/x")).status_code == 404
 
 
-async def test_dead_letters_endpoint_lists_and_replays(client: httpx.AsyncClient, broker: InMemoryBroker) -> None:
+async def test_dead_letters_endpoint_lists_and_replays(client: httpx.AsyncClient, broker: Any) -> None:
     await broker.publish(ORDERS_CREATED, b'{"id": "late", "item": "book"}')  # quantity missing: poison
     await broker.wait_until_idle()
     [letter] = (await client.get("/dead-letters")).json()
@@ -148,7 +147,7 @@ async def test_dead_letters_endpoint_lists_and_replays(client: httpx.AsyncClient
     assert again["body"] == letter["body"]
 
 
-async def test_publish_failure_is_503(broker: InMemoryBroker) -> None:
+async def test_publish_failure_is_503() -> None:
     class FailingBroker(InMemoryBroker):
         async def publish(self, subject: str, message: Any, **options: Any) -> PubAck:
             raise PublishTimeoutError(subject, 1.0, "some-id")
