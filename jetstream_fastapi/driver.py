@@ -16,7 +16,7 @@ directly in a unit test::
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
@@ -31,6 +31,7 @@ from .errors import (
     NoStreamError,
     NotConnectedError,
     PayloadTooLargeError,
+    PublishBatchError,
     PublishError,
     PublishTimeoutError,
     StreamConfigError,
@@ -56,6 +57,7 @@ __all__ = [
     "Payload",
     "PayloadTooLargeError",
     "PubAck",
+    "PublishBatchError",
     "PublishError",
     "PublishTimeoutError",
     "Reject",
@@ -266,6 +268,12 @@ class Broker(Protocol):
         timeout: float | None = None,
     ) -> PubAck:
         """Store a message and wait for the server's acknowledgement."""
+        ...
+
+    async def publish_many(
+        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Publish many messages with up to ``window`` in flight; every PubAck, in order."""
         ...
 
     async def subscribe(

@@ -13,8 +13,9 @@
     ├── NoStreamError (LookupError)         no stream captures the subject, auto-provisioning is off
     ├── StreamConfigError                   a declared stream differs from the server's and may not be updated
     ├── ConsumerConfigError                 the server refused to create or update a consumer
-    └── PublishError                        the server refused the message
-        └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
+    ├── PublishError                        the server refused the message
+    │   └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
+    └── PublishBatchError                   some messages of a ``publish_many`` failed
 
 The two exceptions a *handler* raises to steer delivery (:class:`~jetstream_fastapi.driver.Retry` and
 :class:`~jetstream_fastapi.driver.Reject`) are not errors and live in :mod:`jetstream_fastapi.driver`.
@@ -25,6 +26,10 @@ This module imports nothing from ``nats``: business code may catch these without
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .driver import PubAck
 
 
 class JetStreamError(Exception):
@@ -117,3 +122,18 @@ class PublishTimeoutError(PublishError, TimeoutError):
         super().__init__(subject, f"no PubAck within {timeout:g}s (msg_id {msg_id!r})")
         self.timeout = timeout
         self.msg_id = msg_id
+
+
+class PublishBatchError(JetStreamError):
+    """Some messages of a ``publish_many`` batch failed; the others were stored.
+
+    ``acks[i]`` is the PubAck of message ``i`` or ``None``; ``errors`` maps each failed index to its
+    exception (a :class:`PublishError`, :class:`PublishTimeoutError`, ...). Publishing the failed ones
+    again with the same ``msg_id`` is safe.
+    """
+
+    def __init__(self, acks: list[PubAck | None], errors: Mapping[int, BaseException]) -> None:
+        first = min(errors)
+        super().__init__(f"{len(errors)} of {len(acks)} publishes failed; message {first}: {errors[first]}")
+        self.acks = acks
+        self.errors = dict(errors)

@@ -34,9 +34,11 @@ from .errors import (
     InvalidArgumentError,
     NotConnectedError,
     PayloadTooLargeError,
+    PublishBatchError,
     PublishError,
     PublishTimeoutError,
 )
+from .pipeline import NoResponders, Outgoing, Pipeline
 from .publishing import coerce_message
 from .streams import StreamMismatch, StreamRegistry
 from .subjects import check_queue, check_subject
@@ -246,6 +248,58 @@ class JetStreamBroker:
         may still have been stored: retry with the same ``msg_id``.
         """
         nc, _, registry = self._require()
+        outgoing = self._prepare(nc, registry, subject, message, msg_id, headers)
+        return await self._send(nc, registry, outgoing, self.publish_timeout if timeout is None else timeout)
+
+    async def publish_many(
+        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Publish ``(subject, message)`` pairs with up to ``window`` awaiting their PubAck at once, and
+        return every PubAck in order.
+
+        Every message is checked before the first is sent. Each gets a fresh msg id and ``timeout`` (default
+        ``publish_timeout``) to be acknowledged; a message no stream answered goes through :meth:`publish`
+        (which finds or provisions its stream). If any failed, :class:`PublishBatchError` says which, with
+        the PubAcks of the others.
+        """
+        if not isinstance(window, int) or window < 1:
+            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
+        nc, _, registry = self._require()
+        outgoing = [self._prepare(nc, registry, subject, message, None, None) for subject, message in messages]
+        total = self.publish_timeout if timeout is None else timeout
+        results = await Pipeline(nc, outgoing, window=window, timeout=total).run()
+        acks: list[PubAck | None] = []
+        errors: dict[int, BaseException] = {}
+        for index, result in enumerate(results):
+            if isinstance(result, NoResponders):
+                try:
+                    result = await self._send(nc, registry, outgoing[index], total)
+                except Exception as error:
+                    result = error
+            elif isinstance(result, TimeoutError):
+                out = outgoing[index]
+                result = PublishTimeoutError(out.subject, total, out.headers[MSG_ID_HEADER])
+            if isinstance(result, PubAck):
+                acks.append(result)
+                if registry.cached(outgoing[index].subject) is None:
+                    registry.remember(outgoing[index].subject, result.stream)
+            else:
+                acks.append(None)
+                errors[index] = result if result is not None else RuntimeError("no outcome")
+        if errors:
+            raise PublishBatchError(acks, errors)
+        return [ack for ack in acks if ack is not None]
+
+    def _prepare(
+        self,
+        nc: NATS,
+        registry: StreamRegistry,
+        subject: str,
+        message: Payload,
+        msg_id: str | None,
+        headers: dict[str, str] | None,
+    ) -> Outgoing:
+        """Check and encode one message, giving it a msg id; raises before anything is sent."""
         if registry.cached(subject) is None:
             check_subject(subject, wildcards=False)
         body, merged = coerce_message(message, headers)
@@ -258,7 +312,12 @@ class JetStreamBroker:
         size = len(body) + _headers_size(merged)
         if size > nc.max_payload:
             raise PayloadTooLargeError(subject, size, nc.max_payload)
-        total = self.publish_timeout if timeout is None else timeout
+        return Outgoing(subject, body, merged)
+
+    async def _send(self, nc: NATS, registry: StreamRegistry, outgoing: Outgoing, total: float) -> PubAck:
+        """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds."""
+        subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
+        msg_id = merged[MSG_ID_HEADER]
         deadline = time.monotonic() + total
         no_responders = 0
         while True:

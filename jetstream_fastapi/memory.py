@@ -35,7 +35,14 @@ from .deadletters import (
     dead_letter_subject,
 )
 from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Delivery, Handler, Message, Payload, PubAck
-from .errors import InvalidArgumentError, NoStreamError, NotConnectedError, PayloadTooLargeError
+from .errors import (
+    InvalidArgumentError,
+    JetStreamError,
+    NoStreamError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    PublishBatchError,
+)
 from .publishing import coerce_message
 from .subjects import check_queue, check_subject, provisioned_stream, subject_matches
 
@@ -177,6 +184,32 @@ class InMemoryBroker:
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(subject, len(body), self.max_payload)
         return self._store(subject, body, merged, msg_id or uuid.uuid4().hex)
+
+    async def publish_many(
+        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Publish ``(subject, message)`` pairs in order and return every PubAck; as on the real broker,
+        every message is checked first and :class:`PublishBatchError` reports the ones that failed."""
+        if not isinstance(window, int) or window < 1:
+            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
+        self._require()
+        items = list(messages)
+        for subject, message in items:
+            check_subject(subject, wildcards=False)
+            body, _ = coerce_message(message, None)
+            if len(body) > self.max_payload:
+                raise PayloadTooLargeError(subject, len(body), self.max_payload)
+        acks: list[PubAck | None] = []
+        errors: dict[int, BaseException] = {}
+        for index, (subject, message) in enumerate(items):
+            try:
+                acks.append(await self.publish(subject, message))
+            except JetStreamError as error:
+                acks.append(None)
+                errors[index] = error
+        if errors:
+            raise PublishBatchError(acks, errors)
+        return [ack for ack in acks if ack is not None]
 
     def _store(self, subject: str, body: bytes, merged: dict[str, str], msg_id: str) -> PubAck:
         stream = self._stream_for(subject)

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from nats.js.api import StreamConfig
 
 from jetstream_fastapi import (
     Broker,
@@ -14,9 +15,11 @@ from jetstream_fastapi import (
     InvalidQueueError,
     InvalidSubjectError,
     Message,
+    NoStreamError,
     NotConnectedError,
     PayloadTooLargeError,
     PubAck,
+    PublishBatchError,
     Reject,
     Retry,
     Subscriber,
@@ -341,3 +344,37 @@ async def test_dead_letters_can_be_turned_off(make_broker: BrokerFactory, prefix
     await broker.publish(f"{prefix}.created", b"poison")
     await broker.wait_until_idle()
     assert [d for d in await broker.list_dead_letters(limit=10_000) if d.subject.startswith(prefix)] == []
+
+
+async def test_publish_many_returns_every_pub_ack_in_order(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    recorder = Recorder()
+    await broker.subscribe(f"{prefix}.>", recorder, queue="many")
+    batch = [(f"{prefix}.{'a' if n % 2 else 'b'}", str(n)) for n in range(600)]
+    acks = await broker.publish_many(batch, window=64)
+    assert [ack.seq for ack in acks] == list(range(acks[0].seq, acks[0].seq + 600))
+    assert {ack.stream for ack in acks} == {prefix.upper()}
+    await broker.wait_until_idle()
+    assert sorted(recorder.bodies, key=int) == [str(n).encode() for n in range(600)]
+
+
+async def test_publish_many_checks_everything_before_sending(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    with pytest.raises(InvalidSubjectError):
+        await broker.publish_many([(f"{prefix}.ok", b"1"), (f"{prefix}.*", b"2")])
+    with pytest.raises(ValueError, match="window"):
+        await broker.publish_many([(f"{prefix}.ok", b"1")], window=0)
+    assert (await broker.publish(f"{prefix}.ok", b"first")).seq == 1  # nothing of the batch was stored
+
+
+async def test_publish_many_reports_the_failed_ones(make_broker: BrokerFactory, prefix: str) -> None:
+    declared = StreamConfig(name=f"{prefix.upper()}_KNOWN", subjects=[f"{prefix}.known"])
+    broker = await make_broker(auto_provision=False, streams=[declared])
+    with pytest.raises(PublishBatchError) as caught:
+        await broker.publish_many(
+            [(f"{prefix}.known", b"1"), (f"other{prefix}.unknown", b"2"), (f"{prefix}.known", b"3")], window=2
+        )
+    error = caught.value
+    assert [ack is not None for ack in error.acks] == [True, False, True]
+    assert isinstance(error.errors[1], NoStreamError)
+    assert f"other{prefix}.unknown" in str(error)
