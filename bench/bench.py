@@ -131,6 +131,16 @@ async def ours_pipelined(target: Target, n: int) -> Sample:
         return timer.stop(n)
 
 
+async def ours_publish_many(target: Target, n: int) -> Sample:
+    async with JetStreamBroker(target.url) as broker:
+        timer = Timer()
+        timer.start()
+        for start in range(0, n, WINDOW * 8):
+            batch = [(target.subject, PAYLOAD)] * min(WINDOW * 8, n - start)
+            await broker.publish_many(batch, window=WINDOW)
+        return timer.stop(n)
+
+
 # -- scenario 3: consume with a no-op handler, durable pull consumer, batch 100 ---------------------
 
 
@@ -211,6 +221,7 @@ SCENARIOS: list[tuple[str, str, Runner, Runner, int]] = [
     # key, title, raw, ours, default N
     ("seq", "sequential publish (await each PubAck)", raw_sequential, ours_sequential, 5000),
     ("pipe", f"pipelined publish ({WINDOW} in flight)", raw_pipelined, ours_pipelined, 20000),
+    ("many", f"publish_many (window {WINDOW}) vs raw gather", raw_pipelined, ours_publish_many, 20000),
     ("consume", f"consume, no-op handler (durable pull, batch {BATCH})", raw_consume, ours_consume, 20000),
 ]
 
