@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,15 @@ def _is_auth_error(error: BaseException | None) -> bool:
     return error is not None and (
         "Authorization Violation" in str(error) or type(error).__name__ == "AuthorizationError"
     )
+
+
+def _is_refusal(error: BaseException | None) -> bool:
+    """An answer that retrying cannot change: credentials refused, or a certificate that does not verify."""
+    return _is_auth_error(error) or isinstance(error, ssl.SSLCertVerificationError)
+
+
+class _Refused(Exception):
+    """Every server refused the first connect (see :meth:`Connection.open`)."""
 
 
 class Redactor:
@@ -78,41 +88,69 @@ class Connection:
         self._on_disconnected = on_disconnected
         self._on_reconnected = on_reconnected
         self._last_error: BaseException | None = None
+        self._refusals = 0
+        self._refused: asyncio.Event | None = None  # set while a first connect runs
         self.closing = False
         """Set by the broker before it drains, so the expected disconnect is not reported as a fault."""
 
     async def open(self) -> NATS:
-        """Connect within ``connect_timeout`` or raise :class:`ConnectError` with a clear, secret-free reason."""
+        """Connect within ``connect_timeout`` or raise :class:`ConnectError` with a clear, secret-free reason.
+
+        nats-py retries a refused first connect (wrong credentials, untrusted certificate) until the timeout
+        like any other failure; here it fails at once when every server has refused it that way.
+        """
         nc = NATS()
         self._last_error = None
+        self._refusals = 0
+        self._refused = asyncio.Event()
         self.closing = False
         # nats-py's own attempt timeout must fit in ours, or a black-holed address eats the whole budget.
         attempt_timeout = max(1, min(int(self.connect_timeout), int(self._options.get("connect_timeout", 2))))
         options = {**self._options, "connect_timeout": attempt_timeout}
         try:
-            await asyncio.wait_for(
-                nc.connect(
-                    servers=self.servers,
-                    error_cb=self._error,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    closed_cb=self._closed,
-                    **options,
-                ),
-                timeout=self.connect_timeout,
-            )
+            await asyncio.wait_for(self._connect_unless_refused(nc, options), timeout=self.connect_timeout)
         except BaseException as error:
             self.closing = True  # nats-py reports a failed first connect as a disconnect: not a reconnect
             await self._abandon(nc)
             if isinstance(error, asyncio.CancelledError):
                 raise
+            where = ", ".join(map(redact_url, self.servers))
+            if isinstance(error, _Refused):
+                reason = self.describe(self._last_error or error)
+                raise ConnectError(f"could not connect to NATS at {where}: refused, not retried: {reason}") from None
             cause = self._last_error if isinstance(error, TimeoutError) and self._last_error else error
             raise ConnectError(
-                f"could not connect to NATS at {', '.join(map(redact_url, self.servers))} within "
-                f"{self.connect_timeout:g}s: {self.describe(cause)}"
+                f"could not connect to NATS at {where} within {self.connect_timeout:g}s: {self.describe(cause)}"
             ) from None
+        finally:
+            self._refused = None
         logger.info("connected to NATS at %s", redact_url(str(nc.connected_url.geturl() if nc.connected_url else "")))
         return nc
+
+    async def _connect_unless_refused(self, nc: NATS, options: Mapping[str, Any]) -> None:
+        """``nc.connect``, abandoned with :class:`_Refused` as soon as :meth:`_error` has seen every server refuse."""
+        assert self._refused is not None
+        connecting = asyncio.ensure_future(
+            nc.connect(
+                servers=self.servers,
+                error_cb=self._error,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+                closed_cb=self._closed,
+                **options,
+            )
+        )
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+        if connecting.cancelled():
+            raise _Refused
+        connecting.result()
 
     async def _abandon(self, nc: NATS) -> None:
         # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them.
@@ -128,6 +166,11 @@ class Connection:
         # Keep a refusal of the credentials as the reason: the connection reset that follows it says less.
         if not _is_auth_error(self._last_error) or _is_auth_error(error):
             self._last_error = error
+        if self._refused is not None and _is_refusal(error):
+            # A first connect: once every server of the pool has refused, retrying cannot help.
+            self._refusals += 1
+            if self._refusals >= len(self.servers):
+                self._refused.set()
         logger.warning("NATS connection error: %s", self.describe(error))
 
     async def _disconnected(self) -> None:
