@@ -17,7 +17,7 @@ code does not change::
             ...
 
 Fixtures: ``nats_server`` (session), ``memory_broker``, ``jetstream_broker`` (each test starts from an empty
-server: its streams are deleted afterwards), ``broker`` (parametrized over both). The brokers are *not*
+server: every stream is deleted before and after it), ``broker`` (parametrized over both). The brokers are *not*
 connected, so an app's lifespan can connect them; call ``await broker.connect()`` to use one directly.
 """
 
@@ -80,16 +80,21 @@ async def memory_broker() -> AsyncIterator[InMemoryBroker]:
 
 @pytest.fixture
 async def jetstream_broker(nats_server: NatsServer) -> AsyncIterator[Any]:
-    """An unconnected :class:`JetStreamBroker` on the session's server; afterwards it is disconnected and
-    every stream on the server is deleted, so the next test starts from nothing."""
-    import nats
-
+    """An unconnected :class:`JetStreamBroker` on the session's server, which is emptied (every stream
+    deleted) before and after the test: each test starts from nothing, whatever ran before it."""
     from .jetstream import JetStreamBroker
 
+    await _delete_all_streams(nats_server.url)
     broker = JetStreamBroker(nats_server.url, fetch_wait=1.0)
     yield broker
     await broker.disconnect()
-    nc = await nats.connect(nats_server.url)
+    await _delete_all_streams(nats_server.url)
+
+
+async def _delete_all_streams(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
     try:
         jsm = nc.jsm()
         for info in await jsm.streams_info():
