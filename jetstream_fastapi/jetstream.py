@@ -351,7 +351,10 @@ class JetStreamBroker:
         if attempt == 0:
             registry.forget()
         try:
-            stream = await asyncio.wait_for(registry.find(subject), timeout=max(0.01, deadline - time.monotonic()))
+            # Bounded well below the deadline: during a leader election the lookup itself may hang, and the
+            # publish should be retried as soon as a new leader answers.
+            lookup = min(1.0, max(0.01, deadline - time.monotonic()))
+            stream = await asyncio.wait_for(registry.find(subject), timeout=lookup)
         except Exception:
             stream = "?"  # JetStream itself is not answering yet (restart, election): wait and retry
         if stream is None:
