@@ -8,6 +8,7 @@ Imports nothing from ``nats``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import inspect
@@ -39,6 +40,7 @@ class ConsumerSettings:
     deliver_policy: DeliverPolicy | None = None
     inactive_threshold: float = 300.0
     dead_letter: bool = True
+    handler_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency", "max_ack_pending"):
@@ -47,6 +49,12 @@ class ConsumerSettings:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_deliver, int) or (self.max_deliver < 1 and self.max_deliver != -1):
             raise InvalidArgumentError(f"max_deliver must be >= 1 (or -1 for unlimited), got {self.max_deliver!r}")
+        if self.handler_timeout is not None and (
+            not isinstance(self.handler_timeout, int | float) or self.handler_timeout <= 0
+        ):
+            raise InvalidArgumentError(
+                f"handler_timeout must be a positive number of seconds, got {self.handler_timeout!r}"
+            )
         for name in ("fetch_wait", "ack_wait", "inactive_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
@@ -114,7 +122,10 @@ ACKED = Verdict(Action.ACK)
 async def run_handler(handler: Handler, message: Message, settings: ConsumerSettings) -> Verdict:
     """Run ``handler`` on ``message`` and decide its fate. Never raises, except ``CancelledError``."""
     try:
-        await handler(message)
+        if settings.handler_timeout is None:
+            await handler(message)
+        else:
+            await _with_timeout(handler, message, settings.handler_timeout)
     except Retry as retry:
         return _failed(message, settings, retry, retry.after)
     except Reject as reject:
@@ -123,6 +134,21 @@ async def run_handler(handler: Handler, message: Message, settings: ConsumerSett
     except Exception as error:
         return _failed(message, settings, error, None)
     return ACKED
+
+
+async def _with_timeout(handler: Handler, message: Message, timeout: float) -> None:
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            await handler(message)
+    except TimeoutError:
+        if deadline.expired():  # ours, not a TimeoutError the handler raised itself
+            raise HandlerTimeoutError(f"the handler ran longer than handler_timeout={timeout:g}s") from None
+        raise
+
+
+class HandlerTimeoutError(TimeoutError):
+    """A handler ran past its ``handler_timeout``: it was cancelled, and the message is retried."""
 
 
 def _failed(message: Message, settings: ConsumerSettings, error: Exception, after: float | None) -> Verdict:

@@ -192,6 +192,8 @@ class ConsumerOptions(TypedDict, total=False):
     """Seconds after which the server removes an idle ephemeral consumer (no ``queue``)."""
     dead_letter: bool
     """Republish terminated messages to the dead-letter stream before terminating them (default True)."""
+    handler_timeout: float | None
+    """Cancel a handler running longer than this many seconds and retry its message (default: no limit)."""
 
 
 class Retry(Exception):

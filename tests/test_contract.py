@@ -378,3 +378,24 @@ async def test_publish_many_reports_the_failed_ones(make_broker: BrokerFactory, 
     assert [ack is not None for ack in error.acks] == [True, False, True]
     assert isinstance(error.errors[1], NoStreamError)
     assert f"other{prefix}.unknown" in str(error)
+
+
+async def test_handler_timeout_cancels_and_retries(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    attempts: list[int] = []
+    cancelled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        attempts.append(msg.attempt)
+        if msg.attempt == 1:
+            try:
+                await asyncio.Event().wait()  # hangs until the timeout cancels it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    await broker.subscribe(f"{prefix}.created", handler, queue="slow", handler_timeout=0.1)
+    await broker.publish(f"{prefix}.created", b"x")
+    await broker.wait_until_idle()
+    assert cancelled.is_set()
+    assert attempts == [1, 2]
