@@ -69,9 +69,11 @@ __all__ = [
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
-    """Where a received message came from and how often it was delivered."""
+    """Where a received message came from and how often it was delivered.
+
+    (Not frozen: a frozen dataclass's ``__init__`` costs about 0.4 µs more, paid on every message.)"""
 
     stream: str
     """Name of the stream that stores the message."""

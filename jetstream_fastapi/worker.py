@@ -111,7 +111,11 @@ class PullWorker:
         self._recreating: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, float] = {}  # reply subject -> last ack-wait refresh (monotonic)
-        self._overflow: deque[Msg] = deque()
+        # Pulled messages not started yet, and the lanes (at most `concurrency` long-lived tasks) that run
+        # them: a lane takes the next message without a new task per message, and parks when none is left.
+        self._ready: deque[Msg] = deque()
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._parked: deque[asyncio.Future[None]] = deque()
         self._in_flight = 0
         self._outstanding = 0
         self._paused = False
@@ -154,7 +158,7 @@ class PullWorker:
     async def _pull(self) -> None:
         if self.state is not WorkerState.RUNNING or self._paused or self._recreating is not None:
             return
-        free = self._settings.concurrency - self._in_flight - self._outstanding - len(self._overflow)
+        free = self._settings.concurrency - self._in_flight - self._outstanding - len(self._ready)
         while free >= self._threshold:
             batch = min(free, self._settings.batch_size)
             self._outstanding += batch
@@ -175,18 +179,29 @@ class PullWorker:
             self._outstanding -= 1
         if self.state is not WorkerState.RUNNING:
             await self._give_back(msg)
-        elif self._in_flight >= self._settings.concurrency:
-            # Only after a reset (reconnect, missed heartbeats) can old requests deliver beyond the free
-            # slots; hold these few until a slot frees rather than exceed the concurrency.
-            self._overflow.append(msg)
-        else:
-            self._start(msg)
+            return
+        # Pulls never ask for more than the free slots, so this queue stays within the concurrency (after
+        # a reset, old requests may deliver a few more: they wait here for a lane rather than exceed it).
+        self._ready.append(msg)
+        while self._parked:
+            lane = self._parked.popleft()
+            if not lane.done():
+                lane.set_result(None)
+                return
+        if len(self._lanes) < self._settings.concurrency:
+            task = asyncio.create_task(self._lane(), name=f"jetstream-lane-{self.consumer}")
+            self._lanes.add(task)
+            task.add_done_callback(self._lanes.discard)
 
-    def _start(self, msg: Msg) -> None:
-        self._in_flight += 1
-        task = asyncio.create_task(self._handle(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _lane(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.state is WorkerState.RUNNING:
+            if self._ready:
+                await self._handle(self._ready.popleft())
+            else:
+                parked: asyncio.Future[None] = loop.create_future()
+                self._parked.append(parked)
+                await parked
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
@@ -215,6 +230,7 @@ class PullWorker:
 
     async def _handle(self, msg: Msg) -> None:
         reply = msg.reply
+        self._in_flight += 1
         self._running[reply] = time.monotonic()
         try:
             message = decode(msg)
@@ -239,10 +255,7 @@ class PullWorker:
             self._in_flight -= 1
             if self._on_settled is not None:
                 self._on_settled()
-            if self._overflow and self.state is WorkerState.RUNNING:
-                self._start(self._overflow.popleft())
-            else:
-                await self._pull()
+            await self._pull()
 
     async def _terminate(self, reply: str, message: Message, verdict: Verdict) -> None:
         if self._on_terminate is not None and not await self._on_terminate(message, verdict):
@@ -340,10 +353,15 @@ class PullWorker:
             except Exception:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
-        while self._overflow:
-            await self._give_back(self._overflow.popleft())
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
+        while self._ready:
+            await self._give_back(self._ready.popleft())
+        while self._parked:  # parked lanes see the state and end
+            lane = self._parked.popleft()
+            if not lane.done():
+                lane.set_result(None)
+        running = self._lanes | self._tasks
+        if running:
+            _, late = await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
             if late:
                 logger.warning(
                     "consumer %s: %d handler(s) still running after the %gs shutdown timeout; cancelled and given back",
