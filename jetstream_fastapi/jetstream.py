@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from nats.js.manager import JetStreamManager
@@ -28,36 +26,21 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
+from .driver import Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
 from .errors import (
     ConnectError,
     InvalidArgumentError,
     NotConnectedError,
-    PayloadTooLargeError,
-    PublishBatchError,
-    PublishError,
-    PublishTimeoutError,
 )
-from .pipeline import NoResponders, Outgoing, Pipeline
-from .publishing import coerce_message
+from .publisher import Publisher
 from .streams import StreamMismatch, StreamRegistry
 from .subjects import check_queue, check_subject
 from .worker import PullWorker, WorkerState
 
 logger = logging.getLogger("jetstream_fastapi")
 
-# Retries of a publish that met "no responders" while the stream exists (restart, leader election).
-_NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 # The JetStream API's account-info request: the cheapest question the server answers (see ping()).
 _ACCOUNT_INFO = "$JS.API.INFO"
-
-
-def _headers_size(headers: dict[str, str]) -> int:
-    """Bytes of the ``NATS/1.0`` header block nats-py sends for ``headers``."""
-    size = len(b"NATS/1.0\r\n\r\n")
-    for key, value in headers.items():
-        size += len(key.strip().encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
-    return size
 
 
 class JetStreamBroker:
@@ -135,8 +118,7 @@ class JetStreamBroker:
         self._registry: StreamRegistry | None = None
         self._subscriptions: set[JetStreamSubscription] = set()
         self._lock = asyncio.Lock()
-        self._id_prefix = ""
-        self._id_counter = 0
+        self._publisher: Publisher | None = None
         self._settled = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -188,7 +170,7 @@ class JetStreamBroker:
                 await nc.close()
                 raise
             self._nc, self._jsm, self._registry = nc, jsm, registry
-            self._id_prefix = f"{uuid.uuid4().hex}-"
+            self._publisher = Publisher(nc, registry, timeout=self.publish_timeout)
 
     async def disconnect(self) -> None:
         """Stop every subscription (see :meth:`JetStreamSubscription.unsubscribe`), then drain and close."""
@@ -197,7 +179,7 @@ class JetStreamBroker:
             if nc is None:
                 return
             await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
-            self._nc = self._jsm = self._registry = None
+            self._nc = self._jsm = self._registry = self._publisher = None
             self._connection.closing = True
             try:
                 # Flushes the acks and naks written by the workers; bounded in case the server is gone.
@@ -247,9 +229,10 @@ class JetStreamBroker:
         total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
         may still have been stored: retry with the same ``msg_id``.
         """
-        nc, _, registry = self._require()
-        outgoing = self._prepare(nc, registry, subject, message, msg_id, headers)
-        return await self._send(nc, registry, outgoing, self.publish_timeout if timeout is None else timeout)
+        publisher = self._publisher
+        if publisher is None:
+            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
+        return await publisher.publish(subject, message, msg_id, headers, timeout)
 
     async def publish_many(
         self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
@@ -262,105 +245,10 @@ class JetStreamBroker:
         (which finds or provisions its stream). If any failed, :class:`PublishBatchError` says which, with
         the PubAcks of the others.
         """
-        if not isinstance(window, int) or window < 1:
-            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
-        nc, _, registry = self._require()
-        outgoing = [self._prepare(nc, registry, subject, message, None, None) for subject, message in messages]
-        total = self.publish_timeout if timeout is None else timeout
-        results = await Pipeline(nc, outgoing, window=window, timeout=total).run()
-        acks: list[PubAck | None] = []
-        errors: dict[int, BaseException] = {}
-        for index, result in enumerate(results):
-            if isinstance(result, NoResponders):
-                try:
-                    result = await self._send(nc, registry, outgoing[index], total)
-                except Exception as error:
-                    result = error
-            elif isinstance(result, TimeoutError):
-                out = outgoing[index]
-                result = PublishTimeoutError(out.subject, total, out.headers[MSG_ID_HEADER])
-            if isinstance(result, PubAck):
-                acks.append(result)
-                if registry.cached(outgoing[index].subject) is None:
-                    registry.remember(outgoing[index].subject, result.stream)
-            else:
-                acks.append(None)
-                errors[index] = result if result is not None else RuntimeError("no outcome")
-        if errors:
-            raise PublishBatchError(acks, errors)
-        return [ack for ack in acks if ack is not None]
-
-    def _prepare(
-        self,
-        nc: NATS,
-        registry: StreamRegistry,
-        subject: str,
-        message: Payload,
-        msg_id: str | None,
-        headers: dict[str, str] | None,
-    ) -> Outgoing:
-        """Check and encode one message, giving it a msg id; raises before anything is sent."""
-        if registry.cached(subject) is None:
-            check_subject(subject, wildcards=False)
-        body, merged = coerce_message(message, headers)
-        if not msg_id:
-            self._id_counter += 1
-            msg_id = f"{self._id_prefix}{self._id_counter}"
-        merged[MSG_ID_HEADER] = msg_id
-        # The server's limit covers headers and body; past it the server drops the connection and nats-py
-        # closes the client for good, so check here (nats-py itself checks the body only).
-        size = len(body) + _headers_size(merged)
-        if size > nc.max_payload:
-            raise PayloadTooLargeError(subject, size, nc.max_payload)
-        return Outgoing(subject, body, merged)
-
-    async def _send(self, nc: NATS, registry: StreamRegistry, outgoing: Outgoing, total: float) -> PubAck:
-        """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds."""
-        subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
-        msg_id = merged[MSG_ID_HEADER]
-        deadline = time.monotonic() + total
-        no_responders = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishTimeoutError(subject, total, msg_id)
-            # Each attempt gets a share of the deadline, so that a request lost with a dying connection is
-            # sent again; the msg id makes the server store it once whichever attempt lands.
-            attempt_timeout = min(remaining, max(1.0, total / 3))
-            try:
-                reply = await nc.request(subject, body, timeout=attempt_timeout, headers=merged)
-            except nats.errors.NoRespondersError:
-                await self._no_responders(subject, registry, no_responders, deadline)
-                no_responders += 1
-                continue
-            except nats.errors.TimeoutError:
-                continue
-            except nats.errors.ConnectionClosedError:
-                raise NotConnectedError("the NATS connection is closed") from None
-            response = json.loads(reply.data)
-            error = response.get("error")
-            if error is not None:
-                raise PublishError(subject, error.get("description", str(error)), error.get("code"))
-            stream = response["stream"]
-            if registry.cached(subject) is None:
-                registry.remember(subject, stream)
-            return PubAck(stream=stream, seq=response["seq"], duplicate=response.get("duplicate", False))
-
-    async def _no_responders(self, subject: str, registry: StreamRegistry, attempt: int, deadline: float) -> None:
-        """No stream answered: find or provision one, or wait out a restart; raise if neither helps."""
-        if attempt == 0:
-            registry.forget()
-        try:
-            # Bounded well below the deadline: during a leader election the lookup itself may hang, and the
-            # publish should be retried as soon as a new leader answers.
-            lookup = min(1.0, max(0.01, deadline - time.monotonic()))
-            stream = await asyncio.wait_for(registry.find(subject), timeout=lookup)
-        except Exception:
-            stream = "?"  # JetStream itself is not answering yet (restart, election): wait and retry
-        if stream is None:
-            await registry.stream_for(subject)  # provisions, or raises NoStreamError naming the subject
-            return
-        await asyncio.sleep(_NO_RESPONDERS_DELAYS[min(attempt, len(_NO_RESPONDERS_DELAYS) - 1)])
+        publisher = self._publisher
+        if publisher is None:
+            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
+        return await publisher.publish_many(messages, window, timeout)
 
     # -- subscribe ---------------------------------------------------------------------------------
 
