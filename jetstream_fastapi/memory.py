@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import itertools
 import time
 import uuid
 from collections import deque
@@ -44,7 +43,7 @@ from .errors import (
     PublishBatchError,
 )
 from .publishing import coerce_message
-from .subjects import check_queue, check_subject, provisioned_stream, subject_matches
+from .subjects import check_queue, check_subject, provisioned_stream, subject_matches, subjects_overlap
 
 
 class StreamDeclaration(Protocol):
@@ -229,7 +228,7 @@ class InMemoryBroker:
     def _stream_for(self, subject: str) -> _Stream:
         """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
         for stream in self._streams.values():
-            if any(_overlap(pattern, subject) for pattern in stream.subjects):
+            if any(subjects_overlap(pattern, subject) for pattern in stream.subjects):
                 return stream
         if not self.auto_provision:
             raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
@@ -335,19 +334,6 @@ class InMemoryBroker:
         return (
             f"InMemoryBroker(connected={self._connected}, streams={streams}, subscriptions={len(self._subscriptions)})"
         )
-
-
-def _overlap(pattern: str, subject: str) -> bool:
-    """Whether two subject patterns can match a common subject (for finding a wildcard filter's stream)."""
-    a, b = pattern.split("."), subject.split(".")
-    for x, y in itertools.zip_longest(a, b):
-        if x == ">" or y == ">":
-            return True
-        if x is None or y is None:
-            return False
-        if x != y and "*" not in (x, y):
-            return False
-    return True
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ Imports nothing from ``nats``.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from .errors import InvalidQueueError, InvalidSubjectError
@@ -66,6 +67,18 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if index >= len(subject_tokens) or (token != "*" and token != subject_tokens[index]):
             return False
     return len(pattern_tokens) == len(subject_tokens)
+
+
+def subjects_overlap(first: str, second: str) -> bool:
+    """Whether two subject patterns can match a common subject (which stream a wildcard filter reads)."""
+    for a, b in itertools.zip_longest(first.split("."), second.split(".")):
+        if a is None or b is None:
+            return False  # one pattern is longer, and ">" needs at least one more token
+        if a == ">" or b == ">":
+            return True
+        if a != b and "*" not in (a, b):
+            return False
+    return True
 
 
 def provisioned_stream(subject: str) -> tuple[str, list[str]] | None:

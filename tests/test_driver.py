@@ -20,7 +20,13 @@ from jetstream_fastapi import (
 )
 from jetstream_fastapi.consuming import Action, ConsumerSettings, run_handler
 from jetstream_fastapi.driver import Delivery
-from jetstream_fastapi.subjects import check_queue, check_subject, provisioned_stream, subject_matches
+from jetstream_fastapi.subjects import (
+    check_queue,
+    check_subject,
+    provisioned_stream,
+    subject_matches,
+    subjects_overlap,
+)
 
 
 def test_driver_imports_nothing_from_nats() -> None:
@@ -91,6 +97,22 @@ def test_valid_queue_names() -> None:
 )
 def test_subject_matching(pattern: str, subject: str, expected: bool) -> None:
     assert subject_matches(pattern, subject) is expected
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("orders.>", "orders.*.eu", True),
+        ("orders.*", "orders.created", True),
+        ("orders.*", "orders.created.eu", False),
+        ("orders.created", "billing.created", False),
+        ("*.created", "orders.*", True),
+        ("orders", "orders.>", False),
+    ],
+)
+def test_subjects_overlap(first: str, second: str, expected: bool) -> None:
+    assert subjects_overlap(first, second) is expected
+    assert subjects_overlap(second, first) is expected
 
 
 def test_provisioned_stream_rule() -> None:
