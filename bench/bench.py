@@ -1,310 +1,228 @@
-"""Throughput of JetStreamBroker ("ours") against nats-py used directly ("raw"), on a local nats-server.
+"""JetStreamBroker ("ours") against nats-py used directly ("raw") and FastStream 0.7.8, on a local nats-server.
 
 Run from the repository root::
 
     .venv/bin/python bench/bench.py [--rounds 5] [--messages N] [--smoke]
 
-Starts its own ``nats-server -js`` (loopback, temporary store), runs each scenario for raw and ours in
-interleaved rounds (odd rounds raw first, even rounds ours first), each run on a fresh stream created up
-front (so no auto-provisioning is timed), and prints a markdown table: median msg/s over rounds,
-min..max, the ours/raw ratio of medians and the client CPU time per message (``time.process_time``; the
-server runs in another process and is not counted).
+Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this order:
+
+* throughput (``throughput.py``): sequential publish, pipelined publish, publish_many, consume with a
+  no-op handler; raw, ours and FastStream in interleaved rounds (the starting implementation rotates);
+* a 10 ms handler at concurrency 256 (``slow_handler.py``): msg/s and the server's max ack pending;
+* app startup/shutdown under ``jetstream_lifespan`` (``lifecycle.py``);
+* an HTTP publish route under uvicorn (``http_route.py``): req/s, p50/p99 latency, server CPU;
+* memory (``memory.py``, once, in subprocesses): peak RSS draining a backlog, RSS across publish_many.
+
+Prints markdown tables (medians over rounds, min..max, ratios of medians, CPU time per message) and
+the issue #5 targets with whether each is met. A full run needs the ``bench`` extra
+(``pip install -e '.[bench]'``: FastStream, uvloop, httptools); ``--smoke`` (tiny sizes, one round, for
+CI) skips whatever of those is missing and says "not installed".
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import importlib.metadata
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
-import nats
-import nats.errors
-from nats.js.api import StreamConfig
+from common import (
+    HAVE_FASTSTREAM,
+    HAVE_HTTPTOOLS,
+    HAVE_UVLOOP,
+    NOT_INSTALLED,
+    RUN_TIMEOUT,
+    Sample,
+    Target,
+    fresh_stream,
+    rotated,
+)
+from http_route import FAST, PLAIN, http_run
+from lifecycle import lifecycle_round
+from memory import measure_drain, measure_publish
+from report import Results, report
+from slow_handler import CONCURRENCY, ours_slow, raw_slow
+from throughput import SCENARIOS
 
-from jetstream_fastapi import JetStreamBroker
-from jetstream_fastapi.driver import Message
-from jetstream_fastapi.server import NatsServer
+from jetstream_fastapi.server import NatsServer, find_nats_server
 
-PAYLOAD = b"x" * 256
-WINDOW = 256  # publishes in flight in the pipelined scenario
-BATCH = 100  # pull batch in the consume scenario
-RUN_TIMEOUT = 120.0  # bound on one timed run, seconds
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where one run goes: its own stream capturing exactly one subject."""
-
-    url: str
-    stream: str
-    subject: str
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One timed run: messages, wall seconds, client CPU seconds."""
-
-    messages: int
-    seconds: float
-    cpu: float
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        return self.cpu / self.messages * 1e6
+class Sizes:
+    throughput: dict[str, int]
+    slow: int  # messages through the 10 ms handler
+    drain: int  # backlog drained in the memory measurement
+    publish: int  # publishes in the memory measurement
+    http_requests: int
+    http_warmup: int
+    http_fast: bool  # also serve with uvloop + httptools (when installed)
 
 
-@dataclass
-class Results:
-    raw: list[Sample] = field(default_factory=list)
-    ours: list[Sample] = field(default_factory=list)
+FULL = Sizes(
+    throughput={sc.key: sc.default_n for sc in SCENARIOS},
+    slow=20_000,
+    drain=200_000,
+    publish=1_000_000,
+    http_requests=10_000,
+    http_warmup=1_000,
+    http_fast=True,
+)
+SMOKE = Sizes(
+    throughput=dict.fromkeys((sc.key for sc in SCENARIOS), 500),
+    slow=500,
+    drain=2_000,
+    publish=5_000,
+    http_requests=200,
+    http_warmup=50,
+    http_fast=False,  # each HTTP run starts two processes (~1 s): the smoke serves asyncio + h11 only
+)
 
 
-Runner = Callable[[Target, int], Awaitable[Sample]]
+STARTED = time.monotonic()
 
 
-class Timer:
-    """Wall and process CPU time between ``start()`` and ``stop()``."""
-
-    def start(self) -> None:
-        self._wall = time.perf_counter()
-        self._cpu = time.process_time()
-
-    def stop(self, messages: int) -> Sample:
-        return Sample(messages, time.perf_counter() - self._wall, time.process_time() - self._cpu)
+def progress(text: str) -> None:
+    print(f"  [{time.monotonic() - STARTED:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-# -- scenario 1: sequential publish, each PubAck awaited --------------------------------------------
+async def on_fresh_stream(
+    url: str, name: str, impl: str, rnd: int, run: Callable[[Target, int], Awaitable[T]], n: int
+) -> T:
+    """Run ``run(target, n)`` on a stream created for it alone, deleted afterwards."""
+    target = Target(url, f"BENCH_{name.upper()}_R{rnd}_{impl.upper()}", f"bench.{name}.r{rnd}.{impl}")
+    async with fresh_stream(url, target.stream, [target.subject]), asyncio.timeout(RUN_TIMEOUT):
+        return await run(target, n)
 
 
-async def raw_sequential(target: Target, n: int) -> Sample:
-    nc = await nats.connect(target.url)
-    try:
-        js = nc.jetstream()
-        timer = Timer()
-        timer.start()
-        for _ in range(n):
-            await js.publish(target.subject, PAYLOAD)
-        return timer.stop(n)
-    finally:
-        await nc.close()
+async def run_throughput(url: str, results: Results, impls: list[str]) -> None:
+    for sc in SCENARIOS:
+        n = results.sizes[sc.key]
+        runners = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream}
+        runs: dict[str, list[Sample]] = {impl: [] for impl in impls if runners[impl] is not None}
+        for rnd in range(1, results.rounds + 1):
+            for impl in rotated(list(runs), rnd):
+                sample = await on_fresh_stream(url, sc.key, impl, rnd, runners[impl], n)
+                runs[impl].append(sample)
+                progress(f"{sc.title} round {rnd} {impl}: {sample.rate:,.0f} msg/s, {sample.cpu_us:.1f} µs CPU/msg")
+        results.throughput[sc.key] = runs
 
 
-async def ours_sequential(target: Target, n: int) -> Sample:
-    async with JetStreamBroker(target.url) as broker:
-        timer = Timer()
-        timer.start()
-        for _ in range(n):
-            await broker.publish(target.subject, PAYLOAD)
-        return timer.stop(n)
+async def run_slow(url: str, results: Results) -> None:
+    runners = {"raw": raw_slow, "ours": ours_slow}
+    results.slow = {impl: [] for impl in runners}
+    for rnd in range(1, results.rounds + 1):
+        for impl in rotated(list(runners), rnd):
+            sample = await on_fresh_stream(url, "slow", impl, rnd, runners[impl], results.sizes["slow"])
+            results.slow[impl].append(sample)
+            progress(
+                f"10 ms handler x{CONCURRENCY} round {rnd} {impl}: {sample.rate:,.0f} msg/s, "
+                f"max ack pending {sample.max_ack_pending}"
+            )
 
 
-# -- scenario 2: pipelined publish, WINDOW in flight ------------------------------------------------
-
-
-async def raw_pipelined(target: Target, n: int) -> Sample:
-    nc = await nats.connect(target.url)
-    try:
-        js = nc.jetstream()
-        timer = Timer()
-        timer.start()
-        for start in range(0, n, WINDOW):
-            await asyncio.gather(*(js.publish(target.subject, PAYLOAD) for _ in range(min(WINDOW, n - start))))
-        return timer.stop(n)
-    finally:
-        await nc.close()
-
-
-async def ours_pipelined(target: Target, n: int) -> Sample:
-    async with JetStreamBroker(target.url) as broker:
-        timer = Timer()
-        timer.start()
-        for start in range(0, n, WINDOW):
-            await asyncio.gather(*(broker.publish(target.subject, PAYLOAD) for _ in range(min(WINDOW, n - start))))
-        return timer.stop(n)
-
-
-async def ours_publish_many(target: Target, n: int) -> Sample:
-    async with JetStreamBroker(target.url) as broker:
-        timer = Timer()
-        timer.start()
-        for start in range(0, n, WINDOW * 8):
-            batch = [(target.subject, PAYLOAD)] * min(WINDOW * 8, n - start)
-            await broker.publish_many(batch, window=WINDOW)
-        return timer.stop(n)
-
-
-# -- scenario 3: consume with a no-op handler, durable pull consumer, batch 100 ---------------------
-
-
-async def prefill(target: Target, n: int) -> None:
-    """Store ``n`` messages on the target's subject (not timed)."""
-    nc = await nats.connect(target.url)
-    try:
-        js = nc.jetstream()
-        for start in range(0, n, WINDOW):
-            await asyncio.gather(*(js.publish(target.subject, PAYLOAD) for _ in range(min(WINDOW, n - start))))
-    finally:
-        await nc.close()
-
-
-async def check_consumed(url: str, stream: str, durable: str) -> None:
-    """Raise unless the consumer has nothing pending and nothing unacked (not timed)."""
-    nc = await nats.connect(url)
-    try:
-        info = await nc.jsm().consumer_info(stream, durable)
-        if info.num_pending or info.num_ack_pending:
-            raise RuntimeError(f"{stream}/{durable}: pending={info.num_pending} ack_pending={info.num_ack_pending}")
-    finally:
-        await nc.close()
-
-
-async def raw_consume(target: Target, n: int) -> Sample:
-    await prefill(target, n)
-    nc = await nats.connect(target.url)
-    try:
-        js = nc.jetstream()
-        timer = Timer()
-        timer.start()
-        psub = await js.pull_subscribe(target.subject, "bench")
-        done = 0
-        while done < n:
-            try:
-                msgs = await psub.fetch(BATCH, timeout=1)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            for m in msgs:
-                await m.ack()
-            done += len(msgs)
-        sample = timer.stop(done)
-        await nc.flush()
-        # Unsubscribing first keeps close/drain from waiting out the drain timeout (see the notes).
-        await psub.unsubscribe()
-    finally:
-        await nc.close()
-    await check_consumed(target.url, target.stream, "bench")
-    return sample
-
-
-async def ours_consume(target: Target, n: int) -> Sample:
-    await prefill(target, n)
-    async with JetStreamBroker(target.url) as broker:
-        count = 0
-        all_handled = asyncio.Event()
-
-        async def handler(message: Message) -> None:
-            nonlocal count
-            count += 1
-            if count >= n:
-                all_handled.set()
-
-        timer = Timer()
-        timer.start()
-        await broker.subscribe(target.subject, handler, queue="bench", batch_size=BATCH, concurrency=BATCH)
-        await all_handled.wait()
-        sample = timer.stop(count)
-        await broker.wait_until_idle()
-    await check_consumed(target.url, target.stream, "bench")
-    return sample
-
-
-# -- driver ------------------------------------------------------------------------------------------
-
-SCENARIOS: list[tuple[str, str, Runner, Runner, int]] = [
-    # key, title, raw, ours, default N
-    ("seq", "sequential publish (await each PubAck)", raw_sequential, ours_sequential, 5000),
-    ("pipe", f"pipelined publish ({WINDOW} in flight)", raw_pipelined, ours_pipelined, 20000),
-    ("many", f"publish_many (window {WINDOW}) vs raw gather", raw_pipelined, ours_publish_many, 20000),
-    ("consume", f"consume, no-op handler (durable pull, batch {BATCH})", raw_consume, ours_consume, 20000),
-]
-
-
-async def timed_run(url: str, key: str, rnd: int, impl: str, runner: Runner, n: int) -> Sample:
-    stream = f"BENCH_{key.upper()}_R{rnd}_{impl.upper()}"
-    target = Target(url, stream, f"bench.{key}.r{rnd}.{impl}")
-    nc = await nats.connect(url)
-    try:
-        jsm = nc.jsm()
-        await jsm.add_stream(StreamConfig(name=stream, subjects=[target.subject]))
-        try:
-            async with asyncio.timeout(RUN_TIMEOUT):
-                return await runner(target, n)
-        finally:
-            await jsm.delete_stream(stream)
-    finally:
-        await nc.close()
-
-
-async def run(url: str, rounds: int, sizes: dict[str, int]) -> dict[str, Results]:
-    results = {key: Results() for key, *_ in SCENARIOS}
-    for key, title, raw, ours, _ in SCENARIOS:
-        n = sizes[key]
-        for rnd in range(1, rounds + 1):
-            order = [("raw", raw), ("ours", ours)]
-            if rnd % 2 == 0:
-                order.reverse()
-            for impl, runner in order:
-                sample = await timed_run(url, key, rnd, impl, runner, n)
-                getattr(results[key], impl).append(sample)
-                print(
-                    f"  {title} round {rnd} {impl}: {sample.rate:,.0f} msg/s, {sample.cpu_us:.1f} µs CPU/msg",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return results
-
-
-def spread(samples: list[Sample]) -> str:
-    rates = [s.rate for s in samples]
-    median = statistics.median(rates)
-    return f"{median:,.0f} ({min(rates):,.0f}..{max(rates):,.0f})"
-
-
-def table(results: dict[str, Results], sizes: dict[str, int], rounds: int) -> str:
-    lines = [
-        "| scenario | N | rounds | raw msg/s median (min..max) | ours msg/s median (min..max) | ours/raw "
-        "| raw CPU µs/msg | ours CPU µs/msg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, title, *_ in SCENARIOS:
-        r = results[key]
-        raw_rate = statistics.median(s.rate for s in r.raw)
-        ours_rate = statistics.median(s.rate for s in r.ours)
-        raw_cpu = statistics.median(s.cpu_us for s in r.raw)
-        ours_cpu = statistics.median(s.cpu_us for s in r.ours)
-        lines.append(
-            f"| {title} | {sizes[key]} | {rounds} | {spread(r.raw)} | {spread(r.ours)} "
-            f"| {ours_rate / raw_rate:.2f} | {raw_cpu:.1f} | {ours_cpu:.1f} |"
+async def run_lifecycle(url: str, results: Results) -> None:
+    for rnd in range(1, results.rounds + 1):
+        sample = await lifecycle_round(url, rnd)
+        results.lifecycle.append(sample)
+        progress(
+            f"lifespan round {rnd}: startup {sample.startup * 1e3:.0f} ms, idle shutdown "
+            f"{sample.idle_shutdown * 1e3:.0f} ms, busy shutdown {sample.busy_shutdown * 1e3:.0f} ms"
         )
-    return "\n".join(lines)
+
+
+async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -> None:
+    results.http_configs = [PLAIN]
+    if not sizes.http_fast:
+        results.http_skipped.append((FAST.label, "skipped in --smoke"))
+    elif HAVE_UVLOOP and HAVE_HTTPTOOLS:
+        results.http_configs.append(FAST)
+    else:
+        results.http_skipped.append((FAST.label, NOT_INSTALLED))
+    for rnd in range(1, results.rounds + 1):
+        for config in results.http_configs:
+            for impl in rotated(impls, rnd):
+                sample = await http_run(url, impl, config, rnd, sizes.http_requests, sizes.http_warmup)
+                results.http.setdefault((config.label, impl), []).append(sample)
+                progress(
+                    f"HTTP {config.label} round {rnd} {impl}: {sample.rate:,.0f} req/s, p99 {sample.p99_ms:.1f} ms"
+                )
+
+
+async def run_memory(url: str, results: Results, sizes: Sizes) -> None:
+    results.drain = await measure_drain(url, sizes.drain)
+    progress(f"memory: draining {sizes.drain:,}: peak {results.drain.peak_over_idle_mb:+.1f} MB over idle")
+    results.publish = await measure_publish(url, sizes.publish)
+    progress(
+        f"memory: {sizes.publish:,} publishes in {results.publish.seconds:.0f} s: "
+        f"RSS {results.publish.growth_mb:+.1f} MB"
+    )
+
+
+async def run(url: str, results: Results, sizes: Sizes) -> None:
+    impls = ["raw", "ours"] + (["faststream"] if results.faststream else [])
+    await run_throughput(url, results, impls)
+    await run_slow(url, results)
+    await run_lifecycle(url, results)
+    await run_http(url, results, impls, sizes)
+    await run_memory(url, results, sizes)
+
+
+def machine() -> str:
+    """One line naming what the numbers were measured on."""
+    server = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True, check=False)
+    versions = []
+    for dist in ("nats-py", "faststream", "fastapi", "uvicorn", "uvloop", "httptools"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} {NOT_INSTALLED}")
+    return f"nproc {os.cpu_count()}, Python {platform.python_version()}, {server.stdout.strip()}, " + ", ".join(
+        versions
+    )
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario (default 5)")
-    parser.add_argument("--messages", type=int, default=None, help="messages per run, for every scenario")
-    parser.add_argument("--smoke", action="store_true", help="1 round of 500 messages: a quick check")
+    parser.add_argument("--messages", type=int, default=None, help="messages per throughput and 10 ms handler run")
+    parser.add_argument("--smoke", action="store_true", help="1 round of tiny sizes: a quick check that all runs")
     args = parser.parse_args()
     rounds = 1 if args.smoke else args.rounds
     if rounds < 1:
         parser.error("--rounds must be at least 1")
-    sizes = {key: default for key, *_, default in SCENARIOS}
-    if args.messages is not None or args.smoke:
-        n = args.messages if args.messages is not None else 500
-        if n < 1:
+    missing = [
+        name
+        for name, ok in (("faststream", HAVE_FASTSTREAM), ("uvloop", HAVE_UVLOOP), ("httptools", HAVE_HTTPTOOLS))
+        if not ok
+    ]
+    if missing and not args.smoke:
+        parser.error(f"a full run needs {', '.join(missing)}: pip install -e '.[bench]' (or use --smoke)")
+    sizes = SMOKE if args.smoke else FULL
+    counts = dict(sizes.throughput, slow=sizes.slow)
+    if args.messages is not None:
+        if args.messages < 1:
             parser.error("--messages must be at least 1")
-        sizes = dict.fromkeys(sizes, n)
+        counts = dict.fromkeys(counts, args.messages)
+    results = Results(sizes=counts, rounds=rounds, faststream=HAVE_FASTSTREAM, smoke=args.smoke)
+    before = load()
     with NatsServer() as server:
         print(f"nats-server at {server.url}", file=sys.stderr, flush=True)
-        results = asyncio.run(run(server.url, rounds, sizes))
-    print(table(results, sizes, rounds))
+        asyncio.run(run(server.url, results, sizes))
+    print(f"{machine()}; load average (1/5/15 min) {before} at the start, {load()} at the end\n")
+    print(report(results))
 
 
 if __name__ == "__main__":
