@@ -1,0 +1,161 @@
+"""What every benchmark module shares: the payload, timed samples, per-run streams, optional packages.
+
+The bench modules are plain scripts next to each other (``bench/`` is not a package): ``bench/bench.py``
+puts this directory first on ``sys.path``, and so do the subprocess scripts (``memory.py``,
+``http_app.py``, ``loadgen.py``) since Python does that for the script it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import StreamConfig
+
+BENCH_DIR = Path(__file__).resolve().parent
+PAYLOAD = b"x" * 256
+WINDOW = 256  # publishes in flight in the pipelined scenarios
+BATCH = 100  # pull batch in the consume scenarios
+RUN_TIMEOUT = 180.0  # bound on one timed run, seconds
+NOT_INSTALLED = "not installed"
+
+HAVE_FASTSTREAM = importlib.util.find_spec("faststream") is not None
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+HAVE_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one run goes: its own stream capturing exactly one subject."""
+
+    url: str
+    stream: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed run: messages, wall seconds, client CPU seconds."""
+
+    messages: int
+    seconds: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.messages * 1e6
+
+
+class Timer:
+    """Wall and process CPU time between ``start()`` and ``stop()``."""
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def stop(self, messages: int) -> Sample:
+        return Sample(messages, time.perf_counter() - self._wall, time.process_time() - self._cpu)
+
+
+def rotated(items: list[str], rnd: int) -> list[str]:
+    """``items`` starting at a different one each round, so that no implementation always runs first."""
+    shift = (rnd - 1) % len(items)
+    return items[shift:] + items[:shift]
+
+
+@contextlib.asynccontextmanager
+async def fresh_stream(url: str, name: str, subjects: list[str], **config: Any) -> AsyncIterator[None]:
+    """A stream created before the block and deleted after it (neither is timed)."""
+    nc = await nats.connect(url)
+    try:
+        jsm = nc.jsm()
+        await jsm.add_stream(StreamConfig(name=name, subjects=subjects, **config))
+        try:
+            yield
+        finally:
+            await jsm.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+async def prefill(target: Target, n: int) -> None:
+    """Store ``n`` messages on the target's subject (not timed)."""
+    nc = await nats.connect(target.url)
+    try:
+        js = nc.jetstream()
+        for start in range(0, n, WINDOW):
+            await asyncio.gather(*(js.publish(target.subject, PAYLOAD) for _ in range(min(WINDOW, n - start))))
+    finally:
+        await nc.close()
+
+
+async def check_consumed(url: str, stream: str, durable: str, within: float = 10.0) -> None:
+    """Raise unless the consumer ends up with nothing pending and nothing unacked (not timed).
+
+    Polls for up to ``within`` seconds: the server applies acks asynchronously, so right after the last
+    fire-and-forget ``+ACK`` (even after a flush) it may still count a few as pending.
+    """
+    nc = await nats.connect(url)
+    try:
+        jsm = nc.jsm()
+        deadline = time.monotonic() + within
+        while True:
+            info = await jsm.consumer_info(stream, durable)
+            if not info.num_pending and not info.num_ack_pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{stream}/{durable}: pending={info.num_pending} ack_pending={info.num_ack_pending}")
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+# -- memory, from /proc (Linux) ----------------------------------------------------------------------
+
+
+def proc_status_kb(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- formatting --------------------------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    """``median (min..max)``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
+def ratio(ours: float, other: float) -> str:
+    return f"{ours / other:.2f}" if other else "-"

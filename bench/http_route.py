@@ -1,0 +1,132 @@
+"""HTTP publish route under uvicorn: ours vs raw nats-py vs FastStream, req/s and latency.
+
+For every run: a fresh stream, a uvicorn process serving one implementation of the route
+(``http_app.py``, one worker, the given event loop and HTTP parser), then a load generator process
+(``loadgen.py``, 32 keep-alive connections) that warms up, sends the measured requests, and reports.
+Server startup is not timed; the server's CPU time over the measured requests is read from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from common import BENCH_DIR, Target, fresh_stream
+
+CONNECTIONS = 32
+MAX_SECONDS = 30.0
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 40.0  # above nats-py's 30 s drain timeout
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    label: str
+    loop: str
+    http: str
+
+
+PLAIN = ServerConfig("asyncio + h11", "asyncio", "h11")
+FAST = ServerConfig("uvloop + httptools", "uvloop", "httptools")
+
+
+@dataclass(frozen=True)
+class HttpSample:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    server_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.server_cpu / self.requests * 1e6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_listening(port: int, server: asyncio.subprocess.Process) -> None:
+    """uvicorn listens only once the lifespan startup is complete."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if server.returncode is not None:
+            raise RuntimeError(f"the HTTP server exited with code {server.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+
+
+async def stop(server: asyncio.subprocess.Process) -> None:
+    """SIGINT (uvicorn's graceful shutdown, which runs the lifespan shutdown), SIGKILL if that hangs."""
+    if server.returncode is None:
+        server.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(server.wait(), timeout=STOP_TIMEOUT)
+    except TimeoutError:
+        server.kill()
+        await server.wait()
+        raise RuntimeError(f"the HTTP server did not stop within {STOP_TIMEOUT:g} s of SIGINT") from None
+
+
+async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, requests: int, warmup: int) -> HttpSample:
+    key = f"{config.loop}_{impl}_r{rnd}"
+    target = Target(url, f"BENCH_HTTP_{key.upper()}", f"bench.http.{key}")
+    port = free_port()
+    async with fresh_stream(url, target.stream, [target.subject]):
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(BENCH_DIR / "http_app.py"),
+            impl,
+            url,
+            target.stream,
+            target.subject,
+            str(port),
+            config.loop,
+            config.http,
+        )
+        try:
+            await wait_listening(port, server)
+            load = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(BENCH_DIR / "loadgen.py"),
+                str(port),
+                str(requests),
+                str(CONNECTIONS),
+                str(MAX_SECONDS),
+                str(warmup),
+                str(server.pid),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                out, _ = await asyncio.wait_for(load.communicate(), timeout=2 * MAX_SECONDS + STARTUP_TIMEOUT)
+            except TimeoutError:
+                load.kill()
+                raise
+            if load.returncode != 0:
+                raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
+        finally:
+            await stop(server)
+    sample = HttpSample(**json.loads(out))
+    if sample.errors:
+        raise RuntimeError(f"{impl} ({config.label}): {sample.errors} requests did not answer 202")
+    return sample

@@ -1,0 +1,231 @@
+"""The markdown tables ``bench.py`` prints, and the issue #5 targets judged from the numbers."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common import NOT_INSTALLED, Sample, ratio, spread
+from http_route import HttpSample, ServerConfig
+from lifecycle import LifecycleSample
+from memory import MemoryResult
+from slow_handler import CONCURRENCY, HANDLER_SLEEP, IDEAL_RATE, SlowSample
+from throughput import SCENARIOS
+
+IMPLS = ("raw", "ours", "faststream")
+NO_GROWTH_MB = 1.0  # RSS growth past the first tenth of the publishes below this is noise, not a leak
+
+
+class Rated(Protocol):
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def cpu_us(self) -> float: ...
+
+
+@dataclass
+class Results:
+    sizes: dict[str, int]
+    rounds: int
+    faststream: bool
+    smoke: bool
+    throughput: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
+    slow: dict[str, list[SlowSample]] = field(default_factory=dict)
+    lifecycle: list[LifecycleSample] = field(default_factory=list)
+    http: dict[tuple[str, str], list[HttpSample]] = field(default_factory=dict)
+    http_configs: list[ServerConfig] = field(default_factory=list)
+    http_skipped: list[tuple[str, str]] = field(default_factory=list)  # server config, why
+    drain: MemoryResult | None = None
+    publish: MemoryResult | None = None
+
+
+def median_rate(samples: Sequence[Rated]) -> float:
+    return statistics.median(s.rate for s in samples)
+
+
+def median_cpu(samples: Sequence[Rated]) -> float:
+    return statistics.median(s.cpu_us for s in samples)
+
+
+def throughput_table(r: Results) -> str:
+    lines = [
+        "| scenario | N | rounds | raw msg/s median (min..max) | ours msg/s median (min..max) "
+        "| FastStream msg/s median (min..max) | ours/raw | ours/FastStream "
+        "| raw CPU µs/msg | ours CPU µs/msg | FastStream CPU µs/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sc in SCENARIOS:
+        runs = r.throughput[sc.key]
+        raw, ours = runs["raw"], runs["ours"]
+        fs = runs.get("faststream", [])
+        if sc.faststream is None:
+            fs_cells = ["n/a (no batch publish)", "-", "-"]
+        elif not r.faststream:
+            fs_cells = [NOT_INSTALLED, NOT_INSTALLED, NOT_INSTALLED]
+        else:
+            fs_cells = [
+                spread([s.rate for s in fs]),
+                ratio(median_rate(ours), median_rate(fs)),
+                f"{median_cpu(fs):.1f}",
+            ]
+        lines.append(
+            f"| {sc.title} | {r.sizes[sc.key]} | {r.rounds} | {spread([s.rate for s in raw])} "
+            f"| {spread([s.rate for s in ours])} | {fs_cells[0]} | {ratio(median_rate(ours), median_rate(raw))} "
+            f"| {fs_cells[1]} | {median_cpu(raw):.1f} | {median_cpu(ours):.1f} | {fs_cells[2]} |"
+        )
+    return "\n".join(lines)
+
+
+def slow_table(r: Results) -> str:
+    lines = [
+        f"| {HANDLER_SLEEP * 1e3:.0f} ms handler, concurrency {CONCURRENCY} | N | rounds | msg/s median (min..max) "
+        f"| % of {IDEAL_RATE / 1e3:.1f}k | max num_ack_pending seen (all rounds) | polls | CPU µs/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = {"raw": f"raw: fetch({100}) + {CONCURRENCY}-task semaphore", "ours": "ours: subscribe(concurrency=256)"}
+    for impl in ("raw", "ours"):
+        samples = r.slow[impl]
+        lines.append(
+            f"| {labels[impl]} | {r.sizes['slow']} | {r.rounds} | {spread([s.rate for s in samples])} "
+            f"| {median_rate(samples) / IDEAL_RATE:.0%} | {max(s.max_ack_pending for s in samples)} "
+            f"| {sum(s.polls for s in samples)} | {median_cpu(samples):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(r: Results) -> str:
+    lines = [
+        "| memory (ours, own subprocess) | N | seconds | idle/before RSS MB | RSS after 1st tenth MB "
+        "| after RSS MB | peak RSS MB (VmHWM) | peak over idle MB | growth after 1st tenth MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    titles = {"drain": "drain a backlog (batch 100, concurrency 100)", "publish": "publish_many in chunks of 10,000"}
+    for m in (r.drain, r.publish):
+        if m is None:
+            continue
+        lines.append(
+            f"| {titles[m.kind]} | {m.messages:,} | {m.seconds:.1f} | {m.idle_kb / 1024:.1f} "
+            f"| {m.samples_kb[0] / 1024:.1f} | {m.after_kb / 1024:.1f} | {m.peak_kb / 1024:.1f} "
+            f"| {m.peak_over_idle_mb:+.1f} | {m.steady_growth_mb:+.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def lifecycle_table(r: Results) -> str:
+    rows = [
+        ("startup, app with 10 consumers", [s.startup for s in r.lifecycle]),
+        ("shutdown, same app idle", [s.idle_shutdown for s in r.lifecycle]),
+        ("shutdown, 256 handlers in flight (released at shutdown)", [s.busy_shutdown for s in r.lifecycle]),
+    ]
+    lines = ["| lifespan (ours, asgi-lifespan) | rounds | ms median (min..max) |", "|---|---:|---:|"]
+    lines += [f"| {title} | {r.rounds} | {spread([v * 1e3 for v in values], '.1f')} |" for title, values in rows]
+    return "\n".join(lines)
+
+
+def http_table(r: Results) -> str:
+    lines = [
+        "| server | route | requests | rounds | req/s median (min..max) | vs raw | p50 ms | p99 ms | p99 vs raw "
+        "| server CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for config in r.http_configs:
+        raw = r.http[config.label, "raw"]
+        for impl in IMPLS:
+            samples = r.http.get((config.label, impl))
+            if samples is None:
+                lines.append(f"| {config.label} | {impl} | | | {NOT_INSTALLED} | | | | | |")
+                continue
+            p50 = statistics.median(s.p50_ms for s in samples)
+            p99 = statistics.median(s.p99_ms for s in samples)
+            raw_p99 = statistics.median(s.p99_ms for s in raw)
+            lines.append(
+                f"| {config.label} | {impl} | {samples[0].requests} | {len(samples)} "
+                f"| {spread([s.rate for s in samples])} | {ratio(median_rate(samples), median_rate(raw))} "
+                f"| {p50:.1f} | {p99:.1f} | {ratio(p99, raw_p99)} | {median_cpu(samples):.0f} |"
+            )
+    lines += [f"| {label} | all | | | {why} | | | | | |" for label, why in r.http_skipped]
+    return "\n".join(lines)
+
+
+def targets(r: Results) -> str:
+    rows: list[tuple[str, str, bool | None]] = []  # target, measured, met (None: not measured)
+    t = r.throughput
+
+    def rate(key: str, impl: str) -> float:
+        return median_rate(t[key][impl])
+
+    seq, seq_cpu = rate("seq", "ours") / rate("seq", "raw"), median_cpu(t["seq"]["ours"]) / median_cpu(t["seq"]["raw"])
+    rows.append(
+        (
+            "sequential publish >= 0.97x raw, CPU/msg <= 1.05x",
+            f"{seq:.2f}x, CPU {seq_cpu:.2f}x",
+            seq >= 0.97 and seq_cpu <= 1.05,
+        )
+    )
+    many = rate("many", "ours") / rate("many", "raw")
+    rows.append(("publish_many >= 1.5x raw gather", f"{many:.2f}x", many >= 1.5))
+    consume = rate("consume", "ours") / rate("consume", "raw")
+    rows.append(("consume no-op >= 3x raw fetch(100)", f"{consume:.2f}x", consume >= 3))
+    if r.faststream:
+        vs_fs = rate("consume", "ours") / rate("consume", "faststream")
+        rows.append(("consume no-op >= 8x FastStream", f"{vs_fs:.2f}x", vs_fs >= 8))
+    else:
+        rows.append(("consume no-op >= 8x FastStream", NOT_INSTALLED, None))
+    slow_rate = median_rate(r.slow["ours"])
+    ack_pending = max(s.max_ack_pending for s in r.slow["ours"])
+    rows.append(
+        (
+            f"10 ms handler at {CONCURRENCY} >= 80% of {IDEAL_RATE:,.0f} msg/s",
+            f"{slow_rate:,.0f} msg/s ({slow_rate / IDEAL_RATE:.0%})",
+            slow_rate >= 0.8 * IDEAL_RATE,
+        )
+    )
+    polled = sum(s.polls for s in r.slow["ours"])
+    rows.append(
+        (
+            f"ack pending never above {CONCURRENCY}",
+            f"max {ack_pending} over {polled} polls",
+            ack_pending <= CONCURRENCY if polled else None,
+        )
+    )
+    for config in r.http_configs:
+        ours, raw = r.http[config.label, "ours"], r.http[config.label, "raw"]
+        rps = median_rate(ours) / median_rate(raw)
+        p99 = statistics.median(s.p99_ms for s in ours) / statistics.median(s.p99_ms for s in raw)
+        rows.append(
+            (
+                f"HTTP publish route ({config.label}) >= 0.97x raw, p99 within 10%",
+                f"{rps:.2f}x req/s, p99 {p99:.2f}x",
+                rps >= 0.97 and p99 <= 1.10,
+            )
+        )
+    if r.drain is not None:
+        over = r.drain.peak_over_idle_mb
+        rows.append((f"peak RSS draining {r.drain.messages:,} <= 50 MB above idle", f"{over:+.1f} MB", over <= 50))
+    if r.publish is not None:
+        p = r.publish
+        rows.append(
+            (
+                f"no RSS growth across {p.messages:,} publishes (< {NO_GROWTH_MB:.0f} MB after the 1st tenth)",
+                f"{p.steady_growth_mb:+.1f} MB after the 1st tenth ({p.growth_mb:+.1f} MB in all)",
+                p.steady_growth_mb < NO_GROWTH_MB,
+            )
+        )
+    idle = statistics.median(s.idle_shutdown for s in r.lifecycle)
+    rows.append(("idle app shutdown < 0.5 s", f"{idle * 1e3:.0f} ms", idle < 0.5))
+    startup = statistics.median(s.startup for s in r.lifecycle)
+    rows.append(("app with 10 consumers starts < 0.5 s", f"{startup * 1e3:.0f} ms", startup < 0.5))
+    verdict = {True: "met", False: "**unmet**", None: "not measured"}
+    lines = ["| issue #5 target | measured (medians) | |", "|---|---:|---|"]
+    if r.smoke:
+        lines.insert(0, "--smoke: one round of tiny sizes; the verdicts below mean nothing.\n")
+    lines += [f"| {name} | {measured} | {verdict[ok]} |" for name, measured, ok in rows]
+    return "\n".join(lines)
+
+
+def report(r: Results) -> str:
+    sections = [throughput_table(r), slow_table(r), lifecycle_table(r), http_table(r), memory_table(r), targets(r)]
+    return "\n\n".join(sections)
