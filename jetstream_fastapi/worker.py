@@ -7,7 +7,7 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 * pull requests ask for at most the free handler slots (``concurrency - running - outstanding``), so the
   worker never holds more pulled-but-unstarted messages than it can start;
 * each request expires after ``fetch_wait`` with idle heartbeats every ``fetch_wait / 2``; a new one is
-  sent as soon as at least half a batch of slots is free;
+  sent as soon as a quarter of a batch of slots is free (half left handlers idle too long with slow handlers);
 * a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
   past half the ack wait, and re-pulls after a reconnect;
 * a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
@@ -103,7 +103,7 @@ class PullWorker:
         self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
-        self._threshold = max(1, min(settings.batch_size, settings.concurrency) // 2)
+        self._threshold = max(1, min(settings.batch_size, settings.concurrency) // 4)
         self._requests: dict[int, bytes] = {}
         self._inbox = ""
         self._sub: Subscription | None = None
