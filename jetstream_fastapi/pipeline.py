@@ -22,7 +22,7 @@ from .driver import PubAck
 from .errors import PublishError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ is slower
 class Outgoing:
     """One prepared message: checked, with its final headers (msg id included)."""
 

@@ -36,6 +36,9 @@ from .subjects import check_subject
 _NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+_MSG_ID_ONLY = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID_HEADER) + 4
+
+
 def _headers_size(headers: dict[str, str]) -> int:
     """Bytes of the ``NATS/1.0`` header block nats-py sends for ``headers``."""
     size = len(b"NATS/1.0\r\n\r\n")
@@ -115,7 +118,8 @@ class Publisher:
         merged[MSG_ID_HEADER] = msg_id
         # The server's limit covers headers and body; past it the server drops the connection and nats-py
         # closes the client for good, so check here (nats-py itself checks the body only).
-        size = len(body) + _headers_size(merged)
+        # The usual case, the msg id as the only header, without walking the dict.
+        size = len(body) + (_headers_size(merged) if len(merged) > 1 else _MSG_ID_ONLY + len(msg_id))
         limit = self._nc.max_payload
         if size > limit:
             raise PayloadTooLargeError(subject, size, limit)
