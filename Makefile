@@ -21,6 +21,7 @@ test: lint
 
 ## Benchmark against raw nats-py (see bench/README.md).
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,example,bench]'
 	$(BIN)/python bench/bench.py --rounds 5
 
 lint: $(VENV)/.installed
