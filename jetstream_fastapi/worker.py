@@ -4,10 +4,15 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 ``fetch()`` (which stalls, mixes error types and hangs ``drain``; see the project notes):
 
 * one inbox subscription receives messages and status replies for every pull request;
-* pull requests ask for at most the free handler slots (``concurrency - running - outstanding``), so the
-  worker never holds more pulled-but-unstarted messages than it can start;
-* each request expires after ``fetch_wait`` with idle heartbeats every ``fetch_wait / 2``; a new one is
-  sent as soon as a quarter of a batch of slots is free (half left handlers idle too long with slow handlers);
+* pull requests ask for at most the free handler slots (:class:`~jetstream_fastapi.flow.Slots`); a new
+  one is sent as soon as a sixteenth of a batch of slots is free; each expires after ``fetch_wait``,
+  with idle heartbeats every ``fetch_wait / 2``;
+* a pull request that follows an ack rides on it (``+NXT``, "ack and request next"): one message instead
+  of two, and the server applies that ack, and every ack before it, before it serves the request, so the
+  consumer's ack-pending count on the server stays within the concurrency (a separate request could be
+  served while acks sent before it still wait in the server's queue);
+* messages run on lanes: at most ``concurrency`` long-lived tasks that take the next message without a new
+  task per message; a burst wakes one lane, and each woken lane wakes two more while messages wait;
 * a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
   past half the ack wait, and re-pulls after a reconnect;
 * a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
@@ -32,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .driver import Delivery, Handler, Message
+from .flow import Slots
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -65,16 +71,11 @@ def decode(msg: Msg) -> Message:
     """Turn a nats-py JetStream message into a :class:`Message`, reading its delivery from the reply subject."""
     tokens = msg.reply.split(".")
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the newer form with
-    # <domain>.<account hash> after $JS.ACK and a random token at the end.
-    offset = 2 if len(tokens) == 9 else 4
-    delivery = Delivery(
-        stream=tokens[offset],
-        sequence=int(tokens[offset + 3]),
-        attempt=int(tokens[offset + 2]),
-        timestamp_ns=int(tokens[offset + 5]),
-        consumer=tokens[offset + 1],
-    )
-    return Message(body=msg.data, headers=msg.headers or {}, subject=msg.subject, delivery=delivery)
+    # <domain>.<account hash> after $JS.ACK and a random token at the end. (Positional arguments: this
+    # runs for every message.)
+    stream, consumer, attempt, sequence, _, timestamp = tokens[2:8] if len(tokens) == 9 else tokens[4:10]
+    delivery = Delivery(stream, int(sequence), int(attempt), int(timestamp), consumer)
+    return Message(msg.data, msg.headers or {}, msg.subject, delivery)
 
 
 class PullWorker:
@@ -103,7 +104,7 @@ class PullWorker:
         self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
-        self._threshold = max(1, min(settings.batch_size, settings.concurrency) // 4)
+        self._slots = Slots(settings.concurrency, max(1, min(settings.batch_size, settings.concurrency) // 16))
         self._requests: dict[int, bytes] = {}
         self._inbox = ""
         self._sub: Subscription | None = None
@@ -116,8 +117,7 @@ class PullWorker:
         self._ready: deque[Msg] = deque()
         self._lanes: set[asyncio.Task[None]] = set()
         self._parked: deque[asyncio.Future[None]] = deque()
-        self._in_flight = 0
-        self._outstanding = 0
+        self._waking = 0  # lanes woken (or created) that have not taken a message yet
         self._paused = False
         self._last_activity = 0.0
         self.state = WorkerState.NEW
@@ -127,7 +127,7 @@ class PullWorker:
     @property
     def in_flight(self) -> int:
         """Handlers running now."""
-        return self._in_flight
+        return self._slots.in_flight
 
     async def start(self) -> None:
         """Subscribe the inbox, start the watchdog and send the first pull request."""
@@ -155,18 +155,20 @@ class PullWorker:
             self._requests[batch] = body
         return body
 
-    async def _pull(self) -> None:
+    def _wanted(self) -> int:
+        """The size of the pull request to send now (0: none)."""
         if self.state is not WorkerState.RUNNING or self._paused or self._recreating is not None:
-            return
-        free = self._settings.concurrency - self._in_flight - self._outstanding - len(self._ready)
-        while free >= self._threshold:
-            batch = min(free, self._settings.batch_size)
-            self._outstanding += batch
-            free -= batch
+            return 0
+        return min(self._slots.to_pull(len(self._ready)), self._settings.batch_size)
+
+    async def _pull(self) -> None:
+        slots = self._slots
+        while (batch := self._wanted()) > 0:
+            slots.outstanding += batch
             try:
                 await self._nc.publish(self._pull_subject, self._request(batch), reply=self._inbox)
             except Exception as error:  # closed or draining connection: the watchdog retries
-                self._outstanding -= batch
+                slots.outstanding -= batch
                 self.last_error = f"pull request failed: {error!r}"
                 return
 
@@ -175,54 +177,75 @@ class PullWorker:
         if not msg.reply:
             await self._on_status(msg.headers or {})
             return
-        if self._outstanding > 0:
-            self._outstanding -= 1
+        self._slots.delivered()
         if self.state is not WorkerState.RUNNING:
             await self._give_back(msg)
             return
         # Pulls never ask for more than the free slots, so this queue stays within the concurrency (after
         # a reset, old requests may deliver a few more: they wait here for a lane rather than exceed it).
         self._ready.append(msg)
+        if self._waking == 0:  # otherwise a lane is about to run, and it wakes more if needed
+            self._wake_lane()
+
+    def _wake_lane(self) -> bool:
         while self._parked:
-            lane = self._parked.popleft()
-            if not lane.done():
-                lane.set_result(None)
-                return
+            parked = self._parked.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                self._waking += 1
+                return True
         if len(self._lanes) < self._settings.concurrency:
             task = asyncio.create_task(self._lane(), name=f"jetstream-lane-{self.consumer}")
             self._lanes.add(task)
             task.add_done_callback(self._lanes.discard)
+            self._waking += 1
+            return True
+        return False
 
     async def _lane(self) -> None:
+        # A woken lane wakes two more while messages outnumber the lanes on their way: a burst for slow
+        # handlers fans out to all lanes in a few loop turns, while with fast handlers (which finish
+        # without suspending) the first lane runs the whole burst and the two it woke find nothing.
         loop = asyncio.get_running_loop()
+        ready = self._ready
+        self._waking -= 1
+        woken = True
         while self.state is WorkerState.RUNNING:
-            if self._ready:
-                await self._handle(self._ready.popleft())
+            if ready:
+                msg = ready.popleft()
+                if woken:
+                    woken = False
+                    if len(ready) > self._waking and self._wake_lane() and len(ready) > self._waking:
+                        self._wake_lane()
+                await self._handle(msg)
             else:
                 parked: asyncio.Future[None] = loop.create_future()
                 self._parked.append(parked)
                 await parked
+                self._waking -= 1
+                woken = True
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
         if status == "100":  # idle heartbeat: activity was recorded
             return
         description = headers.get("Description", "")
+        slots = self._slots
         pending = headers.get("Nats-Pending-Messages")
         if pending is not None:
-            self._outstanding = max(0, self._outstanding - int(pending))
+            slots.expired(int(pending))
         if (status == "409" and "Consumer Deleted" in description) or status == "503":
             self.last_error = f"consumer {self.consumer!r} is gone ({status} {description}); recreating"
             logger.warning("%s", self.last_error)
-            self._outstanding = 0
+            slots.outstanding = 0
             self._schedule_recreate()
             return
         if status == "409" and "Leadership Change" in description:
-            self._outstanding = 0
+            slots.outstanding = 0
         elif status not in ("404", "408", "409"):
             self.last_error = f"pull request refused: {status} {description}"
             logger.error("consumer %s: %s", self.consumer, self.last_error)
-            self._outstanding = 0
+            slots.outstanding = 0
             return  # the watchdog retries after a heartbeat interval instead of a tight loop
         await self._pull()
 
@@ -230,17 +253,23 @@ class PullWorker:
 
     async def _handle(self, msg: Msg) -> None:
         reply = msg.reply
-        self._in_flight += 1
+        slots = self._slots
+        slots.in_flight += 1
         self._running[reply] = time.monotonic()
+        holding = True
         try:
             message = decode(msg)
             verdict = await run_handler(self._handler, message, self._settings)
             if verdict is ACKED:
-                await self._nc.publish(reply, ACK)
-            elif verdict.action is Action.NAK:
-                await self._nc.publish(reply, nak_payload(verdict.delay))
+                holding = self._release(reply)
+                await self._ack(reply)
             else:
-                await self._terminate(reply, message, verdict)
+                if verdict.action is Action.NAK:
+                    payload = nak_payload(verdict.delay)
+                else:
+                    payload = await self._term_payload(message, verdict)
+                holding = self._release(reply)
+                await self._nc.publish(reply, payload)
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             with contextlib.suppress(Exception):
@@ -251,18 +280,36 @@ class PullWorker:
             self.last_error = f"could not settle a message: {error!r}"
             logger.warning("consumer %s: %s", self.consumer, self.last_error)
         finally:
-            del self._running[reply]
-            self._in_flight -= 1
+            if holding:
+                self._release(reply)
             if self._on_settled is not None:
                 self._on_settled()
             await self._pull()
 
-    async def _terminate(self, reply: str, message: Message, verdict: Verdict) -> None:
+    def _release(self, reply: str) -> bool:
+        """The handler is done with the message: its slot is free (returns False, for ``holding``)."""
+        del self._running[reply]
+        self._slots.in_flight -= 1
+        return False
+
+    async def _ack(self, reply: str) -> None:
+        # If a pull is due, the ack carries it: "+NXT <request>" with our inbox as the reply subject.
+        batch = self._wanted()
+        if batch == 0:
+            await self._nc.publish(reply, ACK)
+            return
+        self._slots.outstanding += batch
+        try:
+            await self._nc.publish(reply, b"+NXT " + self._request(batch), reply=self._inbox)
+        except BaseException:
+            self._slots.outstanding -= batch
+            raise
+
+    async def _term_payload(self, message: Message, verdict: Verdict) -> bytes:
         if self._on_terminate is not None and not await self._on_terminate(message, verdict):
             # The dead letter could not be stored: keep the message rather than lose it.
-            await self._nc.publish(reply, nak_payload(self._settings.backoff.maximum))
-            return
-        await self._nc.publish(reply, b"+TERM " + verdict.reason.encode()[:1024])
+            return nak_payload(self._settings.backoff.maximum)
+        return b"+TERM " + verdict.reason.encode()[:1024]
 
     async def _give_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
@@ -279,9 +326,9 @@ class PullWorker:
                 await self._refresh_long_handlers(now)
             if self._paused or self._recreating is not None:
                 continue
-            if self._outstanding and now - self._last_activity > 2 * self._heartbeat:
+            if self._slots.outstanding and now - self._last_activity > 2 * self._heartbeat:
                 logger.warning("consumer %s: missed heartbeats, pulling again", self.consumer)
-                self._outstanding = 0
+                self._slots.outstanding = 0
                 self._last_activity = now
             await self._pull()
 
@@ -302,7 +349,7 @@ class PullWorker:
     def connection_restored(self) -> None:
         """The connection is back: old pull requests died with it, so pull afresh."""
         self._paused = False
-        self._outstanding = 0
+        self._slots.outstanding = 0
         self._last_activity = time.monotonic()
         if self.state is WorkerState.RUNNING:
             self._spawn(self._pull())

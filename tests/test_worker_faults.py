@@ -214,6 +214,42 @@ async def test_concurrency_bounds_unacked_messages_on_the_server(
     assert info.delivered.consumer_seq == total  # no redelivery
 
 
+async def test_server_ack_pending_stays_within_concurrency_while_draining(
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
+) -> None:
+    # The server applies acks apart from pull requests: had a separate request been sent for slots whose
+    # acks were still queued on the server, it would count more than `concurrency` messages as pending.
+    broker = brokers()
+    await broker.connect()
+    subject = f"{prefix}.drain"
+    total, concurrency = 3000, 8
+    await broker.publish_many([(subject, b"x")] * total)
+    handled = 0
+    done = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        nonlocal handled
+        await asyncio.sleep(0)  # give the poller a turn between messages
+        handled += 1
+        if handled == total:
+            done.set()
+
+    samples: list[int] = []
+
+    async def poll() -> None:
+        while not done.is_set():
+            info = await admin.consumer_info(prefix.upper(), "d")
+            samples.append(info.num_ack_pending)
+
+    await broker.subscribe(subject, handler, queue="d", concurrency=concurrency, batch_size=concurrency)
+    poller = asyncio.create_task(poll())
+    await asyncio.wait_for(done.wait(), WAIT)
+    await poller
+    assert len(samples) > 10
+    assert max(samples) <= concurrency, sorted(samples)[-10:]
+    await settled(admin, prefix.upper(), "d")
+
+
 # -- handler outcomes -----------------------------------------------------------------------------
 
 
