@@ -106,7 +106,10 @@ class Connection:
         self.closing = False
         # nats-py's own attempt timeout must fit in ours, or a black-holed address eats the whole budget.
         attempt_timeout = max(1, min(int(self.connect_timeout), int(self._options.get("connect_timeout", 2))))
-        options = {**self._options, "connect_timeout": attempt_timeout}
+        # Every subject reaching this connection is checked by us first (publish, subscribe), comes from the
+        # server (ack replies) or is built from checked names, so nats-py's own regex per publish (about
+        # 0.5 µs, on every ack) is skipped.
+        options = {"skip_subject_validation": True, **self._options, "connect_timeout": attempt_timeout}
         try:
             await asyncio.wait_for(self._connect_unless_refused(nc, options), timeout=self.connect_timeout)
         except BaseException as error:

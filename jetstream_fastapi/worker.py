@@ -253,8 +253,7 @@ class PullWorker:
 
     async def _handle(self, msg: Msg) -> None:
         reply = msg.reply
-        slots = self._slots
-        slots.in_flight += 1
+        self._slots.in_flight += 1
         self._running[reply] = time.monotonic()
         holding = True
         try:
@@ -263,13 +262,13 @@ class PullWorker:
             if verdict is ACKED:
                 holding = self._release(reply)
                 await self._ack(reply)
+                return  # a pull request that was due rode on the ack
+            if verdict.action is Action.NAK:
+                payload = nak_payload(verdict.delay)
             else:
-                if verdict.action is Action.NAK:
-                    payload = nak_payload(verdict.delay)
-                else:
-                    payload = await self._term_payload(message, verdict)
-                holding = self._release(reply)
-                await self._nc.publish(reply, payload)
+                payload = await self._term_payload(message, verdict)
+            holding = self._release(reply)
+            await self._nc.publish(reply, payload)
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             with contextlib.suppress(Exception):
@@ -284,7 +283,13 @@ class PullWorker:
                 self._release(reply)
             if self._on_settled is not None:
                 self._on_settled()
-            await self._pull()
+        await self._pull()
+
+    async def _term_payload(self, message: Message, verdict: Verdict) -> bytes:
+        if self._on_terminate is not None and not await self._on_terminate(message, verdict):
+            # The dead letter could not be stored: keep the message rather than lose it.
+            return nak_payload(self._settings.backoff.maximum)
+        return b"+TERM " + verdict.reason.encode()[:1024]
 
     def _release(self, reply: str) -> bool:
         """The handler is done with the message: its slot is free (returns False, for ``holding``)."""
@@ -304,12 +309,6 @@ class PullWorker:
         except BaseException:
             self._slots.outstanding -= batch
             raise
-
-    async def _term_payload(self, message: Message, verdict: Verdict) -> bytes:
-        if self._on_terminate is not None and not await self._on_terminate(message, verdict):
-            # The dead letter could not be stored: keep the message rather than lose it.
-            return nak_payload(self._settings.backoff.maximum)
-        return b"+TERM " + verdict.reason.encode()[:1024]
 
     async def _give_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
