@@ -2,21 +2,30 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench.py [--rounds 5] [--messages N] [--smoke]
+    .venv/bin/python bench/bench.py [--rounds 5] [--messages N] [--smoke] [--only SECTIONS] [--loop asyncio|uvloop]
 
-Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this order:
+Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this order (the section names
+``--only`` takes in brackets):
 
-* throughput (``throughput.py``): sequential publish, pipelined publish, publish_many, consume with a
-  no-op handler; raw, ours and FastStream in interleaved rounds (the starting implementation rotates);
-* a 10 ms handler at concurrency 256 (``slow_handler.py``): msg/s and the server's max ack pending;
-* app startup/shutdown under ``jetstream_lifespan`` (``lifecycle.py``);
-* an HTTP publish route under uvicorn (``http_route.py``): req/s, p50/p99 latency, server CPU;
-* memory (``memory.py``, once, in subprocesses): peak RSS draining a backlog, RSS across publish_many.
+* throughput (``throughput.py``): sequential publish [seq], pipelined publish [pipe], publish_many
+  [many], consume with a no-op handler [consume]; raw, ours and FastStream in interleaved rounds (the
+  starting implementation rotates);
+* a 10 ms handler at concurrency 256 (``slow_handler.py``) [slow]: msg/s and the server's max ack pending;
+* app startup/shutdown under ``jetstream_lifespan`` (``lifecycle.py``) [lifecycle];
+* an HTTP publish route under uvicorn (``http_route.py``) [http]: req/s, p50/p99 latency, server CPU;
+* memory (``memory.py``, once, in subprocesses) [memory]: peak RSS draining a backlog, RSS across
+  publish_many.
+
+``--only seq,consume,slow`` (comma-separated) runs just those sections; by default all run.
+``--loop uvloop`` runs the benchmark process and its memory subprocesses on uvloop instead of asyncio's
+default loop (the HTTP scenario serves with both loops either way); the header line names the loop.
 
 Prints markdown tables (medians over rounds, min..max, ratios of medians, CPU time per message) and
-the issue #5 targets with whether each is met. A full run needs the ``bench`` extra
-(``pip install -e '.[bench]'``: FastStream, uvloop, httptools); ``--smoke`` (tiny sizes, one round, for
-CI) skips whatever of those is missing and says "not installed".
+the issue #5 targets with whether each is met, for the sections that ran. A full run needs the ``bench``
+extra (``pip install -e '.[bench]'``) for what the chosen sections use: FastStream for the throughput
+scenarios, uvloop and httptools for HTTP, uvloop for ``--loop uvloop``; ``--smoke`` (tiny sizes, one
+round, for CI) skips whatever of those is missing and says "not installed" (``--loop uvloop`` still
+needs uvloop).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,23 +46,28 @@ from common import (
     HAVE_FASTSTREAM,
     HAVE_HTTPTOOLS,
     HAVE_UVLOOP,
+    LOOPS,
     NOT_INSTALLED,
     RUN_TIMEOUT,
     Sample,
     Target,
     fresh_stream,
     rotated,
+    run_on,
 )
 from http_route import FAST, PLAIN, http_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
 from report import Results, report
 from slow_handler import CONCURRENCY, ours_slow, raw_slow
-from throughput import SCENARIOS
+from throughput import SCENARIOS, Runner
 
 from jetstream_fastapi.server import NatsServer, find_nats_server
 
 T = TypeVar("T")
+
+THROUGHPUT = tuple(sc.key for sc in SCENARIOS)
+SECTIONS = (*THROUGHPUT, "slow", "lifecycle", "http", "memory")  # what --only chooses from, in run order
 
 
 @dataclass(frozen=True)
@@ -103,11 +117,15 @@ async def on_fresh_stream(
         return await run(target, n)
 
 
-async def run_throughput(url: str, results: Results, impls: list[str]) -> None:
+async def run_throughput(url: str, results: Results, impls: list[str], only: Collection[str]) -> None:
+    """The throughput scenarios named in ``only``, each in interleaved rounds of ``impls``."""
     for sc in SCENARIOS:
+        if sc.key not in only:
+            continue
         n = results.sizes[sc.key]
-        runners = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream}
-        runs: dict[str, list[Sample]] = {impl: [] for impl in impls if runners[impl] is not None}
+        available = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream}
+        runners: dict[str, Runner] = {impl: fn for impl in impls if (fn := available[impl]) is not None}
+        runs: dict[str, list[Sample]] = {impl: [] for impl in runners}
         for rnd in range(1, results.rounds + 1):
             for impl in rotated(list(runs), rnd):
                 sample = await on_fresh_stream(url, sc.key, impl, rnd, runners[impl], n)
@@ -157,27 +175,38 @@ async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -
                 )
 
 
-async def run_memory(url: str, results: Results, sizes: Sizes) -> None:
-    results.drain = await measure_drain(url, sizes.drain)
+async def run_memory(url: str, results: Results, sizes: Sizes, loop: str) -> None:
+    """Both memory measurements, each in a subprocess running on ``loop``."""
+    results.drain = await measure_drain(url, sizes.drain, loop)
     progress(f"memory: draining {sizes.drain:,}: peak {results.drain.peak_over_idle_mb:+.1f} MB over idle")
-    results.publish = await measure_publish(url, sizes.publish)
+    results.publish = await measure_publish(url, sizes.publish, loop)
     progress(
         f"memory: {sizes.publish:,} publishes in {results.publish.seconds:.0f} s: "
         f"RSS {results.publish.growth_mb:+.1f} MB"
     )
 
 
-async def run(url: str, results: Results, sizes: Sizes) -> None:
+async def run(url: str, results: Results, sizes: Sizes, only: Collection[str], loop: str) -> None:
+    """The sections named in ``only``, in ``SECTIONS`` order."""
     impls = ["raw", "ours"] + (["faststream"] if results.faststream else [])
-    await run_throughput(url, results, impls)
-    await run_slow(url, results)
-    await run_lifecycle(url, results)
-    await run_http(url, results, impls, sizes)
-    await run_memory(url, results, sizes)
+    await run_throughput(url, results, impls, only)
+    if "slow" in only:
+        await run_slow(url, results)
+    if "lifecycle" in only:
+        await run_lifecycle(url, results)
+    if "http" in only:
+        await run_http(url, results, impls, sizes)
+    if "memory" in only:
+        await run_memory(url, results, sizes, loop)
 
 
-def machine() -> str:
-    """One line naming what the numbers were measured on."""
+def loop_label(loop: str) -> str:
+    """``asyncio``, or ``uvloop`` with its version."""
+    return f"uvloop {importlib.metadata.version('uvloop')}" if loop == "uvloop" else "asyncio"
+
+
+def machine(loop: str) -> str:
+    """One line naming what the numbers were measured on, and the event loop of the benchmark process."""
     server = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True, check=False)
     versions = []
     for dist in ("nats-py", "faststream", "fastapi", "uvicorn", "uvloop", "httptools"):
@@ -185,8 +214,10 @@ def machine() -> str:
             versions.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{dist} {NOT_INSTALLED}")
-    return f"nproc {os.cpu_count()}, Python {platform.python_version()}, {server.stdout.strip()}, " + ", ".join(
-        versions
+    return (
+        f"nproc {os.cpu_count()}, Python {platform.python_version()}, {server.stdout.strip()}, "
+        + ", ".join(versions)
+        + f", event loop: {loop_label(loop)}"
     )
 
 
@@ -194,22 +225,54 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def parse_only(parser: argparse.ArgumentParser, value: str | None) -> frozenset[str]:
+    """The sections ``--only`` names (all of them without it); unknown names are a usage error."""
+    if value is None:
+        return frozenset(SECTIONS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; valid: {','.join(SECTIONS)}")
+    if not names:
+        parser.error(f"--only needs at least one of {','.join(SECTIONS)}")
+    return frozenset(names)
+
+
+def needed_packages(only: Collection[str], loop: str) -> list[str]:
+    """The optional packages the chosen sections and event loop use."""
+    needed = ["faststream"] if any(key in only for key in THROUGHPUT) else []
+    if "http" in only or loop == "uvloop":
+        needed.append("uvloop")
+    if "http" in only:
+        needed.append("httptools")
+    return needed
+
+
+def check_packages(parser: argparse.ArgumentParser, only: Collection[str], loop: str, smoke: bool) -> None:
+    """Refuse a full run without what it needs (``--smoke`` skips it instead), and uvloop in any run."""
+    installed = {"faststream": HAVE_FASTSTREAM, "uvloop": HAVE_UVLOOP, "httptools": HAVE_HTTPTOOLS}
+    if loop == "uvloop" and not HAVE_UVLOOP:
+        parser.error("--loop uvloop needs uvloop: pip install -e '.[bench]'")
+    missing = [name for name in needed_packages(only, loop) if not installed[name]]
+    if missing and not smoke:
+        parser.error(f"a full run needs {', '.join(missing)}: pip install -e '.[bench]' (or use --smoke)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario (default 5)")
     parser.add_argument("--messages", type=int, default=None, help="messages per throughput and 10 ms handler run")
     parser.add_argument("--smoke", action="store_true", help="1 round of tiny sizes: a quick check that all runs")
+    parser.add_argument("--only", metavar="SECTIONS", help=f"run only these, comma-separated ({','.join(SECTIONS)})")
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="event loop of the benchmark process (default asyncio)"
+    )
     args = parser.parse_args()
     rounds = 1 if args.smoke else args.rounds
     if rounds < 1:
         parser.error("--rounds must be at least 1")
-    missing = [
-        name
-        for name, ok in (("faststream", HAVE_FASTSTREAM), ("uvloop", HAVE_UVLOOP), ("httptools", HAVE_HTTPTOOLS))
-        if not ok
-    ]
-    if missing and not args.smoke:
-        parser.error(f"a full run needs {', '.join(missing)}: pip install -e '.[bench]' (or use --smoke)")
+    only = parse_only(parser, args.only)
+    check_packages(parser, only, args.loop, args.smoke)
     sizes = SMOKE if args.smoke else FULL
     counts = dict(sizes.throughput, slow=sizes.slow)
     if args.messages is not None:
@@ -220,8 +283,8 @@ def main() -> None:
     before = load()
     with NatsServer() as server:
         print(f"nats-server at {server.url}", file=sys.stderr, flush=True)
-        asyncio.run(run(server.url, results, sizes))
-    print(f"{machine()}; load average (1/5/15 min) {before} at the start, {load()} at the end\n")
+        run_on(args.loop, run(server.url, results, sizes, only, args.loop))
+    print(f"{machine(args.loop)}; load average (1/5/15 min) {before} at the start, {load()} at the end\n")
     print(report(results))
 
 

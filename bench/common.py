@@ -13,10 +13,10 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.js.api import StreamConfig
@@ -31,6 +31,9 @@ NOT_INSTALLED = "not installed"
 HAVE_FASTSTREAM = importlib.util.find_spec("faststream") is not None
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAVE_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+LOOPS = ("asyncio", "uvloop")  # event loops the benchmark process (and its memory subprocesses) can run on
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,15 @@ def rotated(items: list[str], rnd: int) -> list[str]:
     """``items`` starting at a different one each round, so that no implementation always runs first."""
     shift = (rnd - 1) % len(items)
     return items[shift:] + items[:shift]
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to completion on a new event loop: ``asyncio``'s default one or ``uvloop``'s."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 @contextlib.asynccontextmanager

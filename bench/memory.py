@@ -1,8 +1,9 @@
 """Memory: peak RSS while ours drains a backlog, and RSS across many publish_many calls.
 
-Each measurement runs in a fresh subprocess (this file run as a script), so that nothing the benchmark
-process allocated before counts. RSS comes from ``/proc/self/status``: ``VmRSS`` (now) and ``VmHWM``
-(peak), the peak being reset to the current RSS just before the measured work (``/proc/self/clear_refs``).
+Each measurement runs in a fresh subprocess (this file run as a script, on the benchmark's event loop:
+``asyncio`` or ``uvloop``), so that nothing the benchmark process allocated before counts. RSS comes
+from ``/proc/self/status``: ``VmRSS`` (now) and ``VmHWM`` (peak), the peak being reset to the current
+RSS just before the measured work (``/proc/self/clear_refs``).
 
 * ``drain``: connect, read the idle RSS, subscribe (batch 100, concurrency 100, no-op handler) to a
   subject whose stream already holds the backlog, read the peak once every message is handled.
@@ -22,7 +23,17 @@ import sys
 import time
 from dataclasses import dataclass
 
-from common import BATCH, BENCH_DIR, PAYLOAD, Target, fresh_stream, prefill, proc_status_kb, reset_peak_rss
+from common import (
+    BATCH,
+    BENCH_DIR,
+    PAYLOAD,
+    Target,
+    fresh_stream,
+    prefill,
+    proc_status_kb,
+    reset_peak_rss,
+    run_on,
+)
 
 from jetstream_fastapi import JetStreamBroker
 from jetstream_fastapi.driver import Message
@@ -106,16 +117,17 @@ async def publish(url: str, subject: str, n: int) -> MemoryResult:
 
 
 def child_main(argv: list[str]) -> None:
-    kind, url, subject, n = argv[0], argv[1], argv[2], int(argv[3])
+    kind, url, subject, n, loop = argv[0], argv[1], argv[2], int(argv[3]), argv[4]
     run = drain if kind == "drain" else publish
-    result = asyncio.run(run(url, subject, n))
+    result = run_on(loop, run(url, subject, n))
     print(json.dumps(result.__dict__))
 
 
 # -- the benchmark side --------------------------------------------------------------------------------
 
 
-async def in_subprocess(kind: str, url: str, subject: str, n: int) -> MemoryResult:
+async def in_subprocess(kind: str, url: str, subject: str, n: int, loop: str) -> MemoryResult:
+    """Run one measurement in a fresh ``memory.py`` subprocess on the event loop ``loop``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(BENCH_DIR / "memory.py"),
@@ -123,6 +135,7 @@ async def in_subprocess(kind: str, url: str, subject: str, n: int) -> MemoryResu
         url,
         subject,
         str(n),
+        loop,
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -135,17 +148,17 @@ async def in_subprocess(kind: str, url: str, subject: str, n: int) -> MemoryResu
     return MemoryResult(**json.loads(out))
 
 
-async def measure_drain(url: str, n: int) -> MemoryResult:
+async def measure_drain(url: str, n: int, loop: str) -> MemoryResult:
     target = Target(url, "BENCH_MEM_DRAIN", "bench.mem.drain")
     async with fresh_stream(url, target.stream, [target.subject]):
         await prefill(target, n)
-        return await in_subprocess("drain", url, target.subject, n)
+        return await in_subprocess("drain", url, target.subject, n, loop)
 
 
-async def measure_publish(url: str, n: int) -> MemoryResult:
+async def measure_publish(url: str, n: int, loop: str) -> MemoryResult:
     subject = "bench.mem.publish"
     async with fresh_stream(url, "BENCH_MEM_PUBLISH", [subject], max_msgs=PUBLISH_STREAM_MAX_MSGS):
-        return await in_subprocess("publish", url, subject, n)
+        return await in_subprocess("publish", url, subject, n, loop)
 
 
 if __name__ == "__main__":
