@@ -35,6 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from . import fastpath
 from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .driver import Delivery, Handler, Message
 from .flow import Slots
@@ -95,6 +96,7 @@ class PullWorker:
         api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
+        self._publish = fastpath.publisher(nc)
         self.stream = stream
         self.consumer = consumer
         self._handler = handler
@@ -134,7 +136,10 @@ class PullWorker:
         if self.state is not WorkerState.NEW:
             return
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        if fastpath.ENABLED:
+            self._sub = await fastpath.subscribe_direct(self._nc, self._inbox, self._deliver)
+        else:
+            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
         self.state = WorkerState.RUNNING
         self._last_activity = time.monotonic()
         self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-watchdog-{self.consumer}")
@@ -166,21 +171,33 @@ class PullWorker:
         while (batch := self._wanted()) > 0:
             slots.outstanding += batch
             try:
-                await self._nc.publish(self._pull_subject, self._request(batch), reply=self._inbox)
+                await self._publish(self._pull_subject, self._request(batch), self._inbox)
             except Exception as error:  # closed or draining connection: the watchdog retries
                 slots.outstanding -= batch
                 self.last_error = f"pull request failed: {error!r}"
                 return
 
+    def _deliver(self, msg: Msg) -> None:
+        # Direct delivery (fastpath): called inside nats-py's reader for each message, so the usual case
+        # is handled here at once, and the rest (status messages, giving back after stop) in a task.
+        if msg.reply and self.state is WorkerState.RUNNING:
+            self._accept(msg)
+        else:
+            self._spawn(self._on_message(msg))
+
     async def _on_message(self, msg: Msg) -> None:
-        self._last_activity = time.monotonic()
         if not msg.reply:
+            self._last_activity = time.monotonic()
             await self._on_status(msg.headers or {})
-            return
-        self._slots.delivered()
-        if self.state is not WorkerState.RUNNING:
+        elif self.state is WorkerState.RUNNING:
+            self._accept(msg)
+        else:
+            self._slots.delivered()
             await self._give_back(msg)
-            return
+
+    def _accept(self, msg: Msg) -> None:
+        self._last_activity = time.monotonic()
+        self._slots.delivered()
         # Pulls never ask for more than the free slots, so this queue stays within the concurrency (after
         # a reset, old requests may deliver a few more: they wait here for a lane rather than exceed it).
         self._ready.append(msg)
@@ -268,11 +285,11 @@ class PullWorker:
             else:
                 payload = await self._term_payload(message, verdict)
             holding = self._release(reply)
-            await self._nc.publish(reply, payload)
+            await self._publish(reply, payload, "")
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             with contextlib.suppress(Exception):
-                await self._nc.publish(reply, NAK)
+                await self._publish(reply, NAK, "")
             raise
         except Exception as error:
             # The ack could not be sent (connection closed): the server redelivers after the ack wait.
@@ -301,18 +318,18 @@ class PullWorker:
         # If a pull is due, the ack carries it: "+NXT <request>" with our inbox as the reply subject.
         batch = self._wanted()
         if batch == 0:
-            await self._nc.publish(reply, ACK)
+            await self._publish(reply, ACK, "")
             return
         self._slots.outstanding += batch
         try:
-            await self._nc.publish(reply, b"+NXT " + self._request(batch), reply=self._inbox)
+            await self._publish(reply, b"+NXT " + self._request(batch), self._inbox)
         except BaseException:
             self._slots.outstanding -= batch
             raise
 
     async def _give_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
-            await self._nc.publish(msg.reply, NAK)
+            await self._publish(msg.reply, NAK, "")
 
     # -- watchdog, reconnects, recreation ----------------------------------------------------------
 
@@ -339,7 +356,7 @@ class PullWorker:
             if now - since >= limit and reply in self._running:
                 self._running[reply] = now
                 with contextlib.suppress(Exception):
-                    await self._nc.publish(reply, IN_PROGRESS)
+                    await self._publish(reply, IN_PROGRESS, "")
 
     def connection_lost(self) -> None:
         """The connection dropped: stop pulling until it is back."""
