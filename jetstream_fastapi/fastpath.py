@@ -6,8 +6,9 @@ Through nats-py's public API every consumed message costs a hop and a few micros
   drains into the callback, one event-loop turn later. :func:`subscribe_direct` subscribes without a
   callback and puts a :class:`DirectQueue` in place of that queue, so nats-py's reader hands each message
   to the worker as it parses it;
-* **acks**: ``publish()`` checks state, sizes and headers, and updates statistics, for a ``+ACK`` whose
-  subject came from the server. :func:`publisher` writes the ``PUB`` command itself.
+* **publishing**: ``publish()`` checks state, sizes and headers, and updates statistics, for a ``+ACK``
+  whose subject came from the server, or a message this package has checked already.
+  :func:`publisher` writes the ``PUB``/``HPUB`` command itself.
 
 Measured with the benchmark (``bench/``): a no-op handler at batch 100 went from ~80k to ~86k msg/s
 (11 → 9 µs of CPU per message); 10 ms handlers at concurrency 256 from ~19.2k to ~20.4k msg/s.
@@ -28,15 +29,17 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
+
+from .publishing import encode_headers
 
 logger = logging.getLogger("jetstream_fastapi")
 
 TESTED = ("2.16",)
 """``major.minor`` versions of nats-py whose internals the shortcuts were checked against."""
 
-Publish = Callable[[str, bytes, str], Awaitable[None]]
-"""``publish(subject, payload, reply)``."""
+Publish = Callable[[str, bytes, str, "dict[str, str] | None"], Awaitable[None]]
+"""``publish(subject, payload, reply, headers)``."""
 
 
 def _supported() -> bool:
@@ -101,18 +104,34 @@ async def subscribe_direct(nc: NATS, subject: str, deliver: Callable[[Msg], None
 
 
 def publisher(nc: NATS) -> Publish:
-    """``publish(subject, payload, reply)`` for subjects that are known to be valid (acks, pull requests)."""
+    """``publish(subject, payload, reply, headers)`` for subjects and headers this package has checked (or
+    that came from the server), within the connection's payload limit."""
     if not ENABLED:
 
-        async def public(subject: str, payload: bytes, reply: str) -> None:
-            await nc.publish(subject, payload, reply=reply)
+        async def public(subject: str, payload: bytes, reply: str, headers: dict[str, str] | None = None) -> None:
+            await nc.publish(subject, payload, reply=reply, headers=headers)
 
         return public
 
-    async def direct(subject: str, payload: bytes, reply: str) -> None:
+    async def direct(subject: str, payload: bytes, reply: str, headers: dict[str, str] | None = None) -> None:
         if nc.is_closed:
             raise ConnectionClosedError
-        await nc._send_command(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload))
+        if headers:
+            block = encode_headers(headers)
+            command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(block),
+                len(block) + len(payload),
+                block,
+                payload,
+            )
+        else:
+            command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+        if not nc.is_connected and len(command) + nc._pending_data_size > nc._max_pending_size:
+            # As publish() does while reconnecting: the buffer that is sent after the reconnect is bounded.
+            raise OutboundBufferLimitError
+        await nc._send_command(command)
         # As publish() does: wake nats-py's flusher when nothing is queued for it yet.
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()

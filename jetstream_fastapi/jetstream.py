@@ -166,11 +166,13 @@ class JetStreamBroker:
                     jsm, declared=self.streams, auto_provision=self.auto_provision, on_mismatch=self.stream_mismatch
                 )
                 await registry.declare_all()
+                publisher = Publisher(nc, registry, timeout=self.publish_timeout)
+                await publisher.start()
             except BaseException:
                 await nc.close()
                 raise
             self._nc, self._jsm, self._registry = nc, jsm, registry
-            self._publisher = Publisher(nc, registry, timeout=self.publish_timeout)
+            self._publisher = publisher
 
     async def disconnect(self) -> None:
         """Stop every subscription (see :meth:`JetStreamSubscription.unsubscribe`), then drain and close."""

@@ -42,7 +42,7 @@ from .errors import (
     PayloadTooLargeError,
     PublishBatchError,
 )
-from .publishing import coerce_message
+from .publishing import check_msg_id, coerce_message
 from .subjects import check_queue, check_subject, provisioned_stream, subject_matches, subjects_overlap
 
 
@@ -182,7 +182,7 @@ class InMemoryBroker:
         body, merged = coerce_message(message, headers)
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(subject, len(body), self.max_payload)
-        return self._store(subject, body, merged, msg_id or uuid.uuid4().hex)
+        return self._store(subject, body, merged, check_msg_id(msg_id) if msg_id is not None else uuid.uuid4().hex)
 
     async def publish_many(
         self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None

@@ -28,7 +28,8 @@ from .errors import (
     PublishTimeoutError,
 )
 from .pipeline import NoResponders, Outgoing, Pipeline
-from .publishing import coerce_message
+from .publishing import check_msg_id, coerce_message
+from .replies import Replies
 from .streams import StreamRegistry
 from .subjects import check_subject
 
@@ -56,6 +57,11 @@ class Publisher:
         self._timeout = timeout
         self._id_prefix = f"{uuid.uuid4().hex}-"
         self._id_counter = 0
+        self._replies = Replies(nc)
+
+    async def start(self) -> None:
+        """Subscribe the inbox that receives the PubAcks."""
+        await self._replies.start()
 
     async def publish(
         self,
@@ -112,9 +118,11 @@ class Publisher:
         if self._registry.cached(subject) is None:
             check_subject(subject, wildcards=False)
         body, merged = coerce_message(message, headers)
-        if not msg_id:
+        if msg_id is None:
             self._id_counter += 1
             msg_id = f"{self._id_prefix}{self._id_counter}"
+        else:
+            check_msg_id(msg_id)
         merged[MSG_ID_HEADER] = msg_id
         # The server's limit covers headers and body; past it the server drops the connection and nats-py
         # closes the client for good, so check here (nats-py itself checks the body only).
@@ -127,7 +135,7 @@ class Publisher:
 
     async def _send(self, outgoing: Outgoing, total: float) -> PubAck:
         """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds."""
-        nc, registry = self._nc, self._registry
+        registry = self._registry
         subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
         msg_id = merged[MSG_ID_HEADER]
         deadline = time.monotonic() + total
@@ -140,15 +148,15 @@ class Publisher:
             # sent again; the msg id makes the server store it once whichever attempt lands.
             attempt_timeout = min(remaining, max(1.0, total / 3))
             try:
-                reply = await nc.request(subject, body, timeout=attempt_timeout, headers=merged)
-            except nats.errors.NoRespondersError:
-                await self._no_responders(subject, no_responders, deadline)
-                no_responders += 1
-                continue
-            except nats.errors.TimeoutError:
+                reply = await self._replies.request(subject, body, merged, attempt_timeout)
+            except TimeoutError:
                 continue
             except nats.errors.ConnectionClosedError:
                 raise NotConnectedError("the NATS connection is closed") from None
+            if not reply.data and reply.headers and reply.headers.get("Status") == "503":
+                await self._no_responders(subject, no_responders, deadline)
+                no_responders += 1
+                continue
             response = json.loads(reply.data)
             error = response.get("error")
             if error is not None:

@@ -5,6 +5,8 @@ Imports nothing from ``nats``; both brokers use it.
 
 from __future__ import annotations
 
+import re
+
 from .driver import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, Message, Payload
 from .errors import InvalidArgumentError
 
@@ -32,10 +34,28 @@ def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[by
     return body, merged
 
 
+# An HTTP token (RFC 9110), as nats-py requires of header names.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def check_headers(headers: dict[str, str]) -> None:
     """Raise :class:`InvalidArgumentError` for a header that cannot travel in the NATS protocol."""
     for key, value in headers.items():
-        if not isinstance(key, str) or not key or any(c in key for c in ": \t\r\n"):
-            raise InvalidArgumentError(f"invalid header name {key!r}")
+        if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+            raise InvalidArgumentError(f"invalid header name {key!r}: letters, digits and !#$%&'*+-.^_`|~ only")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise InvalidArgumentError(f"header {key!r} must be a single-line string, got {value!r}")
+
+
+def check_msg_id(msg_id: object) -> str:
+    """Return ``msg_id`` if it can be a ``Nats-Msg-Id``; raise :class:`InvalidArgumentError` otherwise."""
+    if not isinstance(msg_id, str) or not msg_id.strip() or "\r" in msg_id or "\n" in msg_id:
+        raise InvalidArgumentError(f"msg_id must be a non-empty single-line string, got {msg_id!r}")
+    return msg_id
+
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """The ``NATS/1.0`` header block of ``headers`` (checked by :func:`check_headers`), values trimmed as
+    nats-py trims them."""
+    lines = "".join(f"{key}: {value.strip()}\r\n" for key, value in headers.items())
+    return f"NATS/1.0\r\n{lines}\r\n".encode()

@@ -171,7 +171,7 @@ class PullWorker:
         while (batch := self._wanted()) > 0:
             slots.outstanding += batch
             try:
-                await self._publish(self._pull_subject, self._request(batch), self._inbox)
+                await self._publish(self._pull_subject, self._request(batch), self._inbox, None)
             except Exception as error:  # closed or draining connection: the watchdog retries
                 slots.outstanding -= batch
                 self.last_error = f"pull request failed: {error!r}"
@@ -285,11 +285,11 @@ class PullWorker:
             else:
                 payload = await self._term_payload(message, verdict)
             holding = self._release(reply)
-            await self._publish(reply, payload, "")
+            await self._publish(reply, payload, "", None)
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             with contextlib.suppress(Exception):
-                await self._publish(reply, NAK, "")
+                await self._publish(reply, NAK, "", None)
             raise
         except Exception as error:
             # The ack could not be sent (connection closed): the server redelivers after the ack wait.
@@ -318,18 +318,18 @@ class PullWorker:
         # If a pull is due, the ack carries it: "+NXT <request>" with our inbox as the reply subject.
         batch = self._wanted()
         if batch == 0:
-            await self._publish(reply, ACK, "")
+            await self._publish(reply, ACK, "", None)
             return
         self._slots.outstanding += batch
         try:
-            await self._publish(reply, b"+NXT " + self._request(batch), self._inbox)
+            await self._publish(reply, b"+NXT " + self._request(batch), self._inbox, None)
         except BaseException:
             self._slots.outstanding -= batch
             raise
 
     async def _give_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
-            await self._publish(msg.reply, NAK, "")
+            await self._publish(msg.reply, NAK, "", None)
 
     # -- watchdog, reconnects, recreation ----------------------------------------------------------
 
@@ -356,7 +356,7 @@ class PullWorker:
             if now - since >= limit and reply in self._running:
                 self._running[reply] = now
                 with contextlib.suppress(Exception):
-                    await self._publish(reply, IN_PROGRESS, "")
+                    await self._publish(reply, IN_PROGRESS, "", None)
 
     def connection_lost(self) -> None:
         """The connection dropped: stop pulling until it is back."""

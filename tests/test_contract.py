@@ -272,6 +272,11 @@ async def test_bad_input_is_refused_before_the_server(make_broker: BrokerFactory
         await broker.publish(f"{prefix}.created", b"x" * (2 * 1024 * 1024))
     with pytest.raises(ValueError, match="header"):
         await broker.publish(f"{prefix}.created", b"x", headers={"Bad": "two\r\nlines"})
+    with pytest.raises(ValueError, match="header name"):
+        await broker.publish(f"{prefix}.created", b"x", headers={"Bad(name)": "x"})
+    for msg_id in ("", "two\r\nlines"):
+        with pytest.raises(ValueError, match="msg_id"):
+            await broker.publish(f"{prefix}.created", b"x", msg_id=msg_id)
 
 
 async def test_publish_before_connect_raises(make_broker: BrokerFactory, prefix: str) -> None:

@@ -1,0 +1,70 @@
+"""Request/reply for publishing: one wildcard inbox per connection receives every PubAck.
+
+``nc.request()`` sends each reply through two extra event-loop turns (its subscription's task, then
+``asyncio.wait_for``'s callback) before the publisher runs again, and a sequential publish waits for
+exactly that. Here the reply goes from nats-py's reader (see :mod:`~jetstream_fastapi.fastpath`) straight
+to the waiting future, and the timeout is a plain timer on that future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from . import fastpath
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class Replies:
+    """Sends requests with a reply subject under one inbox, and hands each answer to its waiting caller."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._publish = fastpath.publisher(nc)
+        self._prefix = nc.new_inbox() + "."
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._next = 0
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe the inbox (once)."""
+        if self._sub is not None:
+            return
+        subject = self._prefix + "*"
+        if fastpath.ENABLED:
+            self._sub = await fastpath.subscribe_direct(self._nc, subject, self._deliver)
+        else:
+            self._sub = await self._nc.subscribe(subject, cb=self._on_reply)
+
+    def _deliver(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self._deliver(msg)
+
+    async def request(self, subject: str, body: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
+        """Publish ``body`` to ``subject`` and return the reply; ``TimeoutError`` after ``timeout`` seconds.
+
+        A "no responders" answer is returned like any other reply (empty, with a ``503`` status header).
+        """
+        self._next += 1
+        token = str(self._next)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self._publish(subject, body, self._prefix + token, headers)
+            return await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
