@@ -5,8 +5,8 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 
 * one inbox subscription receives messages and status replies for every pull request;
 * pull requests ask for at most the free handler slots (:class:`~jetstream_fastapi.flow.Slots`); a new
-  one is sent as soon as a sixteenth of a batch of slots is free; each expires after ``fetch_wait``,
-  with idle heartbeats every ``fetch_wait / 2``;
+  one is sent as soon as a quarter of a batch of slots is free (a sixty-fourth when handlers take over a
+  millisecond); each expires after ``fetch_wait``, with idle heartbeats every ``fetch_wait / 2``;
 * a pull request that follows an ack rides on it (``+NXT``, "ack and request next"): one message instead
   of two, and the server applies that ack, and every ack before it, before it serves the request, so the
   consumer's ack-pending count on the server stays within the concurrency (a separate request could be
@@ -106,7 +106,7 @@ class PullWorker:
         self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
-        self._slots = Slots(settings.concurrency, max(1, min(settings.batch_size, settings.concurrency) // 16))
+        self._slots = Slots(settings.concurrency, settings.batch_size)
         self._requests: dict[int, bytes] = {}
         self._inbox = ""
         self._sub: Subscription | None = None
@@ -270,12 +270,14 @@ class PullWorker:
 
     async def _handle(self, msg: Msg) -> None:
         reply = msg.reply
-        self._slots.in_flight += 1
-        self._running[reply] = time.monotonic()
+        slots = self._slots
+        slots.in_flight += 1
+        self._running[reply] = started = time.monotonic()
         holding = True
         try:
             message = decode(msg)
             verdict = await run_handler(self._handler, message, self._settings)
+            slots.handled(time.monotonic() - started)
             if verdict is ACKED:
                 holding = self._release(reply)
                 await self._ack(reply)

@@ -20,21 +20,37 @@ from tests.conftest import WAIT
 
 
 def test_nothing_is_pulled_until_threshold_slots_are_free() -> None:
-    slots = Slots(concurrency=8, threshold=3)
+    slots = Slots(concurrency=8, batch_size=12)
+    assert slots.threshold == 2  # a quarter of min(batch, concurrency)
     assert slots.to_pull(ready=0) == 8
     slots.outstanding = 8
     for _ in range(8):
         slots.delivered()
     assert slots.outstanding == 0
     assert slots.to_pull(ready=8) == 0  # all delivered, waiting for lanes
+    slots.in_flight = 7
+    assert slots.to_pull(ready=0) == 0  # 1 free < threshold
     slots.in_flight = 6
-    assert slots.to_pull(ready=0) == 0  # 2 free < threshold
-    slots.in_flight = 5
-    assert slots.to_pull(ready=0) == 3
+    assert slots.to_pull(ready=0) == 2
+
+
+def test_the_threshold_follows_the_handlers() -> None:
+    slots = Slots(concurrency=256, batch_size=256)
+    assert slots.threshold == 64
+    slots.handled(0.010)  # slow handlers: each pending pull idles a slot
+    assert slots.threshold == 4
+    slots.in_flight = 252
+    assert slots.to_pull(ready=0) == 4
+    slots.handled(0.00002)
+    assert slots.threshold == 64
+    assert slots.to_pull(ready=0) == 0
+    assert Slots(concurrency=2, batch_size=10).threshold == 1
 
 
 def test_free_slots_count_every_holder() -> None:
-    slots = Slots(concurrency=10, threshold=1)
+    slots = Slots(concurrency=10, batch_size=4)
+    slots.handled(1.0)
+    assert slots.threshold == 1
     slots.outstanding, slots.in_flight = 3, 4
     assert slots.free(ready=2) == 1
     assert slots.to_pull(ready=2) == 1
@@ -42,7 +58,7 @@ def test_free_slots_count_every_holder() -> None:
 
 
 def test_an_expired_request_gives_back_its_undelivered_slots() -> None:
-    slots = Slots(concurrency=10, threshold=1)
+    slots = Slots(concurrency=10, batch_size=10)
     slots.outstanding = 10
     slots.delivered()
     slots.expired(pending=9)
