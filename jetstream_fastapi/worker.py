@@ -11,8 +11,8 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
   of two, and the server applies that ack, and every ack before it, before it serves the request, so the
   consumer's ack-pending count on the server stays within the concurrency (a separate request could be
   served while acks sent before it still wait in the server's queue);
-* messages run on lanes: at most ``concurrency`` long-lived tasks that take the next message without a new
-  task per message; a burst wakes one lane, and each woken lane wakes two more while messages wait;
+* messages run on :class:`~jetstream_fastapi.lanes.Lanes`: at most ``concurrency`` long-lived tasks, not
+  a task per message;
 * a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
   past half the ack wait, and re-pulls after a reconnect;
 * a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
@@ -28,7 +28,6 @@ import enum
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
@@ -39,6 +38,7 @@ from . import fastpath
 from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .driver import Delivery, Handler, Message
 from .flow import Slots
+from .lanes import Lanes
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -114,12 +114,7 @@ class PullWorker:
         self._recreating: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, float] = {}  # reply subject -> last ack-wait refresh (monotonic)
-        # Pulled messages not started yet, and the lanes (at most `concurrency` long-lived tasks) that run
-        # them: a lane takes the next message without a new task per message, and parks when none is left.
-        self._ready: deque[Msg] = deque()
-        self._lanes: set[asyncio.Task[None]] = set()
-        self._parked: deque[asyncio.Future[None]] = deque()
-        self._waking = 0  # lanes woken (or created) that have not taken a message yet
+        self._lanes: Lanes[Msg] = Lanes(settings.concurrency, self._handle, f"jetstream-lane-{consumer}")
         self._paused = False
         self._last_activity = 0.0
         self.state = WorkerState.NEW
@@ -164,7 +159,7 @@ class PullWorker:
         """The size of the pull request to send now (0: none)."""
         if self.state is not WorkerState.RUNNING or self._paused or self._recreating is not None:
             return 0
-        return min(self._slots.to_pull(len(self._ready)), self._settings.batch_size)
+        return min(self._slots.to_pull(len(self._lanes.ready)), self._settings.batch_size)
 
     async def _pull(self) -> None:
         slots = self._slots
@@ -200,47 +195,7 @@ class PullWorker:
         self._slots.delivered()
         # Pulls never ask for more than the free slots, so this queue stays within the concurrency (after
         # a reset, old requests may deliver a few more: they wait here for a lane rather than exceed it).
-        self._ready.append(msg)
-        if self._waking == 0:  # otherwise a lane is about to run, and it wakes more if needed
-            self._wake_lane()
-
-    def _wake_lane(self) -> bool:
-        while self._parked:
-            parked = self._parked.popleft()
-            if not parked.done():
-                parked.set_result(None)
-                self._waking += 1
-                return True
-        if len(self._lanes) < self._settings.concurrency:
-            task = asyncio.create_task(self._lane(), name=f"jetstream-lane-{self.consumer}")
-            self._lanes.add(task)
-            task.add_done_callback(self._lanes.discard)
-            self._waking += 1
-            return True
-        return False
-
-    async def _lane(self) -> None:
-        # A woken lane wakes two more while messages outnumber the lanes on their way: a burst for slow
-        # handlers fans out to all lanes in a few loop turns, while with fast handlers (which finish
-        # without suspending) the first lane runs the whole burst and the two it woke find nothing.
-        loop = asyncio.get_running_loop()
-        ready = self._ready
-        self._waking -= 1
-        woken = True
-        while self.state is WorkerState.RUNNING:
-            if ready:
-                msg = ready.popleft()
-                if woken:
-                    woken = False
-                    if len(ready) > self._waking and self._wake_lane() and len(ready) > self._waking:
-                        self._wake_lane()
-                await self._handle(msg)
-            else:
-                parked: asyncio.Future[None] = loop.create_future()
-                self._parked.append(parked)
-                await parked
-                self._waking -= 1
-                woken = True
+        self._lanes.push(msg)
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
@@ -407,6 +362,7 @@ class PullWorker:
             return
         self.state = WorkerState.STOPPING
         deadline = time.monotonic() + timeout
+        not_started = self._lanes.close()  # running handlers finish; no lane takes another message
         for task in (self._watchdog, self._recreating):
             if task is not None:
                 task.cancel()
@@ -418,13 +374,9 @@ class PullWorker:
             except Exception:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
-        while self._ready:
-            await self._give_back(self._ready.popleft())
-        while self._parked:  # parked lanes see the state and end
-            lane = self._parked.popleft()
-            if not lane.done():
-                lane.set_result(None)
-        running = self._lanes | self._tasks
+        for msg in not_started:
+            await self._give_back(msg)
+        running = self._lanes.tasks | self._tasks
         if running:
             _, late = await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
             if late:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import nats
@@ -14,6 +15,7 @@ from nats.errors import ConnectionClosedError
 
 from jetstream_fastapi import JetStreamBroker, Message, fastpath
 from jetstream_fastapi.flow import Slots
+from jetstream_fastapi.lanes import Lanes
 from jetstream_fastapi.server import NatsServer
 from jetstream_fastapi.worker import decode
 from tests.conftest import WAIT
@@ -176,3 +178,55 @@ async def test_publisher_sends_payload_and_reply(
     await nc.close()
     with pytest.raises(ConnectionClosedError):
         await publish(f"{prefix}.pub", b"+ACK", "", None)
+
+
+# -- lanes ------------------------------------------------------------------------------------------
+
+
+async def test_fast_handlers_run_a_burst_on_one_lane() -> None:
+    seen: list[tuple[int, asyncio.Task[object] | None]] = []
+    done = asyncio.Event()
+
+    async def handle(item: int) -> None:  # never suspends
+        seen.append((item, asyncio.current_task()))
+        if len(seen) == 100:
+            done.set()
+
+    lanes: Lanes[int] = Lanes(50, handle, "test")
+    for item in range(100):
+        lanes.push(item)
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert [item for item, _ in seen] == list(range(100))
+    assert len({task for _, task in seen}) == 1
+    assert len(lanes.tasks) <= 3  # the one that ran the burst and the two it woke
+    assert lanes.close() == []
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)
+
+
+async def test_lanes_never_exceed_the_limit_and_close_returns_what_was_not_taken() -> None:
+    limit = 5
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+    full = asyncio.Event()
+
+    async def handle(item: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == limit:
+            full.set()
+        await release.wait()
+        running -= 1
+
+    lanes: Lanes[int] = Lanes(limit, handle, "test")
+    for item in range(12):
+        lanes.push(item)
+    await asyncio.wait_for(full.wait(), WAIT)
+    assert len(lanes.tasks) == limit
+    left = lanes.close()
+    assert left == list(range(limit, 12))
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)  # each finished its item and ended
+    assert peak == limit
+    assert lanes.ready == deque()
