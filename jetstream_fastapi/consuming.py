@@ -14,7 +14,7 @@ import enum
 import inspect
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -175,6 +175,21 @@ def _log(level: int, what: str, message: Message, error: BaseException) -> None:
         f"{type(error).__name__}: {error}",
         exc_info=error if level >= logging.ERROR and not isinstance(error, Retry | Reject) else None,
     )
+
+
+def check_one_filter(queue: str, subject: str, stream: str, running: Iterable[tuple[str, str | None, str]]) -> None:
+    """Refuse a second subscription of ``queue`` on ``stream`` with another subject than a running one.
+
+    A durable consumer has one filter subject: subscribing again with another would move the filter, and
+    the first subscription would silently start receiving the second one's messages. ``running`` holds
+    ``(stream, queue, subject)`` of the broker's running subscriptions.
+    """
+    for other_stream, other_queue, other_subject in running:
+        if other_queue == queue and other_stream == stream and other_subject != subject:
+            raise InvalidArgumentError(
+                f"queue {queue!r} already consumes {other_subject!r} on stream {stream!r}: a durable consumer "
+                f"has one filter subject, so {subject!r} needs a queue name of its own"
+            )
 
 
 def check_handler(handler: object) -> None:

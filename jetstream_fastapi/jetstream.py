@@ -17,7 +17,7 @@ from nats.js.manager import JetStreamManager
 
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
-from .consuming import ConsumerSettings, Verdict, check_handler
+from .consuming import ConsumerSettings, Verdict, check_handler, check_one_filter
 from .dead_letter_stream import DEAD_LETTER_CONFIG, get_dead_letter, list_dead_letters
 from .deadletters import (
     DEAD_LETTER_STREAM,
@@ -275,6 +275,9 @@ class JetStreamBroker:
         settings = self.defaults.merged(options)
         nc, jsm, registry = self._require()
         stream = await registry.stream_for(subject)
+        if queue is not None:
+            running = ((sub.worker.stream, sub.queue, sub.subject) for sub in self._subscriptions)
+            check_one_filter(queue, subject, stream, running)
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         config = consumer_config(name, subject, settings, durable=queue is not None)
         if settings.dead_letter:

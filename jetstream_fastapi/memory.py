@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Unpack
 
-from .consuming import Action, ConsumerSettings, Verdict, check_handler, run_handler
+from .consuming import Action, ConsumerSettings, Verdict, check_handler, check_one_filter, run_handler
 from .deadletters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -293,6 +293,9 @@ class InMemoryBroker:
         settings = self.defaults.merged(options)
         self._require()
         stream = self._stream_for(subject)
+        if queue is not None:
+            running = ((sub._consumer.stream.name, sub.queue, sub.subject) for sub in self._subscriptions)
+            check_one_filter(queue, subject, stream.name, running)
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         consumer = self._consumers.get((stream.name, name))
         if consumer is None:

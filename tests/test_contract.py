@@ -404,3 +404,21 @@ async def test_handler_timeout_cancels_and_retries(make_broker: BrokerFactory, p
     await broker.wait_until_idle()
     assert cancelled.is_set()
     assert attempts == [1, 2]
+
+
+async def test_a_queue_keeps_one_subject_while_it_runs(make_broker: BrokerFactory, prefix: str) -> None:
+    # One durable consumer has one filter: a second subject on the same queue would silently move the
+    # first subscription's filter, so it is refused until the first one stops.
+    broker = await make_broker()
+    first = await broker.subscribe(f"{prefix}.a", Recorder(), queue="q")
+    second = await broker.subscribe(f"{prefix}.a", Recorder(), queue="q")  # same subject: shares the work
+    with pytest.raises(ValueError, match="one filter subject"):
+        await broker.subscribe(f"{prefix}.b", Recorder(), queue="q")
+    await broker.subscribe(f"{prefix}.b", Recorder(), queue="other")
+    await first.unsubscribe()
+    await second.unsubscribe()
+    moved = Recorder()
+    await broker.subscribe(f"{prefix}.b", moved, queue="q")  # nothing runs on "q" now: the filter may move
+    await broker.publish(f"{prefix}.b", b"x")
+    await broker.wait_until_idle()
+    assert [m.body for m in moved.messages] == [b"x"]
