@@ -15,6 +15,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from common import BATCH, Target, Timer, check_consumed, prefill
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from throughput import Counter
 
@@ -70,7 +71,7 @@ class AckPendingMonitor:
         self._stopping = True
         await self._task
 
-    async def _poll(self, nc: nats.NATS) -> None:
+    async def _poll(self, nc: NATS) -> None:
         jsm = nc.jsm()
         try:
             while not self._stopping:

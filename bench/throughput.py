@@ -188,8 +188,9 @@ async def faststream_consume(target: Target, n: int) -> Sample:
     broker = faststream_broker(target.url)
     counter = Counter(n)
 
-    # declare=False: the stream exists; FastStream would otherwise (re)declare it at start.
-    @broker.subscriber(
+    # declare=False: the stream exists; FastStream would otherwise (re)declare it at start. (`broker` is
+    # typed Any here, so its decorator is untyped.)
+    @broker.subscriber(  # type: ignore[untyped-decorator]
         target.subject,
         stream=JStream(target.stream, declare=False),
         durable="bench",
