@@ -4,7 +4,8 @@
 message; nats-py's ``publish_async`` has no ack timeout and hangs forever when the server answers with an
 error (nats.py #985). Here one wildcard inbox subscription receives the replies of a bounded window of
 publishes, each reply settles its message by index, and a message whose reply has not come within
-``timeout`` of being sent is reported as timed out: no future is ever left hanging.
+``timeout`` of being sent is reported as timed out: no future is ever left hanging. Replies and
+publishes take the :mod:`~jetstream_fastapi.fastpath` shortcuts where nats-py allows them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from . import fastpath
 from .driver import PubAck
 from .errors import PublishError
 
@@ -51,15 +53,17 @@ class Pipeline:
     async def run(self) -> list[PubAck | BaseException | None]:
         """Send everything; return, by index, a PubAck or the exception of each message."""
         self._prefix = self._nc.new_inbox() + "."
-        subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        if fastpath.ENABLED:
+            subscription = await fastpath.subscribe_direct(self._nc, self._prefix + "*", self._deliver)
+        else:
+            subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        publish = fastpath.publisher(self._nc)
         try:
             for index, message in enumerate(self._messages):
                 while len(self._sent_at) >= self._window:
                     await self._wait_for_reply()
                 self._sent_at[index] = time.monotonic()
-                await self._nc.publish(
-                    message.subject, message.body, reply=f"{self._prefix}{index}", headers=message.headers
-                )
+                await publish(message.subject, message.body, f"{self._prefix}{index}", message.headers)
             while self._sent_at:
                 await self._wait_for_reply()
         finally:
@@ -83,6 +87,9 @@ class Pipeline:
                 self.results[index] = TimeoutError(f"no PubAck within {self._timeout:g}s")
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._deliver(msg)
+
+    def _deliver(self, msg: Msg) -> None:
         index = int(msg.subject[len(self._prefix) :])
         if self._sent_at.pop(index, None) is None:
             return  # already timed out
