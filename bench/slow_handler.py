@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import nats
 import nats.errors
 import nats.js.errors
-from common import BATCH, Target, Timer, check_consumed, prefill
+from common import BATCH, Sample, Target, Timer, check_consumed, prefill
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from throughput import Counter
@@ -29,20 +29,11 @@ POLL_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
-class SlowSample:
-    messages: int
-    seconds: float
-    cpu: float
+class SlowSample(Sample):
+    """A timed run, with the most unacknowledged messages the server reported and how often it was asked."""
+
     max_ack_pending: int
     polls: int
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        return self.cpu / self.messages * 1e6
 
 
 class AckPendingMonitor:

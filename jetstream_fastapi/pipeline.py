@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from . import fastpath
 from .driver import PubAck
 from .errors import PublishError
+from .replies import is_no_responders
 
 
 @dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ is slower
@@ -90,13 +91,12 @@ class Pipeline:
         if self._sent_at.pop(index, None) is None:
             return  # already timed out
         self._changed.set()
+        if is_no_responders(msg):
+            self.results[index] = NoResponders()
+            return
         if not msg.data:
             status = (msg.headers or {}).get("Status")
-            self.results[index] = (
-                NoResponders()
-                if status == "503"
-                else PublishError(self._messages[index].subject, f"unexpected reply status {status}")
-            )
+            self.results[index] = PublishError(self._messages[index].subject, f"unexpected reply status {status}")
             return
         response = json.loads(msg.data)
         error = response.get("error")

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .pipeline import NoResponders, Outgoing, Pipeline
 from .publishing import check_msg_id, coerce_message
-from .replies import Replies
+from .replies import Replies, is_no_responders
 from .streams import StreamRegistry
 from .subjects import check_subject
 
@@ -153,7 +153,7 @@ class Publisher:
                 continue
             except nats.errors.ConnectionClosedError:
                 raise NotConnectedError("the NATS connection is closed") from None
-            if not reply.data and reply.headers and reply.headers.get("Status") == "503":
+            if is_no_responders(reply):
                 await self._no_responders(subject, no_responders, deadline)
                 no_responders += 1
                 continue

@@ -17,6 +17,11 @@ from nats.aio.subscription import Subscription
 from . import fastpath
 
 
+def is_no_responders(reply: Msg) -> bool:
+    """Whether ``reply`` is the server's "no responders" status (nothing listens on the subject)."""
+    return not reply.data and reply.headers is not None and reply.headers.get("Status") == "503"
+
+
 def _expire(future: asyncio.Future[Msg]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())

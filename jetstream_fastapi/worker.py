@@ -228,20 +228,19 @@ class PullWorker:
         slots = self._slots
         slots.in_flight += 1
         self._running[reply] = started = time.monotonic()
-        holding = True
         try:
             message = decode(msg)
             verdict = await run_handler(self._handler, message, self._settings)
             slots.handled(time.monotonic() - started)
             if verdict is ACKED:
-                holding = self._release(reply)
+                self._release(reply)
                 await self._ack(reply)
                 return  # a pull request that was due rode on the ack
             if verdict.action is Action.NAK:
                 payload = nak_payload(verdict.delay)
             else:
                 payload = await self._term_payload(message, verdict)
-            holding = self._release(reply)
+            self._release(reply)
             await self._publish(reply, payload, "", None)
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
@@ -253,7 +252,7 @@ class PullWorker:
             self.last_error = f"could not settle a message: {error!r}"
             logger.warning("consumer %s: %s", self.consumer, self.last_error)
         finally:
-            if holding:
+            if reply in self._running:  # not released yet: the handler or dead-lettering raised
                 self._release(reply)
             if self._on_settled is not None:
                 self._on_settled()
@@ -265,11 +264,10 @@ class PullWorker:
             return nak_payload(self._settings.backoff.maximum)
         return b"+TERM " + verdict.reason.encode()[:1024]
 
-    def _release(self, reply: str) -> bool:
-        """The handler is done with the message: its slot is free (returns False, for ``holding``)."""
+    def _release(self, reply: str) -> None:
+        """The handler is done with the message: its slot is free."""
         del self._running[reply]
         self._slots.in_flight -= 1
-        return False
 
     async def _ack(self, reply: str) -> None:
         # If a pull is due, the ack carries it: "+NXT <request>" with our inbox as the reply subject.
