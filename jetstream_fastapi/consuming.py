@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
-from .errors import InvalidArgumentError, InvalidHandlerError
+from .errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -70,11 +70,11 @@ class ConsumerSettings:
         if self.deliver_policy not in (None, "all", "new", "last"):
             raise InvalidArgumentError(f"deliver_policy must be 'all', 'new' or 'last', got {self.deliver_policy!r}")
 
-    def merged(self, options: ConsumerOptions | Mapping[str, object]) -> ConsumerSettings:
-        """These settings with ``options`` applied; unknown option names raise."""
-        unknown = set(options) - _OPTION_NAMES
-        if unknown:
-            raise InvalidArgumentError(f"unknown consumer option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
+    def merged(self, options: ConsumerOptions | Mapping[str, object], where: str = "subscribe()") -> ConsumerSettings:
+        """These settings with ``options`` applied; unknown option names raise :class:`UnknownOptionError`."""
+        for name in options:
+            if name not in _OPTION_NAMES:
+                raise UnknownOptionError(where, name, _OPTION_NAMES)
         if not options:
             return self
         changes = dict(options)
@@ -145,10 +145,6 @@ async def _with_timeout(handler: Handler, message: Message, timeout: float) -> N
         if deadline.expired():  # ours, not a TimeoutError the handler raised itself
             raise HandlerTimeoutError(f"the handler ran longer than handler_timeout={timeout:g}s") from None
         raise
-
-
-class HandlerTimeoutError(TimeoutError):
-    """A handler ran past its ``handler_timeout``: it was cancelled, and the message is retried."""
 
 
 def _failed(message: Message, settings: ConsumerSettings, error: Exception, after: float | None) -> Verdict:

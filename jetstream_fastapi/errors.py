@@ -7,15 +7,19 @@
     │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards
     │   ├── InvalidQueueError               queue (durable) name with ".", "*", ">", "/", "\\" or spaces
     │   ├── InvalidHandlerError (TypeError) a handler that is not an ``async def``
-    │   └── PayloadTooLargeError            body larger than the server's max_payload
-    ├── NotConnectedError                   used before ``connect()`` or after ``disconnect()``
+    │   ├── UnknownOptionError (TypeError)  a misspelt or unsupported option ("did you mean batch_size?")
+    │   └── PayloadTooLargeError            body and headers larger than the server's max_payload
+    ├── NotConnectedError                   used before ``connect()``, after ``disconnect()``, connection closed
     ├── ConnectError                        NATS unreachable or credentials refused at connect
     ├── NoStreamError (LookupError)         no stream captures the subject, auto-provisioning is off
     ├── StreamConfigError                   a declared stream differs from the server's and may not be updated
     ├── ConsumerConfigError                 the server refused to create or update a consumer
-    ├── PublishError                        the server refused the message
+    ├── PublishError                        the server refused the message (or the client could not send it)
     │   └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
-    └── PublishBatchError                   some messages of a ``publish_many`` failed
+    ├── PublishBatchError                   some messages of a ``publish_many`` failed
+    ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
+    ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
+    └── NatsServerError                     the embedded ``nats-server`` is missing or did not start
 
 The two exceptions a *handler* raises to steer delivery (:class:`~jetstream_fastapi.driver.Retry` and
 :class:`~jetstream_fastapi.driver.Reject`) are not errors and live in :mod:`jetstream_fastapi.driver`.
@@ -25,7 +29,8 @@ This module imports nothing from ``nats``: business code may catch these without
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,6 +55,17 @@ class InvalidQueueError(InvalidArgumentError):
 
 class InvalidHandlerError(InvalidArgumentError, TypeError):
     """A handler is not an ``async`` function, or a handler option is unknown or out of range."""
+
+
+class UnknownOptionError(InvalidArgumentError, TypeError):
+    """An option name the broker (or ``subscribe``, or ``nats.connect``) does not know; says the nearest one."""
+
+    def __init__(self, where: str, name: str, known: Iterable[str]) -> None:
+        nearest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        super().__init__(f"{where} got an unexpected keyword argument {name!r}{hint}")
+        self.name = name
+        self.nearest = nearest[0] if nearest else None
 
 
 class PayloadTooLargeError(InvalidArgumentError):
@@ -124,6 +140,20 @@ class PublishTimeoutError(PublishError, TimeoutError):
         self.msg_id = msg_id
 
 
+class DeadLetterNotFoundError(JetStreamError, LookupError):
+    """No dead letter has this sequence (never stored, replayed or purged already)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"no dead letter with sequence {seq}")
+        self.seq = seq
+
+
+class HandlerTimeoutError(JetStreamError, TimeoutError):
+    """A handler ran past its ``handler_timeout``: it was cancelled, and the message is retried.
+
+    Raised inside the consumer, never to a caller: it is what a dead letter's ``error_type`` names."""
+
+
 class PublishBatchError(JetStreamError):
     """Some messages of a ``publish_many`` batch failed; the others were stored.
 
@@ -137,3 +167,7 @@ class PublishBatchError(JetStreamError):
         super().__init__(f"{len(errors)} of {len(acks)} publishes failed; message {first}: {errors[first]}")
         self.acks = acks
         self.errors = dict(errors)
+
+
+class NatsServerError(JetStreamError):
+    """The embedded ``nats-server`` binary is missing, or the server did not start (see its log)."""

@@ -1,55 +1,64 @@
-"""``JetStreamBroker``: the :class:`~jetstream_fastapi.driver.Broker` contract on a real NATS server (nats-py)."""
+"""The JetStream backend (a NATS server through nats-py), and :class:`JetStreamBroker`, the front over it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
-import uuid
-from collections.abc import Iterable, Sequence
-from types import TracebackType
-from typing import Any, Unpack
+from collections.abc import Sequence
+from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from nats.js.manager import JetStreamManager
 
+from .backends.base import ConsumerSpec, Outgoing, Process, Stored
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
-from .consuming import ConsumerSettings, Verdict, check_handler, check_one_filter
-from .dead_letter_stream import DEAD_LETTER_CONFIG, get_dead_letter, list_dead_letters
-from .deadletters import (
-    DEAD_LETTER_STREAM,
-    DeadLetter,
-    dead_letter_headers,
-    dead_letter_msg_id,
-    dead_letter_subject,
-)
-from .driver import Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
+from .core.broker import BaseBroker, Subscription
+from .core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
+from .dead_letter_stream import DEAD_LETTER_CONFIG
+from .driver import PubAck
 from .errors import (
     ConnectError,
     InvalidArgumentError,
+    JetStreamError,
     NotConnectedError,
+    UnknownOptionError,
 )
 from .publisher import Publisher
-from .streams import StreamMismatch, StreamRegistry
-from .subjects import check_queue, check_subject
-from .worker import PullWorker, WorkerState
+from .streams import StreamRegistry
+from .worker import PullWorker
 
 logger = logging.getLogger("jetstream_fastapi")
 
 # The JetStream API's account-info request: the cheapest question the server answers (see ping()).
 _ACCOUNT_INFO = "$JS.API.INFO"
+# nats.connect's options, except those the broker sets itself.
+CONNECT_OPTIONS = frozenset(inspect.signature(NATS.connect).parameters) - {
+    "self",
+    "servers",
+    "error_cb",
+    "disconnected_cb",
+    "reconnected_cb",
+    "closed_cb",
+}
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
-class JetStreamBroker:
+class JetStreamBroker(BaseBroker):
     """Publishes with PubAck and consumes with pull workers on a NATS JetStream server.
 
-    ``connect()``/``disconnect()`` are explicit and idempotent (or use ``async with``); consumer options
-    given here are the defaults of every ``subscribe`` (see the README's option table). Any other keyword
-    (``user_credentials``, ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ...) goes to
-    ``nats.connect`` unchanged; secrets never appear in logs, ``repr`` or errors::
+    ``connect()``/``disconnect()`` are explicit and idempotent (or use ``async with``); the broker options
+    (:class:`~jetstream_fastapi.core.options.BrokerOptions`, the README's option table) are the defaults
+    of every ``subscribe``. Any other keyword must be a ``nats.connect`` option (``user_credentials``,
+    ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ``name``, ...) and goes to it unchanged; an
+    unknown one raises :class:`~jetstream_fastapi.UnknownOptionError` at once. Secrets never appear in
+    logs, ``repr`` or errors::
 
         broker = JetStreamBroker("nats://localhost:4222", batch_size=10, fetch_wait=5.0)
         async with broker:
@@ -60,52 +69,53 @@ class JetStreamBroker:
         self,
         servers: str | Sequence[str] = "nats://localhost:4222",
         *,
-        batch_size: int = 10,
-        fetch_wait: float = 5.0,
-        concurrency: int | None = None,
-        ack_wait: float = 30.0,
-        max_deliver: int = 5,
-        max_ack_pending: int = 1000,
-        backoff: Backoff | None = None,
-        dead_letters: bool = True,
-        streams: Iterable[StreamConfig] = (),
-        auto_provision: bool = True,
-        stream_mismatch: StreamMismatch = "error",
         connect_timeout: float = 5.0,
-        publish_timeout: float = 5.0,
-        shutdown_timeout: float = 10.0,
-        **connect_options: Any,
+        **options: Any,
+    ) -> None:
+        broker_options = {name: value for name, value in options.items() if name in BROKER_OPTIONS}
+        connect_options = {name: value for name, value in options.items() if name not in BROKER_OPTIONS}
+        for name in connect_options:
+            if name not in CONNECT_OPTIONS:
+                raise UnknownOptionError("JetStreamBroker()", name, BROKER_OPTIONS | CONNECT_OPTIONS)
+        settings = FrontSettings.from_options(broker_options, "JetStreamBroker()")
+        backend = JetStreamBackend(
+            servers, connect_timeout=connect_timeout, connect_options=connect_options, streams=settings.streams
+        )
+        super().__init__(backend, settings)
+        self.servers = backend.servers
+
+    def __repr__(self) -> str:
+        state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
+        servers = [redact_url(url) for url in self.servers]
+        return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
+
+
+JetStreamSubscription = Subscription
+"""A subscription of a :class:`JetStreamBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""
+
+
+class JetStreamBackend:
+    """Stores and delivers through one nats-py connection: publisher, stream registry, pull workers."""
+
+    name = "jetstream"
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        connect_timeout: float,
+        connect_options: dict[str, Any],
+        streams: StreamPolicy,
     ) -> None:
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         if not self.servers:
             raise InvalidArgumentError("servers must name at least one NATS URL")
-        self.defaults = ConsumerSettings(
-            batch_size=batch_size,
-            fetch_wait=fetch_wait,
-            concurrency=concurrency if concurrency is not None else batch_size,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_ack_pending=max(max_ack_pending, concurrency or batch_size),
-            backoff=backoff or Backoff(),
-            dead_letter=dead_letters,
-        )
-        self.streams = list(streams)
-        for config in self.streams:
+        if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
+            raise InvalidArgumentError(f"connect_timeout must be positive, got {connect_timeout!r}")
+        for config in streams.declared:
             if not isinstance(config, StreamConfig) or not config.name or not config.subjects:
                 raise InvalidArgumentError(f"streams must be StreamConfig objects with a name and subjects: {config!r}")
-        if stream_mismatch not in ("error", "warn", "update"):
-            raise InvalidArgumentError(f"stream_mismatch must be 'error', 'warn' or 'update', not {stream_mismatch!r}")
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("publish_timeout", publish_timeout),
-            ("shutdown_timeout", shutdown_timeout),
-        ):
-            if value <= 0:
-                raise InvalidArgumentError(f"{name} must be positive, got {value!r}")
-        self.auto_provision = auto_provision
-        self.stream_mismatch: StreamMismatch = stream_mismatch
-        self.publish_timeout = publish_timeout
-        self.shutdown_timeout = shutdown_timeout
+        self._streams = streams
         self._connection = Connection(
             self.servers,
             connect_timeout=connect_timeout,
@@ -116,27 +126,62 @@ class JetStreamBroker:
         self._nc: NATS | None = None
         self._jsm: JetStreamManager | None = None
         self._registry: StreamRegistry | None = None
-        self._subscriptions: set[JetStreamSubscription] = set()
-        self._lock = asyncio.Lock()
         self._publisher: Publisher | None = None
-        self._settled = asyncio.Event()
+        self._workers: set[PullWorker] = set()
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- connection --------------------------------------------------------------------------------
 
     @property
     def is_connected(self) -> bool:
-        """Whether the connection is up right now (False while reconnecting)."""
         return self._nc is not None and self._nc.is_connected
 
-    async def ping(self, timeout: float = 1.0) -> bool:
-        """Whether JetStream answers right now: one account-info request, waiting ``timeout`` seconds at most.
+    @property
+    def max_payload(self) -> int:
+        return self._nc.max_payload if self._nc is not None else _DEFAULT_MAX_PAYLOAD
 
-        False (never an exception) before ``connect``, while reconnecting, after ``disconnect``, when the
-        request times out or finds no responders, and when the server answers with an error (JetStream
-        disabled for the account). For readiness probes: see :func:`~jetstream_fastapi.health_router`.
-        """
-        if timeout <= 0:
-            raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+    def _require(self) -> tuple[NATS, JetStreamManager, StreamRegistry, Publisher]:
+        if self._nc is None or self._jsm is None or self._registry is None or self._publisher is None:
+            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
+        return self._nc, self._jsm, self._registry, self._publisher
+
+    async def open(self) -> None:
+        nc = await self._connection.open()
+        try:
+            jsm = nc.jsm(timeout=self._connection.connect_timeout)
+            try:
+                await jsm.account_info()
+            except Exception as error:
+                raise ConnectError(
+                    f"connected, but JetStream does not answer: {self._connection.describe(error)} "
+                    "(is the server started with -js?)"
+                ) from None
+            policy = self._streams
+            registry = StreamRegistry(
+                jsm, declared=policy.declared, auto_provision=policy.auto_provision, on_mismatch=policy.on_mismatch
+            )
+            await registry.declare_all()
+            publisher = Publisher(nc, registry)
+            await publisher.start()
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._jsm, self._registry, self._publisher = nc, jsm, registry, publisher
+
+    async def close(self, timeout: float) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+        self._nc = self._jsm = self._registry = self._publisher = None
+        self._connection.closing = True
+        try:
+            # Flushes the acks and naks written by the workers; bounded in case the server is gone.
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+        except Exception:
+            # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def ping(self, timeout: float) -> bool:
         nc = self._nc
         if nc is None or not nc.is_connected:
             return False
@@ -147,290 +192,127 @@ class JetStreamBroker:
             return False
         return isinstance(response, dict) and "error" not in response
 
-    async def connect(self) -> None:
-        """Connect, check that JetStream answers, and create or reconcile the declared streams."""
-        async with self._lock:
-            if self._nc is not None:
-                return
-            nc = await self._connection.open()
-            try:
-                jsm = nc.jsm(timeout=self._connection.connect_timeout)
-                try:
-                    await jsm.account_info()
-                except Exception as error:
-                    raise ConnectError(
-                        f"connected, but JetStream does not answer: {self._connection.describe(error)} "
-                        "(is the server started with -js?)"
-                    ) from None
-                registry = StreamRegistry(
-                    jsm, declared=self.streams, auto_provision=self.auto_provision, on_mismatch=self.stream_mismatch
-                )
-                await registry.declare_all()
-                publisher = Publisher(nc, registry, timeout=self.publish_timeout)
-                await publisher.start()
-            except BaseException:
-                await nc.close()
-                raise
-            self._nc, self._jsm, self._registry = nc, jsm, registry
-            self._publisher = publisher
-
-    async def disconnect(self) -> None:
-        """Stop every subscription (see :meth:`JetStreamSubscription.unsubscribe`), then drain and close."""
-        async with self._lock:
-            nc = self._nc
-            if nc is None:
-                return
-            await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
-            self._nc = self._jsm = self._registry = self._publisher = None
-            self._connection.closing = True
-            try:
-                # Flushes the acks and naks written by the workers; bounded in case the server is gone.
-                await asyncio.wait_for(nc.drain(), timeout=max(1.0, min(5.0, self.shutdown_timeout)))
-            except Exception:
-                # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
-                with contextlib.suppress(Exception):
-                    await nc.close()
-
-    async def __aenter__(self) -> JetStreamBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.disconnect()
-
     def _connection_lost(self) -> None:
-        for sub in self._subscriptions:
-            sub.worker.connection_lost()
+        for worker in self._workers:
+            worker.connection_lost()
 
     def _connection_restored(self) -> None:
-        for sub in self._subscriptions:
-            sub.worker.connection_restored()
+        for worker in self._workers:
+            worker.connection_restored()
 
-    def _require(self) -> tuple[NATS, JetStreamManager, StreamRegistry]:
-        if self._nc is None or self._jsm is None or self._registry is None:
-            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return self._nc, self._jsm, self._registry
+    # -- streams and publishing --------------------------------------------------------------------
 
-    # -- publish -----------------------------------------------------------------------------------
+    async def stream_for(self, subject: str) -> str:
+        return await self._require()[2].stream_for(subject)
 
-    async def publish(
-        self,
-        subject: str,
-        message: Payload,
-        *,
-        msg_id: str | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> PubAck:
-        """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
+    async def ensure_dead_letter_stream(self) -> None:
+        await self._require()[2].ensure(DEAD_LETTER_CONFIG)
 
-        ``msg_id`` (the ``Nats-Msg-Id`` header) defaults to a fresh unique id, so that this method's own
-        retries of a transient failure are stored once. ``timeout`` (default ``publish_timeout``) is the
-        total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
-        may still have been stored: retry with the same ``msg_id``.
-        """
+    async def store(self, message: Outgoing, timeout: float) -> PubAck:
         publisher = self._publisher
         if publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return await publisher.publish(subject, message, msg_id, headers, timeout)
+        return await publisher.send(message, timeout)
 
-    async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
-    ) -> list[PubAck]:
-        """Publish ``(subject, message)`` pairs with up to ``window`` awaiting their PubAck at once, and
-        return every PubAck in order.
+    async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
+        return await self._require()[3].send_many(messages, window, timeout)
 
-        Every message is checked before the first is sent. Each gets a fresh msg id and ``timeout`` (default
-        ``publish_timeout``) to be acknowledged; a message no stream answered goes through :meth:`publish`
-        (which finds or provisions its stream). If any failed, :class:`PublishBatchError` says which, with
-        the PubAcks of the others.
-        """
-        publisher = self._publisher
-        if publisher is None:
-            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return await publisher.publish_many(messages, window, timeout)
+    # -- consuming ---------------------------------------------------------------------------------
 
-    # -- subscribe ---------------------------------------------------------------------------------
-
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> JetStreamSubscription:
-        """Start a pull worker running ``handler`` for each message on ``subject``.
-
-        With ``queue``, a durable consumer of that name is shared by every instance using it (load
-        balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
-        every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
-        """
-        check_subject(subject, wildcards=True)
-        if queue is not None:
-            check_queue(queue)
-        check_handler(handler)
-        settings = self.defaults.merged(options)
-        nc, jsm, registry = self._require()
-        stream = await registry.stream_for(subject)
-        if queue is not None:
-            running = ((sub.worker.stream, sub.queue, sub.subject) for sub in self._subscriptions)
-            check_one_filter(queue, subject, stream, running)
-        name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-        config = consumer_config(name, subject, settings, durable=queue is not None)
-        if settings.dead_letter:
-            await registry.ensure(DEAD_LETTER_CONFIG)
+    async def consume(self, spec: ConsumerSpec, process: Process) -> JetStreamConsumer:
+        nc, jsm, _, _ = self._require()
+        config = consumer_config(spec.name, spec.subject, spec.settings, durable=spec.durable)
 
         async def ensure() -> None:
-            await ensure_consumer(jsm, stream, config)
+            await ensure_consumer(jsm, spec.stream, config)
 
         await ensure()
         worker = PullWorker(
             nc,
-            stream=stream,
-            consumer=name,
-            handler=handler,
-            settings=settings,
+            stream=spec.stream,
+            consumer=spec.name,
+            process=process,
+            settings=spec.settings,
             ensure_consumer=ensure,
-            on_terminate=self._dead_letter if settings.dead_letter else None,
-            on_settled=self._settled.set,
         )
-        subscription = JetStreamSubscription(self, subject, queue, worker)
-        self._subscriptions.add(subscription)
+        self._workers.add(worker)
         try:
             await worker.start()
         except BaseException:
-            self._subscriptions.discard(subscription)
+            self._workers.discard(worker)
             raise
-        logger.info("consuming %s from stream %s as %s", subject, stream, name)
-        return subscription
+        return JetStreamConsumer(self, spec, worker)
 
-    # -- dead letters ------------------------------------------------------------------------------
+    # -- stored messages ---------------------------------------------------------------------------
 
-    async def _dead_letter(self, message: Message, verdict: Verdict) -> bool:
-        """Store a message that is about to be terminated in the dead-letter stream; False if that failed."""
-        delivery = message.delivery
-        assert delivery is not None
-        letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
+    async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
+        _, jsm, _, _ = self._require()
         try:
-            await self.publish(
-                dead_letter_subject(delivery.stream, delivery.consumer),
-                letter,
-                msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
-            )
-        except Exception as error:
-            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is nak'd instead: %s",
-                delivery.stream,
-                delivery.sequence,
-                message.subject,
-                self._connection.describe(error),
-            )
+            raw = await jsm.get_msg(stream, seq=seq, subject=subject, next=next)
+        except nats.js.errors.NotFoundError:  # no such message (past the last one), or no such stream
+            return None
+        assert raw.seq is not None
+        headers = {key: str(value) for key, value in (raw.headers or {}).items()}
+        return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
+
+    async def delete(self, stream: str, seq: int) -> bool:
+        _, jsm, _, _ = self._require()
+        try:
+            return await jsm.delete_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
             return False
-        return True
 
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` messages in the dead-letter stream, with why they died."""
-        _, jsm, _ = self._require()
-        return await list_dead_letters(jsm, limit)
+    # -- errors ------------------------------------------------------------------------------------
 
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
-        ``msg_id``), then delete it from the dead-letter stream. ``LookupError`` if there is none."""
-        _, jsm, _ = self._require()
-        letter = await get_dead_letter(jsm, seq)
-        replay = letter.replay()
-        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
-        await jsm.delete_msg(DEAD_LETTER_STREAM, seq)
-        return ack
+    def translate(self, error: Exception) -> JetStreamError | None:
+        describe = self._connection.describe
+        if isinstance(error, nats.errors.ConnectionClosedError | nats.errors.ConnectionDrainingError):
+            return NotConnectedError(f"the NATS connection is closed: {describe(error)}")
+        if isinstance(error, nats.errors.OutboundBufferLimitError):
+            return NotConnectedError("reconnecting to NATS, and nats-py's reconnect buffer is full: nothing was sent")
+        if isinstance(error, nats.js.errors.APIError):
+            return JetStreamError(f"the server refused the request: {describe(error)}")
+        if isinstance(error, nats.errors.Error):
+            return JetStreamError(f"NATS failed: {describe(error)}")
+        return None
 
-    async def wait_until_idle(self, timeout: float = 10.0) -> None:
-        """Return once every subscription's consumer has nothing pending, nothing unacked and no handler
-        running (for tests: await "everything published was handled"); ``TimeoutError`` after ``timeout``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                self._settled.clear()
-                if await self._idle():
-                    return
-                # Handlers signal each settled message; the short bound covers redeliveries the server
-                # has scheduled (nak delays) that no local event announces.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), 0.1)
-
-    async def _idle(self) -> bool:
-        nc, jsm, _ = self._require()
-        subscriptions = list(self._subscriptions)
-        if any(sub.worker.in_flight for sub in subscriptions):
-            return False
-        await nc.flush()  # the server has processed every ack sent so far
-        for sub in subscriptions:
-            info = await jsm.consumer_info(sub.worker.stream, sub.worker.consumer)
-            if info.num_pending or info.num_ack_pending:
-                return False
-        return True
-
-    @property
-    def subscriptions(self) -> list[JetStreamSubscription]:
-        """The running subscriptions."""
-        return list(self._subscriptions)
-
-    def __repr__(self) -> str:
-        state = "connected" if self.is_connected else ("reconnecting" if self._nc is not None else "disconnected")
-        servers = [redact_url(url) for url in self.servers]
-        return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
+    def describe(self, error: BaseException) -> str:
+        return self._connection.describe(error)
 
 
-class JetStreamSubscription:
-    """A running pull worker; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
+class JetStreamConsumer:
+    """A pull worker and its consumer on the server."""
 
-    def __init__(self, broker: JetStreamBroker, subject: str, queue: str | None, worker: PullWorker) -> None:
-        self._broker = broker
-        self._subject = subject
-        self._queue = queue
+    def __init__(self, backend: JetStreamBackend, spec: ConsumerSpec, worker: PullWorker) -> None:
+        self._backend = backend
+        self._spec = spec
         self.worker = worker
 
     @property
-    def subject(self) -> str:
-        """The subject (or wildcard filter) it consumes."""
-        return self._subject
-
-    @property
-    def queue(self) -> str | None:
-        """The durable consumer's name, or ``None`` for an ephemeral consumer."""
-        return self._queue
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker is pulling."""
-        return self.worker.state is WorkerState.RUNNING
-
-    @property
     def state(self) -> str:
-        """The worker's state: ``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"`` (for health probes)."""
         return self.worker.state.value
 
     @property
     def in_flight(self) -> int:
-        """Handlers of this subscription running now."""
         return self.worker.in_flight
 
     @property
     def last_error(self) -> str | None:
-        """The last problem the worker met (a refused pull, a failed recreate), or ``None``."""
         return self.worker.last_error
 
-    async def unsubscribe(self) -> None:
-        """Stop pulling at once, let running handlers finish within the broker's ``shutdown_timeout``,
-        give back (nak) messages that were pulled but not started. An ephemeral consumer is deleted."""
-        await self.worker.stop(self._broker.shutdown_timeout)
-        self._broker._subscriptions.discard(self)
-        jsm = self._broker._jsm
-        if self._queue is None and jsm is not None:
-            with contextlib.suppress(Exception):
-                await jsm.delete_consumer(self.worker.stream, self.worker.consumer)
+    async def idle(self) -> bool:
+        if self.worker.in_flight:
+            return False
+        nc, jsm, _, _ = self._backend._require()
+        await nc.flush()  # the server has processed every ack sent so far
+        info = await jsm.consumer_info(self._spec.stream, self._spec.name)
+        return not (info.num_pending or info.num_ack_pending)
 
-    def __repr__(self) -> str:
-        state = self.worker.state.value
-        return f"JetStreamSubscription(subject={self._subject!r}, queue={self._queue!r}, state={state!r})"
+    async def stop(self, timeout: float) -> None:
+        await self.worker.stop(timeout)
+        backend = self._backend
+        backend._workers.discard(self.worker)
+        jsm = backend._jsm
+        if not self._spec.durable and jsm is not None:
+            with contextlib.suppress(Exception):
+                await jsm.delete_consumer(self._spec.stream, self._spec.name)

@@ -14,24 +14,15 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from . import fastpath
+from .backends.base import Outgoing
 from .driver import PubAck
 from .errors import PublishError
 from .replies import is_no_responders
-
-
-@dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ is slower
-class Outgoing:
-    """One prepared message: checked, with its final headers (msg id included)."""
-
-    subject: str
-    body: bytes
-    headers: dict[str, str]
 
 
 class NoResponders(Exception):

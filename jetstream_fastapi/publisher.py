@@ -1,8 +1,8 @@
-"""The publish path of :class:`~jetstream_fastapi.JetStreamBroker`: check, encode, request the PubAck, retry.
+"""The JetStream backend's publish path: request the PubAck of a message the front prepared, and retry.
 
-One :class:`Publisher` per connection. A message gets a msg id (a per-connection random prefix and a
-counter: unique without a uuid per message) so that retries of a transient failure are stored once; the
-stream of each subject is learned from the first PubAck and cached, so a publish costs one request.
+One :class:`Publisher` per connection. Each message comes with its msg id (given by the front), so that
+retries of a transient failure are stored once; the stream of each subject is learned from the first
+PubAck and cached, so a publish costs one request.
 "No responders" means no stream answered: either none captures the subject (found with one lookup, then
 provisioned or reported with :class:`NoStreamError`) or the stream is between leaders (wait and retry).
 """
@@ -12,128 +12,55 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .driver import MSG_ID_HEADER, Payload, PubAck
-from .errors import (
-    InvalidArgumentError,
-    NotConnectedError,
-    PayloadTooLargeError,
-    PublishBatchError,
-    PublishError,
-    PublishTimeoutError,
-)
-from .pipeline import NoResponders, Outgoing, Pipeline
-from .publishing import check_msg_id, coerce_message
+from .backends.base import Outgoing
+from .driver import MSG_ID_HEADER, PubAck
+from .errors import NotConnectedError, PublishError, PublishTimeoutError
+from .pipeline import NoResponders, Pipeline
 from .replies import Replies, is_no_responders
 from .streams import StreamRegistry
-from .subjects import check_subject
 
 # Retries of a publish that met "no responders" while the stream exists (restart, leader election).
 _NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-_MSG_ID_ONLY = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID_HEADER) + 4
-
-
-def _headers_size(headers: dict[str, str]) -> int:
-    """Bytes of the ``NATS/1.0`` header block nats-py sends for ``headers``."""
-    size = len(b"NATS/1.0\r\n\r\n")
-    for key, value in headers.items():
-        size += len(key.strip().encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
-    return size
-
-
 class Publisher:
-    """Publishes on one connection with a default deadline of ``timeout`` seconds."""
+    """Stores messages prepared by the broker's front on one connection."""
 
-    def __init__(self, nc: NATS, registry: StreamRegistry, *, timeout: float) -> None:
+    def __init__(self, nc: NATS, registry: StreamRegistry) -> None:
         self._nc = nc
         self._registry = registry
-        self._timeout = timeout
-        self._id_prefix = f"{uuid.uuid4().hex}-"
-        self._id_counter = 0
         self._replies = Replies(nc)
 
     async def start(self) -> None:
         """Subscribe the inbox that receives the PubAcks."""
         await self._replies.start()
 
-    async def publish(
-        self,
-        subject: str,
-        message: Payload,
-        msg_id: str | None,
-        headers: dict[str, str] | None,
-        timeout: float | None,
-    ) -> PubAck:
-        """One message: see :meth:`JetStreamBroker.publish`."""
-        outgoing = self._prepare(subject, message, msg_id, headers)
-        return await self._send(outgoing, self._timeout if timeout is None else timeout)
-
-    async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], window: int, timeout: float | None
-    ) -> list[PubAck]:
-        """A batch: see :meth:`JetStreamBroker.publish_many`."""
-        if not isinstance(window, int) or window < 1:
-            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
-        nc, registry = self._nc, self._registry
-        outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
-        total = self._timeout if timeout is None else timeout
-        results = await Pipeline(nc, outgoing, window=window, timeout=total).run()
-        acks: list[PubAck | None] = []
-        errors: dict[int, BaseException] = {}
+    async def send_many(self, outgoing: Sequence[Outgoing], window: int, total: float) -> list[PubAck | Exception]:
+        """A batch with ``window`` in flight; by index, a PubAck or the error (a timeout as ``TimeoutError``)."""
+        registry = self._registry
+        results = await Pipeline(self._nc, outgoing, window=window, timeout=total).run()
+        outcome: list[PubAck | Exception] = []
         for index, result in enumerate(results):
             if isinstance(result, NoResponders):
+                # No stream answered (yet): the single-publish path finds or provisions it, or waits.
                 try:
-                    result = await self._send(outgoing[index], total)
+                    result = await self.send(outgoing[index], total)
                 except Exception as error:
                     result = error
-            elif isinstance(result, TimeoutError):
-                out = outgoing[index]
-                result = PublishTimeoutError(out.subject, total, out.headers[MSG_ID_HEADER])
-            if isinstance(result, PubAck):
-                acks.append(result)
-                if registry.cached(outgoing[index].subject) is None:
-                    registry.remember(outgoing[index].subject, result.stream)
-            else:
-                acks.append(None)
-                errors[index] = result if result is not None else RuntimeError("no outcome")
-        if errors:
-            raise PublishBatchError(acks, errors)
-        return [ack for ack in acks if ack is not None]
+            if isinstance(result, PubAck) and registry.cached(outgoing[index].subject) is None:
+                registry.remember(outgoing[index].subject, result.stream)
+            if isinstance(result, PubAck | Exception):
+                outcome.append(result)
+            else:  # None (never left by the pipeline) or a BaseException that is not an Exception
+                outcome.append(RuntimeError(f"no outcome: {result!r}"))
+        return outcome
 
-    def _prepare(
-        self,
-        subject: str,
-        message: Payload,
-        msg_id: str | None,
-        headers: dict[str, str] | None,
-    ) -> Outgoing:
-        """Check and encode one message, giving it a msg id; raises before anything is sent."""
-        if self._registry.cached(subject) is None:
-            check_subject(subject, wildcards=False)
-        body, merged = coerce_message(message, headers)
-        if msg_id is None:
-            self._id_counter += 1
-            msg_id = f"{self._id_prefix}{self._id_counter}"
-        else:
-            check_msg_id(msg_id)
-        merged[MSG_ID_HEADER] = msg_id
-        # The server's limit covers headers and body; past it the server drops the connection and nats-py
-        # closes the client for good, so check here (nats-py itself checks the body only).
-        # The usual case, the msg id as the only header, without walking the dict.
-        size = len(body) + (_headers_size(merged) if len(merged) > 1 else _MSG_ID_ONLY + len(msg_id))
-        limit = self._nc.max_payload
-        if size > limit:
-            raise PayloadTooLargeError(subject, size, limit)
-        return Outgoing(subject, body, merged)
-
-    async def _send(self, outgoing: Outgoing, total: float) -> PubAck:
+    async def send(self, outgoing: Outgoing, total: float) -> PubAck:
         """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds."""
         registry = self._registry
         subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers

@@ -49,7 +49,7 @@ class ConsumerRouter:
     """A group of consumer handlers; ``options`` are defaults for every handler registered on it."""
 
     def __init__(self, **options: Unpack[ConsumerOptions]) -> None:
-        ConsumerSettings().merged(options)  # unknown names and bad values raise here
+        ConsumerSettings().merged(options, "ConsumerRouter()")  # unknown names and bad values raise here
         self.options = options
         self._specs: dict[tuple[str, str | None], HandlerSpec] = {}
 
@@ -65,7 +65,7 @@ class ConsumerRouter:
         if queue is not None:
             check_queue(queue)
         merged: ConsumerOptions = {**self.options, **options}
-        ConsumerSettings().merged(merged)
+        ConsumerSettings().merged(merged, "ConsumerRouter.handle()")
 
         def decorator(handler: HandlerT) -> HandlerT:
             check_handler(handler)

@@ -24,14 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .errors import JetStreamError
+from .errors import NatsServerError
 
 _LISTENING = re.compile(rb"Listening for client connections on [^\s]+:(\d+)")
 _READY = b"Server is ready"
-
-
-class NatsServerError(JetStreamError):
-    """The embedded ``nats-server`` is missing or did not start."""
 
 
 def find_nats_server() -> str:

@@ -17,7 +17,7 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
   past half the ack wait, and re-pulls after a reconnect;
 * a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
 
-The fate of each message is decided by :func:`~jetstream_fastapi.consuming.run_handler`.
+The fate of each message is decided by the broker's front (the ``process`` it is given).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import fastpath
-from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
-from .driver import Delivery, Handler, Message
+from .backends.base import Process
+from .consuming import ACKED, Action, ConsumerSettings
+from .driver import Delivery, Message
 from .flow import Slots
 from .lanes import Lanes
 
@@ -47,9 +48,6 @@ NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"
 _MAX_HEARTBEAT = 30.0
 _RECREATE_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-TerminateHook = Callable[[Message, Verdict], Awaitable[bool]]
-"""Called before a message is terminated (dead-lettering); returning False naks it instead."""
 
 
 class WorkerState(enum.Enum):
@@ -88,22 +86,18 @@ class PullWorker:
         *,
         stream: str,
         consumer: str,
-        handler: Handler,
+        process: Process,
         settings: ConsumerSettings,
         ensure_consumer: Callable[[], Awaitable[object]],
-        on_terminate: TerminateHook | None = None,
-        on_settled: Callable[[], None] | None = None,
         api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
         self._publish = fastpath.publisher(nc)
         self.stream = stream
         self.consumer = consumer
-        self._handler = handler
+        self._process = process
         self._settings = settings
         self._ensure_consumer = ensure_consumer
-        self._on_terminate = on_terminate
-        self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
         self._slots = Slots(settings.concurrency, settings.batch_size)
@@ -230,7 +224,7 @@ class PullWorker:
         self._running[reply] = started = time.monotonic()
         try:
             message = decode(msg)
-            verdict = await run_handler(self._handler, message, self._settings)
+            verdict = await self._process(message)
             slots.handled(time.monotonic() - started)
             if verdict is ACKED:
                 self._release(reply)
@@ -239,7 +233,7 @@ class PullWorker:
             if verdict.action is Action.NAK:
                 payload = nak_payload(verdict.delay)
             else:
-                payload = await self._term_payload(message, verdict)
+                payload = b"+TERM " + verdict.reason.encode()[:1024]
             self._release(reply)
             await self._publish(reply, payload, "", None)
         except asyncio.CancelledError:
@@ -252,17 +246,9 @@ class PullWorker:
             self.last_error = f"could not settle a message: {error!r}"
             logger.warning("consumer %s: %s", self.consumer, self.last_error)
         finally:
-            if reply in self._running:  # not released yet: the handler or dead-lettering raised
+            if reply in self._running:  # not released yet: decoding or processing raised
                 self._release(reply)
-            if self._on_settled is not None:
-                self._on_settled()
         await self._pull()
-
-    async def _term_payload(self, message: Message, verdict: Verdict) -> bytes:
-        if self._on_terminate is not None and not await self._on_terminate(message, verdict):
-            # The dead letter could not be stored: keep the message rather than lose it.
-            return nak_payload(self._settings.backoff.maximum)
-        return b"+TERM " + verdict.reason.encode()[:1024]
 
     def _release(self, reply: str) -> None:
         """The handler is done with the message: its slot is free."""

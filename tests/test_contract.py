@@ -266,8 +266,8 @@ async def test_bad_input_is_refused_before_the_server(make_broker: BrokerFactory
 
     with pytest.raises(InvalidHandlerError):
         await broker.subscribe(f"{prefix}.created", not_async)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown consumer option"):
-        await broker.subscribe(f"{prefix}.created", Recorder(), batch=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'batch' \(did you mean batch_size\?\)"):
+        await broker.subscribe(f"{prefix}.created", Recorder(), batch=3)  # type: ignore[call-arg]
     with pytest.raises(PayloadTooLargeError):
         await broker.publish(f"{prefix}.created", b"x" * (2 * 1024 * 1024))
     with pytest.raises(ValueError, match="header"):

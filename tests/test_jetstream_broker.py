@@ -358,7 +358,7 @@ async def test_ephemeral_consumer_is_deleted_on_unsubscribe_durable_survives_dis
     got = Collector(1)
     ephemeral = await broker.subscribe(f"{prefix}.a", got)
     assert ephemeral.queue is None
-    name = ephemeral.worker.consumer
+    name = ephemeral.consumer_name
     info = await admin.consumer_info(prefix.upper(), name)
     assert info.config.durable_name is None
     await broker.publish(f"{prefix}.a", b"x")

@@ -331,7 +331,7 @@ def test_tls_override_replaces_the_files(monkeypatch: pytest.MonkeyPatch, certs:
     settings = BrokerSettings()
     mine = ssl.create_default_context()
     broker = settings.broker(tls=mine)
-    assert broker._connection._options["tls"] is mine
+    assert broker._backend._connection._options["tls"] is mine  # type: ignore[attr-defined]
 
 
 # -- on a real server ------------------------------------------------------------------------------------------

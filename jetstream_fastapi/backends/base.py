@@ -1,0 +1,166 @@
+"""The seam under the broker: what a backend does, in one interface small enough to read in one sitting.
+
+:class:`~jetstream_fastapi.core.broker.BaseBroker` (the front) does everything a caller sees: it checks
+every argument, holds the one set of defaults, gives each message its msg id, checks its size against
+:attr:`Backend.max_payload`, decides the fate of each handled message (ack, nak with a delay, dead
+letter), keeps the subscriptions, waits for idleness and turns every failure into the library's own
+errors. A backend only stores and delivers:
+
+* :meth:`Backend.store` one message (retrying what is transient within the deadline) and return its
+  :class:`~jetstream_fastapi.driver.PubAck`, or :meth:`Backend.store_many` with a window in flight;
+* :meth:`Backend.stream_for` a subject (provisioning one when allowed) and the dead-letter stream;
+* :meth:`Backend.consume`: run a consumer that hands each message to the front's ``process`` and settles
+  it as the returned :class:`~jetstream_fastapi.core.handling.Verdict` says;
+* :meth:`Backend.read` and :meth:`Backend.delete` stored messages (dead-letter admin);
+* report its limits and health, and :meth:`Backend.translate` the errors of the layer below.
+
+Two backends ship: :class:`~jetstream_fastapi.backends.jetstream.JetStreamBackend` (a NATS server, through
+nats-py) and :class:`~jetstream_fastapi.backends.memory.MemoryBackend` (this process's memory, for tests).
+The test double sits behind the same interface as the real thing, so tests run the front's real code.
+Imports nothing from ``nats``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..consuming import ConsumerSettings, Verdict
+from ..driver import Message, PubAck
+from ..errors import JetStreamError
+
+
+@dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ is slower
+class Outgoing:
+    """One message ready to store: checked by the front, with its final headers (msg id included)."""
+
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message read back from a stream."""
+
+    stream: str
+    seq: int
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    time: _dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """What the front asks of a consumer: which stream and subject, its name, settings and durability."""
+
+    stream: str
+    name: str
+    """The durable name (the queue), or a generated name for an ephemeral consumer."""
+    subject: str
+    settings: ConsumerSettings
+    durable: bool
+
+
+Process = Callable[[Message], Awaitable[Verdict]]
+"""The front's part of handling one message: run the handler and decide its fate. Never raises but
+``CancelledError`` (then the backend gives the message back at once)."""
+
+
+class Consumer(Protocol):
+    """A running consumer of a backend."""
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Messages being processed now."""
+        ...
+
+    @property
+    def last_error(self) -> str | None:
+        """The last problem met (a refused pull, a failed recreate), or ``None``."""
+        ...
+
+    async def idle(self) -> bool:
+        """Whether every message stored for this consumer so far has been settled: nothing left to
+        deliver, nothing delivered and unsettled, nothing processing."""
+        ...
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages at once, let those processing finish within ``timeout``, give back the rest
+        (cancelling what is still running after it). An ephemeral consumer is removed."""
+        ...
+
+
+class Backend(Protocol):
+    """What stores and delivers messages for :class:`~jetstream_fastapi.core.broker.BaseBroker`."""
+
+    name: str
+    """A short name for ``repr`` and logs (``"jetstream"``, ``"memory"``)."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the backend can store and deliver right now (False while reconnecting)."""
+        ...
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message, headers included, the backend accepts (known once open)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, check that the store answers, and create or reconcile the declared streams."""
+        ...
+
+    async def close(self, timeout: float) -> None:
+        """Flush what was sent and close, within ``timeout`` seconds; never raises for a server gone."""
+        ...
+
+    async def ping(self, timeout: float) -> bool:
+        """Whether the store answers a cheap request within ``timeout`` seconds; never raises."""
+        ...
+
+    async def stream_for(self, subject: str) -> str:
+        """The stream capturing ``subject`` (a filter may hold wildcards), provisioned when allowed;
+        :class:`~jetstream_fastapi.errors.NoStreamError` otherwise."""
+        ...
+
+    async def ensure_dead_letter_stream(self) -> None:
+        """Create the dead-letter stream if it is missing."""
+        ...
+
+    async def store(self, message: Outgoing, timeout: float) -> PubAck:
+        """Store one message and return its PubAck, retrying transient failures within ``timeout``."""
+        ...
+
+    async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
+        """Store ``messages`` with up to ``window`` awaiting their PubAck; by index, a PubAck or the error."""
+        ...
+
+    async def consume(self, spec: ConsumerSpec, process: Process) -> Consumer:
+        """Create or update the consumer and start delivering its messages to ``process``."""
+        ...
+
+    async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
+        """Message ``seq`` of ``stream`` (with ``next``: the first at or after ``seq`` matching ``subject``);
+        ``None`` if there is none (or no such stream)."""
+        ...
+
+    async def delete(self, stream: str, seq: int) -> bool:
+        """Delete message ``seq`` of ``stream``; False if there was none."""
+        ...
+
+    def translate(self, error: Exception) -> JetStreamError | None:
+        """The library's error for an exception of the layer below (``None``: not one of its exceptions)."""
+        ...
+
+    def describe(self, error: BaseException) -> str:
+        """``error`` as one line of text with any secret removed, for logs."""
+        ...

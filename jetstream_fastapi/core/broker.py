@@ -1,0 +1,470 @@
+"""The broker's front: everything a caller sees, written once over a :class:`~jetstream_fastapi.backends.base.Backend`.
+
+:class:`~jetstream_fastapi.JetStreamBroker` and :class:`~jetstream_fastapi.InMemoryBroker` are this class
+with a backend each; so a test on memory runs the very code that runs in production, and the two cannot
+drift. Here, and only here: argument checks and the one set of defaults, msg ids, the size check (headers
+included), ``publish_many`` results, the dead-letter policy, the subscription registry, idleness, and the
+mapping of every failure below into the library's errors (nothing from ``nats`` reaches a caller; the
+original stays as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self, Unpack
+
+from ..backends.base import Backend, Consumer, ConsumerSpec, Outgoing, Process
+from ..consuming import Action, Verdict, check_handler, check_one_filter, run_handler
+from ..deadletters import (
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    DeadLetter,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+)
+from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
+from ..errors import (
+    DeadLetterNotFoundError,
+    InvalidArgumentError,
+    JetStreamError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    PublishBatchError,
+    PublishTimeoutError,
+)
+from ..publishing import check_msg_id, coerce_message
+from ..subjects import check_queue, check_subject
+from .options import FrontSettings
+
+logger = logging.getLogger("jetstream_fastapi")
+
+_NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` first"
+_MSG_ID_ONLY = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID_HEADER) + 4
+# Subjects already checked: the usual app publishes to a handful, and the check costs a microsecond or two.
+_CHECKED_SUBJECTS_LIMIT = 4096
+
+
+def headers_size(headers: dict[str, str]) -> int:
+    """Bytes of the ``NATS/1.0`` header block for ``headers``, as the server counts it against its limit."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        size += len(key.encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
+    return size
+
+
+class BaseBroker:
+    """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
+
+    def __init__(self, backend: Backend, settings: FrontSettings) -> None:
+        self._backend = backend
+        self._settings = settings
+        self.defaults = self._settings.consumer
+        """The consumer settings every ``subscribe`` starts from (the broker's consumer options)."""
+        self._opened = False
+        self._lock = asyncio.Lock()
+        self._subscriptions: set[Subscription] = set()
+        self._settled = asyncio.Event()
+        self._checked: set[str] = set()
+        self._id_prefix = f"{uuid.uuid4().hex}-"
+        self._id_counter = 0
+
+    @property
+    def publish_timeout(self) -> float:
+        """The default total deadline of a publish, in seconds."""
+        return self._settings.publish_timeout
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds running handlers get to finish on ``unsubscribe``/``disconnect``."""
+        return self._settings.shutdown_timeout
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the broker can publish right now (False before ``connect``, while reconnecting, after
+        ``disconnect``)."""
+        return self._opened and self._backend.is_connected
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers right now, within ``timeout`` seconds; False (never an exception)
+        before ``connect``, while reconnecting and after ``disconnect``. The readiness probe's question."""
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+        if not self._opened:
+            return False
+        return await self._backend.ping(timeout)
+
+    async def connect(self) -> None:
+        """Connect, check that the server answers, and create or reconcile the declared streams (idempotent)."""
+        async with self._lock:
+            if self._opened:
+                return
+            try:
+                await self._backend.open()
+            except JetStreamError:
+                raise
+            except Exception as error:
+                raise self._translate(error) from error
+            self._opened = True
+
+    async def disconnect(self) -> None:
+        """Stop every subscription (see :meth:`Subscription.unsubscribe`), then flush and close (idempotent)."""
+        async with self._lock:
+            if not self._opened:
+                return
+            await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
+            self._opened = False
+            self._checked.clear()
+            await self._backend.close(max(1.0, min(5.0, self.shutdown_timeout)))
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.disconnect()
+
+    def _require(self) -> None:
+        if not self._opened:
+            raise NotConnectedError(_NOT_CONNECTED)
+
+    def _translate(self, error: Exception) -> JetStreamError:
+        """The library's error for ``error`` (raised from below); the caller raises it ``from error``."""
+        mapped = self._backend.translate(error)
+        if mapped is not None:
+            return mapped
+        return JetStreamError(
+            f"unexpected failure in the {self._backend.name} backend: {self._backend.describe(error)}"
+        )
+
+    # -- publish -----------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        message: Payload,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
+
+        ``msg_id`` (the ``Nats-Msg-Id`` header) defaults to a fresh unique id, so that this method's own
+        retries of a transient failure are stored once. ``timeout`` (default ``publish_timeout``) is the
+        total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
+        may still have been stored: retry with the same ``msg_id``.
+        """
+        if not self._opened:
+            raise NotConnectedError(_NOT_CONNECTED)
+        outgoing = self._prepare(subject, message, msg_id, headers)
+        total = self._deadline(timeout)
+        try:
+            return await self._backend.store(outgoing, total)
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+
+    async def publish_many(
+        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Publish ``(subject, message)`` pairs with up to ``window`` awaiting their PubAck at once, and
+        return every PubAck in order.
+
+        Every message is checked before the first is sent. Each gets a fresh msg id and ``timeout`` (default
+        ``publish_timeout``) to be acknowledged. If any failed, :class:`PublishBatchError` says which, with
+        the PubAcks of the others.
+        """
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
+        total = self._deadline(timeout)
+        self._require()
+        outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
+        try:
+            results = await self._backend.store_many(outgoing, window, total)
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        acks: list[PubAck | None] = []
+        errors: dict[int, BaseException] = {}
+        for index, result in enumerate(results):
+            if isinstance(result, PubAck):
+                acks.append(result)
+                continue
+            acks.append(None)
+            if isinstance(result, TimeoutError) and not isinstance(result, JetStreamError):
+                out = outgoing[index]
+                errors[index] = PublishTimeoutError(out.subject, total, out.headers[MSG_ID_HEADER])
+            elif isinstance(result, JetStreamError):
+                errors[index] = result
+            else:
+                mapped = self._translate(result)
+                mapped.__cause__ = result
+                errors[index] = mapped
+        if errors:
+            raise PublishBatchError(acks, errors)
+        return [ack for ack in acks if ack is not None]
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self._settings.publish_timeout
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)
+
+    def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
+        """Check and encode one message, giving it a msg id; raises before anything is sent."""
+        if subject not in self._checked:
+            check_subject(subject, wildcards=False)
+            if len(self._checked) >= _CHECKED_SUBJECTS_LIMIT:
+                self._checked.clear()
+            self._checked.add(subject)
+        body, merged = coerce_message(message, headers)
+        if msg_id is None:
+            self._id_counter += 1
+            msg_id = f"{self._id_prefix}{self._id_counter}"
+        else:
+            check_msg_id(msg_id)
+        merged[MSG_ID_HEADER] = msg_id
+        # The limit covers headers and body; past it a NATS server drops the connection, so check here.
+        # The usual case, the msg id as the only header, without walking the dict.
+        size = len(body) + (headers_size(merged) if len(merged) > 1 else _MSG_ID_ONLY + len(msg_id))
+        limit = self._backend.max_payload
+        if size > limit:
+            raise PayloadTooLargeError(subject, size, limit)
+        return Outgoing(subject, body, merged)
+
+    # -- subscribe ---------------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> Subscription:
+        """Start a consumer running ``handler`` for each message on ``subject``.
+
+        With ``queue``, a durable consumer of that name is shared by every instance using it (load
+        balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
+        every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
+        """
+        check_subject(subject, wildcards=True)
+        if queue is not None:
+            check_queue(queue)
+        check_handler(handler)
+        settings = self.defaults.merged(options)
+        self._require()
+        try:
+            stream = await self._backend.stream_for(subject)
+            if queue is not None:
+                running = ((sub.stream, sub.queue, sub.subject) for sub in self._subscriptions)
+                check_one_filter(queue, subject, stream, running)
+            if settings.dead_letter:
+                await self._backend.ensure_dead_letter_stream()
+            name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
+            spec = ConsumerSpec(stream, name, subject, settings, durable=queue is not None)
+            consumer = await self._backend.consume(spec, self._processor(handler, spec))
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        subscription = Subscription(self, spec, queue, consumer)
+        self._subscriptions.add(subscription)
+        logger.info("consuming %s from stream %s as %s", subject, stream, name)
+        return subscription
+
+    def _processor(self, handler: Handler, spec: ConsumerSpec) -> Process:
+        settings = spec.settings
+        dead_letters = settings.dead_letter
+        settled = self._settled
+
+        async def process(message: Message) -> Verdict:
+            try:
+                verdict = await run_handler(handler, message, settings)
+                if verdict.action is Action.TERM and dead_letters:
+                    verdict = await self._dead_letter(message, verdict)
+                return verdict
+            finally:
+                settled.set()
+
+        return process
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        """The running subscriptions."""
+        return list(self._subscriptions)
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    async def _dead_letter(self, message: Message, verdict: Verdict) -> Verdict:
+        """Store a message about to be terminated in the dead-letter stream; if that fails, nak it instead."""
+        delivery = message.delivery
+        assert delivery is not None
+        letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
+        try:
+            await self.publish(
+                dead_letter_subject(delivery.stream, delivery.consumer),
+                letter,
+                msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
+            )
+        except JetStreamError as error:
+            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
+                "could not dead-letter %s#%d (%s); it is nak'd instead: %s",
+                delivery.stream,
+                delivery.sequence,
+                message.subject,
+                self._backend.describe(error),
+            )
+            return Verdict(Action.NAK, delay=self.defaults.backoff.maximum, error=verdict.error)
+        return verdict
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` messages in the dead-letter stream, with why they died."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        self._require()
+        letters: list[DeadLetter] = []
+        seq = 1
+        try:
+            while len(letters) < limit:
+                stored = await self._backend.read(DEAD_LETTER_STREAM, seq, subject=f"{DEAD_LETTER_PREFIX}.>", next=True)
+                if stored is None:
+                    break
+                letters.append(DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time))
+                seq = stored.seq + 1
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        return letters
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
+        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none."""
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise InvalidArgumentError(f"seq must be a positive integer, got {seq!r}")
+        self._require()
+        try:
+            stored = await self._backend.read(DEAD_LETTER_STREAM, seq)
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        if stored is None:
+            raise DeadLetterNotFoundError(seq)
+        letter = DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time)
+        replay = letter.replay()
+        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
+        try:
+            await self._backend.delete(DEAD_LETTER_STREAM, seq)
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        return ack
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    async def wait_until_idle(self, timeout: float = 10.0) -> None:
+        """Return once every subscription's consumer has nothing pending, nothing unacked and no handler
+        running (for tests: await "everything published was handled"); ``TimeoutError`` after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._settled.clear()
+                if await self._idle():
+                    return
+                # Handlers signal each settled message; the short bound covers redeliveries a server has
+                # scheduled (nak delays) that no local event announces.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), 0.1)
+
+    async def _idle(self) -> bool:
+        self._require()
+        subscriptions = list(self._subscriptions)
+        if any(sub.in_flight for sub in subscriptions):
+            return False
+        try:
+            for sub in subscriptions:
+                if not await sub.consumer.idle():
+                    return False
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        return True
+
+    def __repr__(self) -> str:
+        state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
+        return f"{type(self).__name__}(state={state!r}, subscriptions={len(self._subscriptions)})"
+
+
+class Subscription:
+    """A running consumer; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
+
+    def __init__(self, broker: BaseBroker, spec: ConsumerSpec, queue: str | None, consumer: Consumer) -> None:
+        self._broker = broker
+        self._spec = spec
+        self._queue = queue
+        self.consumer = consumer
+
+    @property
+    def subject(self) -> str:
+        """The subject (or wildcard filter) it consumes."""
+        return self._spec.subject
+
+    @property
+    def queue(self) -> str | None:
+        """The durable consumer's name, or ``None`` for an ephemeral consumer."""
+        return self._queue
+
+    @property
+    def stream(self) -> str:
+        """The stream it consumes from."""
+        return self._spec.stream
+
+    @property
+    def consumer_name(self) -> str:
+        """The consumer's name on the server (the queue, or a generated ephemeral name)."""
+        return self._spec.name
+
+    @property
+    def running(self) -> bool:
+        """Whether it takes messages."""
+        return self.consumer.state == "running"
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"`` (for health probes)."""
+        return self.consumer.state
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this subscription running now."""
+        return self.consumer.in_flight
+
+    @property
+    def last_error(self) -> str | None:
+        """The last problem the consumer met (a refused pull, a failed recreate), or ``None``."""
+        return self.consumer.last_error
+
+    async def unsubscribe(self) -> None:
+        """Stop taking messages at once, let running handlers finish within the broker's
+        ``shutdown_timeout``, give back the messages not started. An ephemeral consumer is deleted."""
+        await self.consumer.stop(self._broker.shutdown_timeout)
+        self._broker._subscriptions.discard(self)
+
+    def __repr__(self) -> str:
+        return f"Subscription(subject={self.subject!r}, queue={self._queue!r}, state={self.state!r})"
