@@ -192,6 +192,10 @@ class JetStreamBackend:
             return False
         return isinstance(response, dict) and "error" not in response
 
+    def forget(self, worker: PullWorker) -> None:
+        """``worker`` has stopped: no more connection events for it."""
+        self._workers.discard(worker)
+
     def _connection_lost(self) -> None:
         for worker in self._workers:
             worker.connection_lost()
@@ -241,7 +245,7 @@ class JetStreamBackend:
         except BaseException:
             self._workers.discard(worker)
             raise
-        return JetStreamConsumer(self, spec, worker)
+        return JetStreamConsumer(self, spec, worker, nc, jsm)
 
     # -- stored messages ---------------------------------------------------------------------------
 
@@ -283,10 +287,14 @@ class JetStreamBackend:
 class JetStreamConsumer:
     """A pull worker and its consumer on the server."""
 
-    def __init__(self, backend: JetStreamBackend, spec: ConsumerSpec, worker: PullWorker) -> None:
+    def __init__(
+        self, backend: JetStreamBackend, spec: ConsumerSpec, worker: PullWorker, nc: NATS, jsm: JetStreamManager
+    ) -> None:
         self._backend = backend
         self._spec = spec
         self.worker = worker
+        self._nc = nc
+        self._jsm = jsm
 
     @property
     def state(self) -> str:
@@ -303,16 +311,13 @@ class JetStreamConsumer:
     async def idle(self) -> bool:
         if self.worker.in_flight:
             return False
-        nc, jsm, _, _ = self._backend._require()
-        await nc.flush()  # the server has processed every ack sent so far
-        info = await jsm.consumer_info(self._spec.stream, self._spec.name)
+        await self._nc.flush()  # the server has processed every ack sent so far
+        info = await self._jsm.consumer_info(self._spec.stream, self._spec.name)
         return not (info.num_pending or info.num_ack_pending)
 
     async def stop(self, timeout: float) -> None:
         await self.worker.stop(timeout)
-        backend = self._backend
-        backend._workers.discard(self.worker)
-        jsm = backend._jsm
-        if not self._spec.durable and jsm is not None:
+        self._backend.forget(self.worker)
+        if not self._spec.durable and not self._nc.is_closed:
             with contextlib.suppress(Exception):
-                await jsm.delete_consumer(self._spec.stream, self._spec.name)
+                await self._jsm.delete_consumer(self._spec.stream, self._spec.name)

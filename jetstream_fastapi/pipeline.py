@@ -4,8 +4,7 @@
 message; nats-py's ``publish_async`` has no ack timeout and hangs forever when the server answers with an
 error (nats.py #985). Here one wildcard inbox subscription receives the replies of a bounded window of
 publishes, each reply settles its message by index, and a message whose reply has not come within
-``timeout`` of being sent is reported as timed out: no future is ever left hanging. Publishes take
-the :mod:`~jetstream_fastapi.fastpath` shortcut where nats-py allows it.
+``timeout`` of being sent is reported as timed out: no future is ever left hanging.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from collections.abc import Sequence
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from . import fastpath
 from .backends.base import Outgoing
 from .driver import PubAck
 from .errors import PublishError
@@ -45,10 +43,8 @@ class Pipeline:
     async def run(self) -> list[PubAck | BaseException | None]:
         """Send everything; return, by index, a PubAck or the exception of each message."""
         self._prefix = self._nc.new_inbox() + "."
-        # nats-py's own subscription task, not fastpath's direct delivery: with one subscription per batch,
-        # direct delivery made RSS grow by 2-6 MB over 1M publishes (bench/memory.py), for no gain in rate.
         subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
-        publish = fastpath.publisher(self._nc)
+        publish = self._nc.publish
         try:
             for index, message in enumerate(self._messages):
                 while len(self._sent_at) >= self._window:

@@ -1,9 +1,8 @@
 """Request/reply for publishing: one wildcard inbox per connection receives every PubAck.
 
-``nc.request()`` sends each reply through two extra event-loop turns (its subscription's task, then
-``asyncio.wait_for``'s callback) before the publisher runs again, and a sequential publish waits for
-exactly that. Here the reply goes from nats-py's reader (see :mod:`~jetstream_fastapi.fastpath`) straight
-to the waiting future, and the timeout is a plain timer on that future.
+``nc.request()`` creates an inbox subscription per request (or, with its "new style", a future wrapped
+in ``asyncio.wait_for``, which costs a task per request). Here one subscription receives every reply,
+the callback hands each to its waiting future, and the timeout is a plain timer on that future.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-
-from . import fastpath
 
 
 def is_no_responders(reply: Msg) -> bool:
@@ -32,7 +29,7 @@ class Replies:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._publish = fastpath.publisher(nc)
+        self._publish = nc.publish  # (subject, payload, reply, headers)
         self._prefix = nc.new_inbox() + "."
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._next = 0
@@ -43,10 +40,7 @@ class Replies:
         if self._sub is not None:
             return
         subject = self._prefix + "*"
-        if fastpath.ENABLED:
-            self._sub = await fastpath.subscribe_direct(self._nc, subject, self._deliver)
-        else:
-            self._sub = await self._nc.subscribe(subject, cb=self._on_reply)
+        self._sub = await self._nc.subscribe(subject, cb=self._on_reply)
 
     def _deliver(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)

@@ -34,7 +34,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from . import fastpath
 from .backends.base import Process
 from .consuming import ACKED, Action, ConsumerSettings
 from .driver import Delivery, Message
@@ -92,7 +91,7 @@ class PullWorker:
         api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
-        self._publish = fastpath.publisher(nc)
+        self._publish = nc.publish  # (subject, payload, reply, headers)
         self.stream = stream
         self.consumer = consumer
         self._process = process
@@ -125,10 +124,7 @@ class PullWorker:
         if self.state is not WorkerState.NEW:
             return
         self._inbox = self._nc.new_inbox()
-        if fastpath.ENABLED:
-            self._sub = await fastpath.subscribe_direct(self._nc, self._inbox, self._deliver)
-        else:
-            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
         self.state = WorkerState.RUNNING
         self._last_activity = time.monotonic()
         self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-watchdog-{self.consumer}")
@@ -165,14 +161,6 @@ class PullWorker:
                 slots.outstanding -= batch
                 self.last_error = f"pull request failed: {error!r}"
                 return
-
-    def _deliver(self, msg: Msg) -> None:
-        # Direct delivery (fastpath): called inside nats-py's reader for each message, so the usual case
-        # is handled here at once, and the rest (status messages, giving back after stop) in a task.
-        if msg.reply and self.state is WorkerState.RUNNING:
-            self._accept(msg)
-        else:
-            self._spawn(self._on_message(msg))
 
     async def _on_message(self, msg: Msg) -> None:
         if not msg.reply:

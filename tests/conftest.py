@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.manager import JetStreamManager
 
-from jetstream_fastapi import Backoff, InMemoryBroker, JetStreamBroker, fastpath
+from jetstream_fastapi import Backoff, InMemoryBroker, JetStreamBroker
 from jetstream_fastapi.server import NatsServer
 
 # The project's own testing kit provides `nats_server` (one real server per session), `memory_broker`,
@@ -83,14 +83,6 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
     name = re.sub(r"[^a-zA-Z0-9]", "", request.node.name)[:24].lower()
     return f"t{name}{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(params=["fastpath", "public-api"])
-def delivery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a worker test twice: with the nats-py shortcuts of ``fastpath``, and on nats-py's public API
-    (what any untested nats-py version gets)."""
-    monkeypatch.setattr(fastpath, "ENABLED", request.param == "fastpath")
-    return str(request.param)
 
 
 @pytest.fixture

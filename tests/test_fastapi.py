@@ -72,7 +72,7 @@ def test_registration_mistakes_raise_at_import_time() -> None:
         router.handle("orders.created", queue="order.processor")
     with pytest.raises(InvalidSubjectError):
         router.handle("orders created")
-    with pytest.raises(InvalidArgumentError, match=r"handle\(\) got an unexpected keyword argument 'batchsize' \(did you mean batch_size\?\)"):
+    with pytest.raises(InvalidArgumentError, match=r"handle\(\) got an unexpected .* \(did you mean batch_size\?\)"):
         router.handle("orders.created", batchsize=3)  # type: ignore[call-arg]
 
     @router.handle("orders.created", queue="p")

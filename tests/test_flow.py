@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import logging
-import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import nats
-import pytest
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
 
-from jetstream_fastapi import JetStreamBroker, Message, fastpath
+from jetstream_fastapi import JetStreamBroker, Message
 from jetstream_fastapi.flow import Slots
 from jetstream_fastapi.lanes import Lanes
-from jetstream_fastapi.server import NatsServer
 from jetstream_fastapi.worker import decode
 from tests.conftest import WAIT
 
@@ -85,7 +77,7 @@ def test_decode_reads_both_ack_subject_forms() -> None:
 
 
 async def test_a_burst_reaches_every_lane_when_handlers_wait(
-    brokers: Callable[..., JetStreamBroker], prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], prefix: str
 ) -> None:
     # Lanes wake each other in a fan-out; every one of the 64 must end up running at once, or this
     # handler (which waits for all 64 to be inside) never returns.
@@ -107,81 +99,6 @@ async def test_a_burst_reaches_every_lane_when_handlers_wait(
     await broker.subscribe(subject, handler, queue="burst", concurrency=concurrency, batch_size=concurrency)
     await asyncio.wait_for(all_inside.wait(), WAIT)
     await broker.wait_until_idle()
-
-
-# -- fastpath: the shortcuts through nats-py internals, checked against the installed nats-py ----------
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-def test_the_shortcuts_are_on_for_the_installed_nats_py() -> None:
-    # If this fails after a nats-py upgrade, run this module: when the tests below pass on the new version,
-    # add it to fastpath.TESTED; until then the worker runs on nats-py's public API.
-    version = importlib.metadata.version("nats-py")
-    switch = os.environ.get("JETSTREAM_FASTAPI_PUBLIC_API")
-    assert fastpath.ENABLED, f"off: nats-py {version}, tested {fastpath.TESTED}, JETSTREAM_FASTAPI_PUBLIC_API={switch}"
-
-
-async def test_direct_delivery_hands_over_each_message_inside_the_reader(nc: NATS, prefix: str) -> None:
-    got: list[tuple[bytes, str, asyncio.Task[object] | None]] = []
-    three = asyncio.Event()
-
-    def deliver(msg: Msg) -> None:
-        got.append((msg.data, msg.reply, asyncio.current_task()))
-        if len(got) == 3:
-            three.set()
-
-    sub = await fastpath.subscribe_direct(nc, f"{prefix}.direct", deliver)
-    for n in range(3):
-        await nc.publish(f"{prefix}.direct", str(n).encode(), reply="r")
-    await asyncio.wait_for(three.wait(), WAIT)
-    assert [(data, reply) for data, reply, _ in got] == [(b"0", "r"), (b"1", "r"), (b"2", "r")]
-    # Delivered by nats-py's reader itself: no task of the subscription's in between.
-    assert {task for _, _, task in got} == {nc._reading_task}
-    assert (sub.pending_msgs, sub.pending_bytes) == (0, 0)
-    await asyncio.wait_for(sub.drain(), WAIT)
-    assert nc.is_connected
-
-
-async def test_a_failing_delivery_is_logged_and_the_connection_stays(
-    nc: NATS, prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    good = asyncio.Event()
-
-    def deliver(msg: Msg) -> None:
-        if msg.data == b"bad":
-            raise RuntimeError("boom")
-        good.set()
-
-    await fastpath.subscribe_direct(nc, f"{prefix}.failing", deliver)
-    with caplog.at_level(logging.ERROR, logger="jetstream_fastapi"):
-        await nc.publish(f"{prefix}.failing", b"bad")
-        await nc.publish(f"{prefix}.failing", b"good")
-        await asyncio.wait_for(good.wait(), WAIT)
-    assert nc.is_connected
-    assert "the server will redeliver it" in caplog.text
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-async def test_publisher_sends_payload_and_reply(
-    nc: NATS, prefix: str, enabled: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(fastpath, "ENABLED", enabled)
-    sub = await nc.subscribe(f"{prefix}.pub")
-    publish = fastpath.publisher(nc)
-    await publish(f"{prefix}.pub", b"+NXT {}", "_INBOX.x", None)
-    await publish(f"{prefix}.pub", b"", "", None)
-    first, second = await sub.next_msg(timeout=2), await sub.next_msg(timeout=2)
-    assert (first.data, first.reply) == (b"+NXT {}", "_INBOX.x")
-    assert (second.data, second.reply) == (b"", "")
-    await nc.close()
-    with pytest.raises(ConnectionClosedError):
-        await publish(f"{prefix}.pub", b"+ACK", "", None)
 
 
 # -- lanes ------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ async def test_idle_broker_disconnects_fast_and_durables_stay(
 
 
 async def test_disconnect_waits_for_running_handler_and_acks_it(
-    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
     broker = brokers(shutdown_timeout=10)
     await broker.connect()
@@ -129,7 +129,7 @@ async def test_disconnect_waits_for_running_handler_and_acks_it(
 
 
 async def test_shutdown_timeout_gives_back_a_stuck_message_at_once(
-    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
     broker = brokers(shutdown_timeout=0.5)
     await broker.connect()
@@ -170,7 +170,7 @@ async def test_shutdown_timeout_gives_back_a_stuck_message_at_once(
 
 
 async def test_concurrency_bounds_unacked_messages_on_the_server(
-    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
     broker = brokers()
     await broker.connect()
@@ -215,7 +215,7 @@ async def test_concurrency_bounds_unacked_messages_on_the_server(
 
 
 async def test_server_ack_pending_stays_within_concurrency_while_draining(
-    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
     # The server applies acks apart from pull requests: had a separate request been sent for slots whose
     # acks were still queued on the server, it would count more than `concurrency` messages as pending.
@@ -379,7 +379,7 @@ async def test_last_attempt_terminates(
 
 
 async def test_deleted_consumer_is_recreated(
-    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str, delivery: str
+    brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
     broker = brokers()
     await broker.connect()
