@@ -16,9 +16,9 @@ directly in a unit test::
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from .errors import (
     ConnectError,
@@ -226,6 +226,10 @@ class Reject(Exception):
         return f"Reject(reason={self.reason!r})"
 
 
+if TYPE_CHECKING:
+    from .deadletters import DeadLetter
+
+
 @runtime_checkable
 class Subscriber(Protocol):
     """A running subscription; ``unsubscribe()`` stops it gracefully."""
@@ -238,6 +242,21 @@ class Subscriber(Protocol):
     @property
     def queue(self) -> str | None:
         """The queue (durable consumer) name, or ``None`` for an ephemeral consumer."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """``"running"`` while it takes messages; ``"new"``, ``"stopping"`` or ``"stopped"`` otherwise."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this subscription running now."""
+        ...
+
+    @property
+    def last_error(self) -> str | None:
+        """The last problem it met (a refused pull, a failed consumer recreate), or ``None``."""
         ...
 
     async def unsubscribe(self) -> None:
@@ -289,4 +308,26 @@ class Broker(Protocol):
         **options: Unpack[ConsumerOptions],
     ) -> Subscriber:
         """Start a pull worker that runs ``handler`` for each message on ``subject``."""
+        ...
+
+    @property
+    def subscriptions(self) -> Sequence[Subscriber]:
+        """The running subscriptions."""
+        ...
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers within ``timeout`` seconds; False (never an exception) when it cannot."""
+        ...
+
+    async def wait_until_idle(self, timeout: float = 10.0) -> None:
+        """Return once everything published so far has been handled to its end; ``TimeoutError`` after
+        ``timeout`` seconds."""
+        ...
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+        ...
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject and remove it from the dead letters."""
         ...

@@ -185,10 +185,13 @@ async def _broker(context: _Context) -> Broker:
     return context.broker
 
 
-def _is_broker_type(annotation: object) -> bool:
-    from . import InMemoryBroker, JetStreamBroker  # the nats-py broker is imported lazily by the package
+_BROKER_MEMBERS = tuple(name for name in dir(Broker) if not name.startswith("_"))
 
-    return isinstance(annotation, type) and issubclass(annotation, InMemoryBroker | JetStreamBroker)
+
+def _is_broker_type(annotation: object) -> bool:
+    """A class that has every member of the :class:`Broker` protocol (``JetStreamBroker``, ``InMemoryBroker``
+    or a broker of one's own): a handler parameter of that type receives the app's broker."""
+    return isinstance(annotation, type) and all(hasattr(annotation, name) for name in _BROKER_MEMBERS)
 
 
 def decoder_for(annotation: Any) -> Decoder:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from .driver import Broker
+from .driver import Broker, Subscriber
 from .errors import InvalidArgumentError
 from .lifespan import STATE_KEY
 
@@ -75,21 +75,13 @@ class Readiness(BaseModel):
     """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
 
 
-def _consumer_health(subscription: Any) -> ConsumerHealth:
-    """Describe a subscription of either broker (or any ``Subscriber`` with fewer attributes)."""
-    state = getattr(subscription, "state", None)
-    if isinstance(state, Enum):
-        state = state.value
-    if not isinstance(state, str):
-        state = "running" if getattr(subscription, "running", True) else "stopped"
-    in_flight = getattr(subscription, "in_flight", 0)
-    last_error = getattr(subscription, "last_error", None)
+def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
     return ConsumerHealth(
-        subject=str(subscription.subject),
+        subject=subscription.subject,
         queue=subscription.queue,
-        state=state,
-        in_flight=in_flight if isinstance(in_flight, int) else 0,
-        last_error=None if last_error is None else str(last_error),
+        state=subscription.state,
+        in_flight=subscription.in_flight,
+        last_error=subscription.last_error,
     )
 
 
@@ -99,13 +91,10 @@ def _describe(consumer: ConsumerHealth) -> str:
 
 
 async def _ping(broker: Broker, timeout: float) -> bool:
-    ping = getattr(broker, "ping", None)
-    if ping is None:
-        return True  # a broker that cannot be asked: being connected is all it can tell
     try:
         # The brokers bound the request themselves; this also bounds a third-party ping that does not.
         async with asyncio.timeout(timeout + 1.0):
-            return bool(await ping(timeout))
+            return bool(await broker.ping(timeout))
     except Exception:
         return False
 
@@ -122,7 +111,7 @@ async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Rea
         return Readiness(ready=False, connected=False, jetstream=False, consumers=[], detail=_NO_BROKER)
     connected = bool(broker.is_connected)
     jetstream = connected and await _ping(broker, timeout)
-    consumers = [_consumer_health(sub) for sub in getattr(broker, "subscriptions", ())]
+    consumers = [_consumer_health(sub) for sub in broker.subscriptions]
     stopped = [consumer for consumer in consumers if consumer.state != "running"]
     problems: list[str] = []
     if not connected:

@@ -40,10 +40,7 @@ KINDS = ("memory", "jetstream")
 async def wait_until_handled(broker: Broker, timeout: float = 10.0) -> None:
     """Return once every message published to ``broker`` has been handled to its end (acked, or
     dead-lettered after its retries), without sleeping; ``TimeoutError`` after ``timeout`` seconds."""
-    wait = getattr(broker, "wait_until_idle", None)
-    if wait is None:
-        raise TypeError(f"{type(broker).__name__} has no wait_until_idle()")
-    await wait(timeout)
+    await broker.wait_until_idle(timeout)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
