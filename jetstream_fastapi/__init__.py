@@ -1,8 +1,10 @@
 """NATS JetStream for FastAPI: synchronous publish, pull consumers, at-least-once delivery.
 
 The public surface; see the README for a tour and :mod:`jetstream_fastapi.driver` for the contract.
-The nats-py implementation (and ``BrokerSettings``, which builds it) is imported lazily, on first use, so
-that importing ``jetstream_fastapi.driver`` (which imports this package first) never imports ``nats``.
+The contract, the errors and the dead-letter format are plain Python; everything else (the nats-py
+backend, the in-memory broker, the FastAPI integration, ``BrokerSettings``) is imported lazily, on first
+use, so that importing ``jetstream_fastapi.driver`` (which imports this package first) loads nothing
+outside the standard library: no ``nats``, ``fastapi``, ``starlette``, ``pydantic`` or ``anyio``.
 """
 
 import importlib
@@ -39,17 +41,30 @@ from .errors import (
     PublishTimeoutError,
     StreamConfigError,
 )
-from .health import ConsumerHealth, Readiness, check_readiness, health_router
-from .lifespan import get_broker, jetstream_lifespan
-from .memory import InMemoryBroker, InMemorySubscription
-from .routing import ConsumerRouter
 
 if TYPE_CHECKING:
+    from .health import ConsumerHealth, Readiness, check_readiness, health_router
     from .jetstream import JetStreamBroker, JetStreamSubscription
+    from .lifespan import get_broker, jetstream_lifespan
+    from .memory import InMemoryBroker, InMemorySubscription
+    from .routing import ConsumerRouter
     from .settings import BrokerSettings
 
 # Lazily imported names and their modules.
-_LAZY = {"BrokerSettings": "settings", "JetStreamBroker": "jetstream", "JetStreamSubscription": "jetstream"}
+_LAZY = {
+    "BrokerSettings": "settings",
+    "ConsumerHealth": "health",
+    "ConsumerRouter": "routing",
+    "InMemoryBroker": "memory",
+    "InMemorySubscription": "memory",
+    "JetStreamBroker": "jetstream",
+    "JetStreamSubscription": "jetstream",
+    "Readiness": "health",
+    "check_readiness": "health",
+    "get_broker": "lifespan",
+    "health_router": "health",
+    "jetstream_lifespan": "lifespan",
+}
 
 __all__ = [
     "Backoff",
