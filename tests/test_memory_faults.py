@@ -209,3 +209,22 @@ async def test_disconnect_while_dropped_fails_held_publishes() -> None:
         await waiting
     await broker.connect()
     assert broker.is_connected and not broker.faults.connection_dropped
+
+
+async def test_an_expired_message_goes_to_a_free_member_and_the_late_ack_settles_it() -> None:
+    clock = ManualClock()
+    held = Held()
+    async with InMemoryBroker(clock=clock, ack_wait=30.0) as broker:
+        await broker.subscribe("faults.expired", held, queue="q", concurrency=2)
+        await broker.publish("faults.expired", b"a")
+        await clock.advance(0)
+        broker.faults.drop_connection()
+        await clock.advance(30)  # no in-progress reaches the server: the ack wait of attempt 1 expires
+        broker.faults.restore_connection()
+        await clock.advance(0)
+        # Redelivered to the free slot while attempt 1 still runs, as the server does.
+        assert held.deliveries == [(b"a", 1), (b"a", 2)]
+        held.release.set()  # both answer; the first ack settles the message, the second is ignored
+        await broker.wait_until_idle(timeout=1.0)
+        await clock.advance(300)
+        assert held.deliveries == [(b"a", 1), (b"a", 2)]
