@@ -9,6 +9,9 @@ deadline while the connection is down. With a :class:`ManualClock`, time moves o
     ...
     await clock.advance(30)  # fires every timer due within 30 s, in order, without sleeping
 
+Bounds on waiting stay in real time, so that a test cannot hang on them: the ``timeout`` of
+``wait_until_idle`` and the ``shutdown_timeout`` of ``unsubscribe``/``disconnect``.
+
 Imports nothing from ``nats``.
 """
 

@@ -3,7 +3,7 @@
 Each fault does what its real counterpart does to a :class:`~jetstream_fastapi.JetStreamBroker` (see the
 README's delivery guarantee)::
 
-    broker.faults.redeliver(ack)            # an acked message comes again (as after a server restart)
+    broker.faults.redeliver(ack)            # an acked message comes again (as after a server crash)
     broker.faults.fail_publishes(2)         # the next 2 publishes raise PublishTimeoutError
     broker.faults.lose_acks(1)              # the next ack never arrives: redelivered after ack_wait
     broker.faults.drop_connection()         # is_connected False, publishes wait, consumers pause
@@ -55,9 +55,12 @@ class Faults:
 
     def redeliver(self, ack: PubAck, *, queue: str | None = None) -> int:
         """Deliver the message of ``ack`` again to every consumer that had finished with it (acked or
-        dead-lettered it), or to the durable ``queue`` only: the same stream sequence and msg id, attempt 1,
-        as a server that lost its consumers' acks in a crash delivers it. Returns how many consumers got it;
-        ``LookupError`` if none had finished with it (still pending, or not on that stream)."""
+        dead-lettered it), or to the durable ``queue`` only: the same stream sequence and msg id, the next
+        attempt number, as a server restarted after a crash delivers a message whose ack it lost. Returns
+        how many consumers got it; ``LookupError`` if none had finished with it (still pending, or not on
+        that stream)."""
+        if not isinstance(ack, PubAck):
+            raise InvalidArgumentError(f"redeliver() takes the PubAck of a publish, got {ack!r}")
         consumers = [
             consumer
             for (stream, name), consumer in self._broker._consumers.items()

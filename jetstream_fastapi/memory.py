@@ -221,9 +221,11 @@ class InMemoryBroker:
                 raise PayloadTooLargeError(subject, len(body), self.max_payload)
         acks: list[PubAck | None] = []
         errors: dict[int, BaseException] = {}
+        # One deadline for the batch, as on the real broker (while the connection is down, each waits).
+        deadline = self.clock.now() + (self.publish_timeout if timeout is None else timeout)
         for index, (subject, message) in enumerate(items):
             try:
-                acks.append(await self.publish(subject, message))
+                acks.append(await self.publish(subject, message, timeout=max(0.0, deadline - self.clock.now())))
             except JetStreamError as error:
                 acks.append(None)
                 errors[index] = error

@@ -39,6 +39,7 @@ class _Pending:
     delivered: int = 0  # deliveries so far: the attempt number of the latest
     timer: Timer | None = None  # the ack wait, or the end of a nak delay
     queued: bool = False  # in the redelivery queue
+    forced: bool = False  # handed out again by faults.redeliver(), whatever max_deliver says
 
 
 class MemoryConsumer:
@@ -64,7 +65,8 @@ class MemoryConsumer:
         self.waiting: deque[_Stored] = deque()  # never delivered
         self.pending: dict[int, _Pending] = {}  # stream sequence -> delivered, not yet acked or terminated
         self.redeliveries: deque[_Pending] = deque()
-        self.done: set[int] = set()  # acked, terminated or given up: what faults.redeliver() may hand out again
+        # Acked, terminated or given up, with its deliveries: what faults.redeliver() may hand out again.
+        self.done: dict[int, int] = {}
         self._next_member = 0
         policy = settings.deliver_policy or ("all" if durable else "new")
         backlog = [m for m in stream.messages if subject_matches(filter, m.subject)]
@@ -100,11 +102,12 @@ class MemoryConsumer:
             seq = pending.stored.seq
             if self.pending.get(seq) is not pending:
                 continue  # acked or terminated while it waited
-            if settings.max_deliver != -1 and pending.delivered >= settings.max_deliver:
+            if settings.max_deliver != -1 and pending.delivered >= settings.max_deliver and not pending.forced:
                 # As the server: past max_deliver the consumer stops delivering it (it stays in the stream).
                 del self.pending[seq]
-                self.done.add(seq)
+                self.done[seq] = pending.delivered
                 continue
+            pending.forced = False
             return pending
         if self.waiting and len(self.pending) < settings.max_ack_pending:
             stored = self.waiting.popleft()
@@ -168,15 +171,16 @@ class MemoryConsumer:
             if pending.timer is not None:
                 pending.timer.cancel()
             del self.pending[seq]
-            self.done.add(seq)
+            self.done[seq] = pending.delivered
         self.dispatch()
 
     def redeliver(self, seq: int) -> bool:
-        """Deliver message ``seq`` again although it was acked (fault injection); False if it is not done."""
+        """Deliver message ``seq`` again although it was acked (fault injection), with the next attempt
+        number, as a restarted server that lost the ack does; False if it is not done."""
         if seq not in self.done:
             return False
-        self.done.discard(seq)
-        pending = self.pending[seq] = _Pending(self.stream.messages[seq - 1])
+        delivered = self.done.pop(seq)
+        pending = self.pending[seq] = _Pending(self.stream.messages[seq - 1], delivered, forced=True)
         self._queue(pending)
         self.dispatch()
         return True

@@ -72,9 +72,26 @@ async def test_redeliver_an_acked_message_to_prove_idempotence() -> None:
         await broker.wait_until_idle()
         assert broker.faults.redeliver(ack) == 1
         await broker.wait_until_idle()
-        assert seen == [("order-1", ack.seq, 1), ("order-1", ack.seq, 1)]
+        assert seen == [("order-1", ack.seq, 1), ("order-1", ack.seq, 2)]  # as after a restart (contract test)
         with pytest.raises(LookupError, match="shipping"):
             broker.faults.redeliver(ack, queue="shipping")
+        with pytest.raises(InvalidArgumentError, match="PubAck"):
+            broker.faults.redeliver(ack.seq)  # type: ignore[arg-type]
+
+
+async def test_redeliver_ignores_max_deliver() -> None:
+    attempts: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        attempts.append(msg.attempt)
+
+    async with InMemoryBroker(max_deliver=1) as broker:
+        await broker.subscribe("faults.once", handler, queue="q")
+        ack = await broker.publish("faults.once", b"x")
+        await broker.wait_until_idle()
+        broker.faults.redeliver(ack)
+        await broker.wait_until_idle()
+        assert attempts == [1, 2]
 
 
 async def test_redeliver_refuses_a_message_still_pending() -> None:
@@ -228,3 +245,15 @@ async def test_an_expired_message_goes_to_a_free_member_and_the_late_ack_settles
         await broker.wait_until_idle(timeout=1.0)
         await clock.advance(300)
         assert held.deliveries == [(b"a", 1), (b"a", 2)]
+
+
+async def test_a_batch_shares_one_deadline_while_dropped() -> None:
+    clock = ManualClock()
+    async with InMemoryBroker(clock=clock, publish_timeout=5.0) as broker:
+        broker.faults.drop_connection()
+        batch = asyncio.ensure_future(broker.publish_many([("faults.batch", b"a"), ("faults.batch", b"b")]))
+        await clock.advance(5.0)
+        with pytest.raises(PublishBatchError) as failed:
+            await asyncio.wait_for(batch, 5.0)  # without a shared deadline the second would wait 5 s more
+        assert sorted(failed.value.errors) == [0, 1]
+        assert clock.now() == 5.0
