@@ -82,7 +82,7 @@ class MemoryConsumer:
     def dispatch(self) -> None:
         """Hand due redeliveries, then new messages (within ``max_ack_pending``), to free members."""
         if not self.broker.faults.connection_dropped:
-            while self.redeliveries or self.waiting:
+            while self.redeliveries or (self.waiting and len(self.pending) < self.settings.max_ack_pending):
                 member = self._free_member()
                 if member is None:
                     break
