@@ -8,7 +8,12 @@ the backoff with a rising attempt number, ``max_deliver``, ``Retry``/``Reject``,
 sleeping. The fate of a message is decided by the same code as on a real server
 (:func:`~jetstream_fastapi.consuming.run_handler`).
 
-What it does not model: ack-wait expiry (a handler here never times out) and network faults.
+It also models what a test needs to see and a real server shows only with effort: ack-wait expiry
+(an unanswered message comes back with the next attempt; a long handler keeps its message with
+in-progress, as the JetStream worker does), ``max_ack_pending`` across members, all on a clock a test can
+advance without sleeping (``clock=ManualClock()``, :mod:`~jetstream_fastapi.clock`); and fault injection
+(``broker.faults``, :mod:`~jetstream_fastapi.faults`): redeliver an acked message, fail publishes, lose
+acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.memory_consumer`.
 Imports nothing from ``nats``.
 """
 
@@ -18,13 +23,13 @@ import asyncio
 import datetime as _dt
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Unpack
 
-from .consuming import Action, ConsumerSettings, Verdict, check_handler, check_one_filter, run_handler
+from .clock import Clock, MonotonicClock
+from .consuming import ConsumerSettings, Verdict, check_handler, check_one_filter
 from .deadletters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -33,7 +38,7 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Delivery, Handler, Message, Payload, PubAck
+from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
 from .errors import (
     InvalidArgumentError,
     JetStreamError,
@@ -42,6 +47,9 @@ from .errors import (
     PayloadTooLargeError,
     PublishBatchError,
 )
+from .faults import Faults
+from .memory_consumer import InMemorySubscription as InMemorySubscription
+from .memory_consumer import MemoryConsumer
 from .publishing import check_msg_id, coerce_message
 from .subjects import check_queue, check_subject, provisioned_stream, subject_matches, subjects_overlap
 
@@ -74,7 +82,8 @@ class _Stream:
 class InMemoryBroker:
     """A broker in this process's memory, behind the same contract as :class:`JetStreamBroker`.
 
-    Consumer options are the defaults of every ``subscribe``, as on the real broker. A rejected or
+    Consumer options are the defaults of every ``subscribe``, as on the real broker. ``clock`` (default:
+    real monotonic time) drives every timer; ``faults`` injects network and server faults. A rejected or
     exhausted message goes to the dead-letter stream, as on a real server (:meth:`list_dead_letters`,
     :meth:`replay_dead_letter`)::
 
@@ -100,7 +109,9 @@ class InMemoryBroker:
         auto_provision: bool = True,
         duplicate_window: float = 120.0,
         max_payload: int = 1024 * 1024,
+        publish_timeout: float = 5.0,
         shutdown_timeout: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         self.defaults = ConsumerSettings(
             batch_size=batch_size,
@@ -123,7 +134,13 @@ class InMemoryBroker:
         self.duplicate_window = duplicate_window
         self.max_payload = max_payload
         self.shutdown_timeout = shutdown_timeout
-        self._consumers: dict[tuple[str, str], _Consumer] = {}
+        if not isinstance(publish_timeout, int | float) or publish_timeout <= 0:
+            raise InvalidArgumentError(f"publish_timeout must be positive, got {publish_timeout!r}")
+        self.publish_timeout = publish_timeout
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.faults = Faults(self)
+        """Fault injection: see :class:`~jetstream_fastapi.faults.Faults`."""
+        self._consumers: dict[tuple[str, str], MemoryConsumer] = {}
         self._subscriptions: set[InMemorySubscription] = set()
         self._connected = False
         self._changed = asyncio.Event()
@@ -132,14 +149,15 @@ class InMemoryBroker:
 
     @property
     def is_connected(self) -> bool:
-        """Whether ``connect()`` was called (and not undone by ``disconnect()``)."""
-        return self._connected
+        """Whether ``connect()`` was called (and not undone by ``disconnect()``), and the connection is not
+        dropped (``faults.drop_connection()``)."""
+        return self._connected and not self.faults.connection_dropped
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """Whether the broker is connected (there is no server to ask); the readiness probe's question."""
         if timeout <= 0:
             raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
-        return self._connected
+        return self.is_connected
 
     async def connect(self) -> None:
         """Mark the broker connected (idempotent). Streams and durable consumers survive a reconnect."""
@@ -150,6 +168,7 @@ class InMemoryBroker:
         if not self._connected:
             return
         await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
+        self.faults._closed()
         self._connected = False
 
     async def __aenter__(self) -> InMemoryBroker:
@@ -182,7 +201,9 @@ class InMemoryBroker:
         body, merged = coerce_message(message, headers)
         if len(body) > self.max_payload:
             raise PayloadTooLargeError(subject, len(body), self.max_payload)
-        return self._store(subject, body, merged, check_msg_id(msg_id) if msg_id is not None else uuid.uuid4().hex)
+        msg_id = check_msg_id(msg_id) if msg_id is not None else uuid.uuid4().hex
+        total = self.publish_timeout if timeout is None else timeout
+        return await self.faults._publish(lambda: self._store(subject, body, merged, msg_id), subject, msg_id, total)
 
     async def publish_many(
         self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
@@ -200,9 +221,11 @@ class InMemoryBroker:
                 raise PayloadTooLargeError(subject, len(body), self.max_payload)
         acks: list[PubAck | None] = []
         errors: dict[int, BaseException] = {}
+        # One deadline for the batch, as on the real broker (while the connection is down, each waits).
+        deadline = self.clock.now() + (self.publish_timeout if timeout is None else timeout)
         for index, (subject, message) in enumerate(items):
             try:
-                acks.append(await self.publish(subject, message))
+                acks.append(await self.publish(subject, message, timeout=max(0.0, deadline - self.clock.now())))
             except JetStreamError as error:
                 acks.append(None)
                 errors[index] = error
@@ -213,7 +236,7 @@ class InMemoryBroker:
     def _store(self, subject: str, body: bytes, merged: dict[str, str], msg_id: str) -> PubAck:
         stream = self._stream_for(subject)
         merged[MSG_ID_HEADER] = msg_id
-        now = time.monotonic()
+        now = self.clock.now()
         seen = stream.dedupe.get(msg_id)
         if seen is not None and now - seen[1] < self.duplicate_window:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
@@ -222,7 +245,7 @@ class InMemoryBroker:
         stream.dedupe[msg_id] = (stored.seq, now)
         for consumer in self._consumers.values():
             if consumer.stream is stream and subject_matches(consumer.filter, subject):
-                consumer.enqueue(stored, 1)
+                consumer.enqueue(stored)
         return PubAck(stream=stream.name, seq=stored.seq)
 
     def _stream_for(self, subject: str) -> _Stream:
@@ -299,7 +322,7 @@ class InMemoryBroker:
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         consumer = self._consumers.get((stream.name, name))
         if consumer is None:
-            consumer = _Consumer(self, stream, name, subject, settings, durable=queue is not None)
+            consumer = MemoryConsumer(self, stream, name, subject, settings, durable=queue is not None)
             self._consumers[(stream.name, name)] = consumer
         else:
             consumer.filter, consumer.settings = subject, settings  # reconciled, as on the server
@@ -337,172 +360,3 @@ class InMemoryBroker:
         return (
             f"InMemoryBroker(connected={self._connected}, streams={streams}, subscriptions={len(self._subscriptions)})"
         )
-
-
-@dataclass(slots=True)
-class _Pending:
-    stored: _Stored
-    attempt: int
-
-
-class _Consumer:
-    """One consumer's state: what waits, what runs, what is scheduled; survives its subscribers if durable."""
-
-    def __init__(
-        self,
-        broker: InMemoryBroker,
-        stream: _Stream,
-        name: str,
-        filter: str,
-        settings: ConsumerSettings,
-        *,
-        durable: bool,
-    ) -> None:
-        self.broker = broker
-        self.stream = stream
-        self.name = name
-        self.filter = filter
-        self.settings = settings
-        self.durable = durable
-        self.members: list[InMemorySubscription] = []
-        self.waiting: deque[_Pending] = deque()
-        self.scheduled = 0
-        self.in_flight = 0
-        self._next_member = 0
-        policy = settings.deliver_policy or ("all" if durable else "new")
-        backlog = [m for m in stream.messages if subject_matches(filter, m.subject)]
-        for stored in backlog[-1:] if policy == "last" else backlog if policy == "all" else []:
-            self.waiting.append(_Pending(stored, 1))
-
-    def enqueue(self, stored: _Stored, attempt: int) -> None:
-        self.waiting.append(_Pending(stored, attempt))
-        self.dispatch()
-
-    def dispatch(self) -> None:
-        while self.waiting and self.in_flight < self.settings.max_ack_pending:
-            member = self._free_member()
-            if member is None:
-                break
-            pending = self.waiting.popleft()
-            self.in_flight += 1
-            member.start(pending)
-        self.broker._notify()
-
-    def _free_member(self) -> InMemorySubscription | None:
-        count = len(self.members)
-        for offset in range(count):
-            member = self.members[(self._next_member + offset) % count]
-            if member.has_room():
-                self._next_member = (self._next_member + offset + 1) % count
-                return member
-        return None
-
-    def settle(self, pending: _Pending, verdict: Verdict, message: Message) -> None:
-        self.in_flight -= 1
-        if verdict.action is Action.NAK:
-            self.scheduled += 1
-            asyncio.get_running_loop().call_later(verdict.delay, self._redeliver, pending)
-        elif verdict.action is Action.TERM and self.settings.dead_letter:
-            self.broker._dead_letter(message, verdict, self.name)
-        self.dispatch()
-
-    def give_back(self, pending: _Pending) -> None:
-        """A pulled message that will not run here: redeliver it now, counting the attempt."""
-        self.in_flight -= 1
-        self.waiting.appendleft(_Pending(pending.stored, pending.attempt + 1))
-        self.dispatch()
-
-    def _redeliver(self, pending: _Pending) -> None:
-        self.scheduled -= 1
-        self.enqueue(pending.stored, pending.attempt + 1)
-
-    def idle(self) -> bool:
-        return self.in_flight == 0 and self.scheduled == 0 and (not self.waiting or not self.members)
-
-
-class InMemorySubscription:
-    """A subscriber of an in-memory consumer; ``unsubscribe()`` stops it gracefully."""
-
-    def __init__(
-        self,
-        broker: InMemoryBroker,
-        consumer: _Consumer,
-        subject: str,
-        queue: str | None,
-        handler: Handler,
-        settings: ConsumerSettings,
-    ) -> None:
-        self._broker = broker
-        self._consumer = consumer
-        self._subject = subject
-        self._queue = queue
-        self._handler = handler
-        self._settings = settings
-        self._tasks: dict[asyncio.Task[None], _Pending] = {}
-        self.running = True
-
-    @property
-    def subject(self) -> str:
-        """The subject (or wildcard filter) it consumes."""
-        return self._subject
-
-    @property
-    def queue(self) -> str | None:
-        """The durable consumer's name, or ``None``."""
-        return self._queue
-
-    @property
-    def state(self) -> str:
-        """``"running"`` until ``unsubscribe()``, then ``"stopped"`` (as a real subscription's, for health probes)."""
-        return "running" if self.running else "stopped"
-
-    @property
-    def in_flight(self) -> int:
-        """Handlers of this subscription running now."""
-        return len(self._tasks)
-
-    @property
-    def last_error(self) -> str | None:
-        """Always ``None``: there is no network to fail (handler errors are the message's fate, not the worker's)."""
-        return None
-
-    def has_room(self) -> bool:
-        return self.running and len(self._tasks) < self._settings.concurrency
-
-    def start(self, pending: _Pending) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(pending))
-        self._tasks[task] = pending
-
-    async def _run(self, pending: _Pending) -> None:
-        stored, consumer = pending.stored, self._consumer
-        delivery = Delivery(consumer.stream.name, stored.seq, pending.attempt, stored.timestamp_ns, consumer.name)
-        message = Message(body=stored.body, headers=dict(stored.headers), subject=stored.subject, delivery=delivery)
-        try:
-            verdict = await run_handler(self._handler, message, self._settings)
-        except asyncio.CancelledError:
-            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            consumer.give_back(pending)
-            raise
-        self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-        consumer.settle(pending, verdict, message)
-
-    async def unsubscribe(self) -> None:
-        """Stop taking messages, let running handlers finish within the broker's ``shutdown_timeout``,
-        give back the rest. A durable consumer keeps its place; an ephemeral one is removed."""
-        if not self.running:
-            return
-        self.running = False
-        consumer = self._consumer
-        consumer.members.remove(self)
-        self._broker._subscriptions.discard(self)
-        if self._tasks:
-            _, late = await asyncio.wait(list(self._tasks), timeout=self._broker.shutdown_timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        if not consumer.durable and not consumer.members:
-            self._broker._consumers.pop((consumer.stream.name, consumer.name), None)
-        consumer.dispatch()
-
-    def __repr__(self) -> str:
-        return f"InMemorySubscription(subject={self._subject!r}, queue={self._queue!r}, running={self.running})"

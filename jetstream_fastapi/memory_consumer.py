@@ -1,0 +1,300 @@
+"""The in-memory broker's consumers: what a JetStream consumer keeps on the server, and its subscribers.
+
+The model follows what nats-server 2.15 does, as measured by ``tests/test_contract_ack_wait.py``:
+
+* a delivered message stays *pending* until it is acked or terminated: while its handler runs, while a
+  nak delay runs, and after its ack wait expired. At most ``max_ack_pending`` messages are pending across
+  all members; a new message waits for room, a redelivery does not;
+* an ack wait that expires (no ack, nak, term or in-progress in time) redelivers the message with the
+  next attempt number to a free member; past ``max_deliver`` deliveries the consumer gives up on it;
+* in-progress restarts the ack wait. Like the JetStream worker, a subscriber sends it for a handler
+  still running at half the ack wait, so a slow handler keeps its message;
+* acks, naks and terms apply to the message (its stream sequence), whichever delivery they answer: a late
+  ack of a message redelivered meanwhile acks it, a late nak redelivers it once more at once.
+
+Every timer goes through the broker's :mod:`~jetstream_fastapi.clock`. Imports nothing from ``nats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .clock import Timer
+from .consuming import Action, ConsumerSettings, run_handler
+from .driver import Delivery, Handler, Message
+from .subjects import subject_matches
+
+if TYPE_CHECKING:
+    from .memory import InMemoryBroker, _Stored, _Stream
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A message delivered to a consumer and not yet acked or terminated."""
+
+    stored: _Stored
+    delivered: int = 0  # deliveries so far: the attempt number of the latest
+    timer: Timer | None = None  # the ack wait, or the end of a nak delay
+    queued: bool = False  # in the redelivery queue
+    forced: bool = False  # handed out again by faults.redeliver(), whatever max_deliver says
+
+
+class MemoryConsumer:
+    """One consumer's state: new messages, pending ones, due redeliveries; survives its members if durable."""
+
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        stream: _Stream,
+        name: str,
+        filter: str,
+        settings: ConsumerSettings,
+        *,
+        durable: bool,
+    ) -> None:
+        self.broker = broker
+        self.stream = stream
+        self.name = name
+        self.filter = filter
+        self.settings = settings
+        self.durable = durable
+        self.members: list[InMemorySubscription] = []
+        self.waiting: deque[_Stored] = deque()  # never delivered
+        self.pending: dict[int, _Pending] = {}  # stream sequence -> delivered, not yet acked or terminated
+        self.redeliveries: deque[_Pending] = deque()
+        # Acked, terminated or given up, with its deliveries: what faults.redeliver() may hand out again.
+        self.done: dict[int, int] = {}
+        self._next_member = 0
+        policy = settings.deliver_policy or ("all" if durable else "new")
+        backlog = [m for m in stream.messages if subject_matches(filter, m.subject)]
+        self.waiting.extend(backlog[-1:] if policy == "last" else backlog if policy == "all" else [])
+
+    # -- delivering --------------------------------------------------------------------------------
+
+    def enqueue(self, stored: _Stored) -> None:
+        """A new message on the consumer's filter."""
+        self.waiting.append(stored)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand due redeliveries, then new messages (within ``max_ack_pending``), to free members."""
+        if not self.broker.faults.connection_dropped:
+            while self.redeliveries or (self.waiting and len(self.pending) < self.settings.max_ack_pending):
+                member = self._free_member()
+                if member is None:
+                    break
+                pending = self._next()
+                if pending is None:
+                    break
+                pending.delivered += 1
+                self._arm(pending, self.settings.ack_wait)
+                member.start(pending.stored, pending.delivered)
+        self.broker._notify()
+
+    def _next(self) -> _Pending | None:
+        settings = self.settings
+        while self.redeliveries:
+            pending = self.redeliveries.popleft()
+            pending.queued = False
+            seq = pending.stored.seq
+            if self.pending.get(seq) is not pending:
+                continue  # acked or terminated while it waited
+            if settings.max_deliver != -1 and pending.delivered >= settings.max_deliver and not pending.forced:
+                # As the server: past max_deliver the consumer stops delivering it (it stays in the stream).
+                del self.pending[seq]
+                self.done[seq] = pending.delivered
+                continue
+            pending.forced = False
+            return pending
+        if self.waiting and len(self.pending) < settings.max_ack_pending:
+            stored = self.waiting.popleft()
+            pending = self.pending[stored.seq] = _Pending(stored)
+            return pending
+        return None
+
+    def _free_member(self) -> InMemorySubscription | None:
+        count = len(self.members)
+        for offset in range(count):
+            member = self.members[(self._next_member + offset) % count]
+            if member.has_room():
+                self._next_member = (self._next_member + offset + 1) % count
+                return member
+        return None
+
+    # -- timers --------------------------------------------------------------------------------------
+
+    def _arm(self, pending: _Pending, delay: float) -> None:
+        """(Re)start the ack wait (or a nak delay) of ``pending``; when it ends, the message is redelivered."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = self.broker.clock.call_later(delay, lambda: self._due(pending))
+
+    def _due(self, pending: _Pending) -> None:
+        pending.timer = None
+        if self.pending.get(pending.stored.seq) is pending and not pending.queued:
+            self._queue(pending)
+            self.dispatch()
+
+    def _queue(self, pending: _Pending) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        pending.queued = True
+        self.redeliveries.append(pending)
+
+    # -- what the server receives ----------------------------------------------------------------------
+
+    def send(self, action: Action | None, seq: int, delay: float = 0.0) -> None:
+        """A member answers for message ``seq`` (``None``: in progress), through the broker's connection,
+        which may lose it (:meth:`Faults.lose_acks`) or hold it until it is restored."""
+        self.broker.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
+
+    def _receive(self, action: Action | None, seq: int, delay: float) -> None:
+        pending = self.pending.get(seq)
+        if pending is None:
+            return  # already acked or terminated: the server ignores it too
+        if action is None:
+            if not pending.queued:
+                self._arm(pending, self.settings.ack_wait)
+            return
+        if action is Action.NAK:
+            if pending.queued:
+                return
+            if delay > 0:
+                self._arm(pending, delay)  # stays pending, as on the server: it holds its max_ack_pending slot
+            else:
+                self._queue(pending)
+        else:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            del self.pending[seq]
+            self.done[seq] = pending.delivered
+        # The sender dispatches next (its slot is free too): one pass instead of two.
+
+    def redeliver(self, seq: int) -> bool:
+        """Deliver message ``seq`` again although it was acked (fault injection), with the next attempt
+        number, as a restarted server that lost the ack does; False if it is not done."""
+        if seq not in self.done:
+            return False
+        delivered = self.done.pop(seq)
+        pending = self.pending[seq] = _Pending(self.stream.messages[seq - 1], delivered, forced=True)
+        self._queue(pending)
+        self.dispatch()
+        return True
+
+    def idle(self) -> bool:
+        """Nothing pending or waiting, and no member's handler running; a consumer without members is idle."""
+        if not self.members:
+            return True
+        return not self.pending and not self.waiting and not any(member.in_flight for member in self.members)
+
+
+class InMemorySubscription:
+    """A subscriber of an in-memory consumer; ``unsubscribe()`` stops it gracefully."""
+
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        consumer: MemoryConsumer,
+        subject: str,
+        queue: str | None,
+        handler: Handler,
+        settings: ConsumerSettings,
+    ) -> None:
+        self._broker = broker
+        self._consumer = consumer
+        self._subject = subject
+        self._queue = queue
+        self._handler = handler
+        self._settings = settings
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.running = True
+
+    @property
+    def subject(self) -> str:
+        """The subject (or wildcard filter) it consumes."""
+        return self._subject
+
+    @property
+    def queue(self) -> str | None:
+        """The durable consumer's name, or ``None``."""
+        return self._queue
+
+    @property
+    def state(self) -> str:
+        """``"running"`` until ``unsubscribe()``, then ``"stopped"`` (as a real subscription's, for health probes)."""
+        return "running" if self.running else "stopped"
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this subscription running now."""
+        return len(self._tasks)
+
+    @property
+    def last_error(self) -> str | None:
+        """Always ``None``: there is no network to fail (handler errors are the message's fate, not the worker's)."""
+        return None
+
+    def has_room(self) -> bool:
+        """Whether it takes another message now (running, and fewer handlers than its concurrency)."""
+        return self.running and len(self._tasks) < self._settings.concurrency
+
+    def start(self, stored: _Stored, attempt: int) -> None:
+        """Run the handler on delivery ``attempt`` of ``stored``."""
+        task = asyncio.get_running_loop().create_task(self._run(stored, attempt))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, stored: _Stored, attempt: int) -> None:
+        consumer, seq = self._consumer, stored.seq
+        delivery = Delivery(consumer.stream.name, seq, attempt, stored.timestamp_ns, consumer.name)
+        message = Message(body=stored.body, headers=dict(stored.headers), subject=stored.subject, delivery=delivery)
+        # As the JetStream worker's watchdog: "in progress" for a handler still running at half the ack wait.
+        half = self._settings.ack_wait / 2
+        clock = self._broker.clock
+
+        refresh: list[Timer] = []
+
+        def keep_alive() -> None:
+            consumer.send(None, seq)
+            refresh[:] = [clock.call_later(half, keep_alive)]
+
+        refresh.append(clock.call_later(half, keep_alive))
+        try:
+            verdict = await run_handler(self._handler, message, self._settings)
+        except asyncio.CancelledError:
+            consumer.send(Action.NAK, seq)  # shutdown timeout: given back at once, as the worker does
+            raise
+        finally:
+            refresh[0].cancel()
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+        if verdict.action is Action.TERM and self._settings.dead_letter:
+            self._broker._dead_letter(message, verdict, consumer.name)
+        consumer.send(verdict.action, seq, verdict.delay)
+        consumer.dispatch()  # this member's slot is free, whatever became of the answer
+
+    async def unsubscribe(self) -> None:
+        """Stop taking messages, let running handlers finish within the broker's ``shutdown_timeout``,
+        give back the rest. A durable consumer keeps its place; an ephemeral one is removed."""
+        if not self.running:
+            return
+        self.running = False
+        consumer = self._consumer
+        consumer.members.remove(self)
+        self._broker._subscriptions.discard(self)
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=self._broker.shutdown_timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if not consumer.durable and not consumer.members:
+            self._broker._consumers.pop((consumer.stream.name, consumer.name), None)
+        consumer.dispatch()
+
+    def __repr__(self) -> str:
+        return f"InMemorySubscription(subject={self._subject!r}, queue={self._queue!r}, running={self.running})"
