@@ -23,7 +23,7 @@ from .driver import PubAck
 from .errors import InvalidArgumentError, NotConnectedError, PublishTimeoutError
 
 if TYPE_CHECKING:
-    from .memory import InMemoryBroker
+    from .memory import MemoryBackend
 
 
 def _count(count: int) -> int:
@@ -43,8 +43,8 @@ class _Held:
 class Faults:
     """The faults of one :class:`~jetstream_fastapi.InMemoryBroker` (its ``faults`` attribute)."""
 
-    def __init__(self, broker: InMemoryBroker) -> None:
-        self._broker = broker
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
         self._failing: list[bool] = []  # one entry per publish to fail: whether it is stored anyway
         self._lost_acks = 0
         self._dropped = False
@@ -63,7 +63,7 @@ class Faults:
             raise InvalidArgumentError(f"redeliver() takes the PubAck of a publish, got {ack!r}")
         consumers = [
             consumer
-            for (stream, name), consumer in self._broker._consumers.items()
+            for (stream, name), consumer in self._backend.consumers.items()
             if stream == ack.stream and (queue is None or name == queue)
         ]
         handed = sum(consumer.redeliver(ack.seq) for consumer in consumers)
@@ -91,7 +91,7 @@ class Faults:
         back, as nats-py sends its buffer: publish again with the same ``msg_id``). Handlers already
         running finish; their acks wait for the connection, while the ack wait of their messages runs."""
         self._dropped = True
-        self._broker._notify()
+        self._backend.notify()
 
     def restore_connection(self) -> None:
         """Reconnect: the held acks and publishes are sent in order, then consumers resume."""
@@ -106,9 +106,9 @@ class Faults:
             result = publish.store()
             if not publish.waiter.done():
                 publish.waiter.set_result(result)
-        for consumer in list(self._broker._consumers.values()):
+        for consumer in list(self._backend.consumers.values()):
             consumer.dispatch()
-        self._broker._notify()
+        self._backend.notify()
 
     @property
     def connection_dropped(self) -> bool:
@@ -138,7 +138,7 @@ class Faults:
             if not waiter.done():
                 waiter.set_exception(PublishTimeoutError(subject, timeout, msg_id))
 
-        timer = self._broker.clock.call_later(timeout, expire)
+        timer = self._backend.clock.call_later(timeout, expire)
         try:
             return await waiter
         finally:

@@ -1,12 +1,11 @@
-"""``InMemoryBroker``: the :class:`~jetstream_fastapi.driver.Broker` contract without a server, for tests.
+"""The memory backend, and :class:`InMemoryBroker`: the very same broker front, without a server, for tests.
 
-It keeps the semantics tests depend on: streams with increasing sequences, ``msg_id`` dedupe within a
-duplicate window, durable queues (one member per message, resumed after resubscribing), ephemeral
-subscriptions (every subscriber sees every new message), fan-out across queues, nak → redelivery after
-the backoff with a rising attempt number, ``max_deliver``, ``Retry``/``Reject``, wildcards, and
-:meth:`InMemoryBroker.wait_until_idle` so a test can await "everything published was handled" without
-sleeping. The fate of a message is decided by the same code as on a real server
-(:func:`~jetstream_fastapi.consuming.run_handler`).
+The front (:class:`~jetstream_fastapi.core.broker.BaseBroker`) is the one :class:`JetStreamBroker` runs:
+argument checks, msg ids, size checks, the dead-letter policy and the fate of each message are the same
+code. What this backend keeps in memory follows what a JetStream server does: streams with increasing
+sequences, ``msg_id`` dedupe within a duplicate window, durable queues (one member per message, resumed
+after resubscribing), ephemeral consumers (every subscriber sees every new message), fan-out across
+queues, nak → redelivery after its delay with a rising attempt number, ``max_deliver``, wildcards.
 
 It also models what a test needs to see and a real server shows only with effort: ack-wait expiry
 (an unanswered message comes back with the next attempt; a long handler keeps its message with
@@ -19,73 +18,32 @@ Imports nothing from ``nats``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Protocol, Unpack
+from typing import Unpack
 
+from .backends.base import ConsumerSpec, Outgoing, Process, Stored
 from .clock import Clock, MonotonicClock
-from .consuming import ConsumerSettings, Verdict, check_handler, check_one_filter
-from .deadletters import (
-    DEAD_LETTER_PREFIX,
-    DEAD_LETTER_STREAM,
-    DeadLetter,
-    dead_letter_headers,
-    dead_letter_msg_id,
-    dead_letter_subject,
-)
-from .driver import MSG_ID_HEADER, Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
-from .errors import (
-    InvalidArgumentError,
-    JetStreamError,
-    NoStreamError,
-    NotConnectedError,
-    PayloadTooLargeError,
-    PublishBatchError,
-)
+from .core.broker import BaseBroker, Subscription
+from .core.options import BrokerOptions, FrontSettings, StreamPolicy
+from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from .driver import MSG_ID_HEADER, PubAck
+from .errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
 from .faults import Faults
-from .memory_consumer import InMemorySubscription as InMemorySubscription
-from .memory_consumer import MemoryConsumer
-from .publishing import check_msg_id, coerce_message
-from .subjects import check_queue, check_subject, provisioned_stream, subject_matches, subjects_overlap
+from .memory_consumer import MemoryConsumer, MemoryMember
+from .subjects import provisioned_stream, subject_matches, subjects_overlap
+
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
-class StreamDeclaration(Protocol):
-    """Anything with a stream ``name`` and ``subjects``, such as nats-py's ``StreamConfig``."""
+class InMemoryBroker(BaseBroker):
+    """The broker front over memory: the same contract, options and errors as :class:`JetStreamBroker`.
 
-    name: str | None
-    subjects: list[str] | None
-
-
-@dataclass(slots=True)
-class _Stored:
-    seq: int
-    subject: str
-    body: bytes
-    headers: dict[str, str]
-    timestamp_ns: int
-
-
-@dataclass(slots=True)
-class _Stream:
-    name: str
-    subjects: list[str]
-    messages: list[_Stored] = field(default_factory=list)
-    dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
-    deleted: set[int] = field(default_factory=set)
-
-
-class InMemoryBroker:
-    """A broker in this process's memory, behind the same contract as :class:`JetStreamBroker`.
-
-    Consumer options are the defaults of every ``subscribe``, as on the real broker. ``clock`` (default:
-    real monotonic time) drives every timer; ``faults`` injects network and server faults. A rejected or
-    exhausted message goes to the dead-letter stream, as on a real server (:meth:`list_dead_letters`,
-    :meth:`replay_dead_letter`)::
+    Besides the broker options: ``duplicate_window`` (seconds a ``msg_id`` is remembered, 120 as on a
+    server), ``max_payload`` (bytes, headers included, 1 MiB as on a server) and ``clock`` (default: real
+    monotonic time) that drives every timer. ``faults`` injects network and server faults::
 
         broker = InMemoryBroker(backoff=Backoff(initial=0.01))
         async with broker:
@@ -97,160 +55,154 @@ class InMemoryBroker:
     def __init__(
         self,
         *,
-        batch_size: int = 10,
-        fetch_wait: float = 5.0,
-        concurrency: int | None = None,
-        ack_wait: float = 30.0,
-        max_deliver: int = 5,
-        max_ack_pending: int = 1000,
-        backoff: Backoff | None = None,
-        dead_letters: bool = True,
-        streams: Iterable[StreamDeclaration] = (),
-        auto_provision: bool = True,
         duplicate_window: float = 120.0,
-        max_payload: int = 1024 * 1024,
-        publish_timeout: float = 5.0,
-        shutdown_timeout: float = 10.0,
+        max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        clock: Clock | None = None,
+        **options: Unpack[BrokerOptions],
+    ) -> None:
+        settings = FrontSettings.from_options(options, "InMemoryBroker()")
+        backend = MemoryBackend(
+            settings.streams, duplicate_window=duplicate_window, max_payload=max_payload, clock=clock
+        )
+        super().__init__(backend, settings)
+        self._memory = backend
+        self.clock: Clock = backend.clock
+        """The clock of every timer (nak delays, ack wait, in-progress, duplicate window)."""
+        self.faults: Faults = backend.faults
+        """Fault injection: see :class:`~jetstream_fastapi.faults.Faults`."""
+
+    def idle(self) -> bool:
+        """Whether nothing is running, nothing is waiting for redelivery, and no subscribed consumer has
+        messages waiting (what :meth:`wait_until_idle` waits for)."""
+        return self._memory.idle()
+
+    def __repr__(self) -> str:
+        state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
+        streams = {name: len(stream.messages) for name, stream in self._memory.streams.items()}
+        return f"InMemoryBroker(state={state!r}, streams={streams}, subscriptions={len(self._subscriptions)})"
+
+
+InMemorySubscription = Subscription
+"""A subscription of an :class:`InMemoryBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """A message in a memory stream."""
+
+    seq: int
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    timestamp_ns: int
+
+
+@dataclass(slots=True)
+class MemoryStream:
+    """A stream: its messages in order, the msg ids it has seen, the sequences deleted."""
+
+    name: str
+    subjects: list[str]
+    messages: list[StoredMessage] = field(default_factory=list)
+    dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
+    deleted: set[int] = field(default_factory=set)
+
+
+class MemoryBackend:
+    """Streams and consumers in this process's memory, behind the :class:`~jetstream_fastapi.backends.base.Backend`
+    interface."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        streams: StreamPolicy,
+        *,
+        duplicate_window: float = 120.0,
+        max_payload: int = _DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
     ) -> None:
-        self.defaults = ConsumerSettings(
-            batch_size=batch_size,
-            fetch_wait=fetch_wait,
-            concurrency=concurrency if concurrency is not None else batch_size,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_ack_pending=max(max_ack_pending, concurrency or batch_size),
-            backoff=backoff or Backoff(),
-            dead_letter=dead_letters,
-        )
-        self._streams: dict[str, _Stream] = {
-            DEAD_LETTER_STREAM: _Stream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
+        if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
+            raise InvalidArgumentError(f"duplicate_window must be positive, got {duplicate_window!r}")
+        if not isinstance(max_payload, int) or isinstance(max_payload, bool) or max_payload < 1:
+            raise InvalidArgumentError(f"max_payload must be a positive integer, got {max_payload!r}")
+        self.streams: dict[str, MemoryStream] = {
+            DEAD_LETTER_STREAM: MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
         }
-        for declared in streams:
-            if not declared.name or not declared.subjects:
-                raise InvalidArgumentError(f"a stream needs a name and subjects: {declared!r}")
-            self._streams[declared.name] = _Stream(declared.name, list(declared.subjects))
-        self.auto_provision = auto_provision
+        for declared in streams.declared:
+            name, subjects = getattr(declared, "name", None), getattr(declared, "subjects", None)
+            if not name or not subjects:
+                raise InvalidArgumentError(f"streams must have a name and subjects: {declared!r}")
+            self.streams[name] = MemoryStream(name, list(subjects))
+        self.auto_provision = streams.auto_provision
         self.duplicate_window = duplicate_window
-        self.max_payload = max_payload
-        self.shutdown_timeout = shutdown_timeout
-        if not isinstance(publish_timeout, int | float) or publish_timeout <= 0:
-            raise InvalidArgumentError(f"publish_timeout must be positive, got {publish_timeout!r}")
-        self.publish_timeout = publish_timeout
+        self._max_payload = max_payload
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.faults = Faults(self)
-        """Fault injection: see :class:`~jetstream_fastapi.faults.Faults`."""
-        self._consumers: dict[tuple[str, str], MemoryConsumer] = {}
-        self._subscriptions: set[InMemorySubscription] = set()
-        self._connected = False
-        self._changed = asyncio.Event()
+        self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
+        self._open = False
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- connection --------------------------------------------------------------------------------
 
     @property
     def is_connected(self) -> bool:
-        """Whether ``connect()`` was called (and not undone by ``disconnect()``), and the connection is not
-        dropped (``faults.drop_connection()``)."""
-        return self._connected and not self.faults.connection_dropped
+        return self._open and not self.faults.connection_dropped
 
-    async def ping(self, timeout: float = 1.0) -> bool:
-        """Whether the broker is connected (there is no server to ask); the readiness probe's question."""
-        if timeout <= 0:
-            raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+    @property
+    def max_payload(self) -> int:
+        return self._max_payload
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self, timeout: float) -> None:
+        self.faults._closed()
+        self._open = False
+
+    async def ping(self, timeout: float) -> bool:
         return self.is_connected
 
-    async def connect(self) -> None:
-        """Mark the broker connected (idempotent). Streams and durable consumers survive a reconnect."""
-        self._connected = True
+    # -- streams and publishing --------------------------------------------------------------------
 
-    async def disconnect(self) -> None:
-        """Stop every subscription gracefully (idempotent)."""
-        if not self._connected:
-            return
-        await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
-        self.faults._closed()
-        self._connected = False
+    async def stream_for(self, subject: str) -> str:
+        return self._stream_for(subject).name
 
-    async def __aenter__(self) -> InMemoryBroker:
-        await self.connect()
-        return self
+    async def ensure_dead_letter_stream(self) -> None:
+        return None  # always there
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.disconnect()
+    async def store(self, message: Outgoing, timeout: float) -> PubAck:
+        msg_id = message.headers[MSG_ID_HEADER]
+        return await self.faults._publish(lambda: self._store(message), message.subject, msg_id, timeout)
 
-    def _require(self) -> None:
-        if not self._connected:
-            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-
-    # -- publish -----------------------------------------------------------------------------------
-
-    async def publish(
-        self,
-        subject: str,
-        message: Payload,
-        *,
-        msg_id: str | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> PubAck:
-        """Store ``message`` and hand it to every consumer whose filter matches ``subject``."""
-        self._require()
-        check_subject(subject, wildcards=False)
-        body, merged = coerce_message(message, headers)
-        if len(body) > self.max_payload:
-            raise PayloadTooLargeError(subject, len(body), self.max_payload)
-        msg_id = check_msg_id(msg_id) if msg_id is not None else uuid.uuid4().hex
-        total = self.publish_timeout if timeout is None else timeout
-        return await self.faults._publish(lambda: self._store(subject, body, merged, msg_id), subject, msg_id, total)
-
-    async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
-    ) -> list[PubAck]:
-        """Publish ``(subject, message)`` pairs in order and return every PubAck; as on the real broker,
-        every message is checked first and :class:`PublishBatchError` reports the ones that failed."""
-        if not isinstance(window, int) or window < 1:
-            raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
-        self._require()
-        items = list(messages)
-        for subject, message in items:
-            check_subject(subject, wildcards=False)
-            body, _ = coerce_message(message, None)
-            if len(body) > self.max_payload:
-                raise PayloadTooLargeError(subject, len(body), self.max_payload)
-        acks: list[PubAck | None] = []
-        errors: dict[int, BaseException] = {}
-        # One deadline for the batch, as on the real broker (while the connection is down, each waits).
-        deadline = self.clock.now() + (self.publish_timeout if timeout is None else timeout)
-        for index, (subject, message) in enumerate(items):
+    async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
+        # One deadline for the batch, as on the real backend (while the connection is down, each waits).
+        deadline = self.clock.now() + timeout
+        results: list[PubAck | Exception] = []
+        for message in messages:
             try:
-                acks.append(await self.publish(subject, message, timeout=max(0.0, deadline - self.clock.now())))
+                results.append(await self.store(message, max(0.0, deadline - self.clock.now())))
             except JetStreamError as error:
-                acks.append(None)
-                errors[index] = error
-        if errors:
-            raise PublishBatchError(acks, errors)
-        return [ack for ack in acks if ack is not None]
+                results.append(error)
+        return results
 
-    def _store(self, subject: str, body: bytes, merged: dict[str, str], msg_id: str) -> PubAck:
-        stream = self._stream_for(subject)
-        merged[MSG_ID_HEADER] = msg_id
+    def _store(self, message: Outgoing) -> PubAck:
+        stream = self._stream_for(message.subject)
+        msg_id = message.headers[MSG_ID_HEADER]
         now = self.clock.now()
         seen = stream.dedupe.get(msg_id)
         if seen is not None and now - seen[1] < self.duplicate_window:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
-        stored = _Stored(len(stream.messages) + 1, subject, body, merged, time.time_ns())
+        stored = StoredMessage(len(stream.messages) + 1, message.subject, message.body, message.headers, time.time_ns())
         stream.messages.append(stored)
         stream.dedupe[msg_id] = (stored.seq, now)
-        for consumer in self._consumers.values():
-            if consumer.stream is stream and subject_matches(consumer.filter, subject):
+        for consumer in self.consumers.values():
+            if consumer.stream is stream and subject_matches(consumer.filter, message.subject):
                 consumer.enqueue(stored)
         return PubAck(stream=stream.name, seq=stored.seq)
 
-    def _stream_for(self, subject: str) -> _Stream:
+    def _stream_for(self, subject: str) -> MemoryStream:
         """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
-        for stream in self._streams.values():
+        for stream in self.streams.values():
             if any(subjects_overlap(pattern, subject) for pattern in stream.subjects):
                 return stream
         if not self.auto_provision:
@@ -259,104 +211,67 @@ class InMemoryBroker:
         if plan is None:
             raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
         name, subjects = plan
-        if name in self._streams:
+        if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        stream = self._streams[name] = _Stream(name, subjects)
+        stream = self.streams[name] = MemoryStream(name, subjects)
         return stream
 
-    # -- dead letters ------------------------------------------------------------------------------
+    # -- consuming ---------------------------------------------------------------------------------
 
-    def _dead_letter(self, message: Message, verdict: Verdict, consumer: str) -> None:
-        delivery = message.delivery
-        assert delivery is not None
-        self._store(
-            dead_letter_subject(delivery.stream, consumer),
-            message.body,
-            dead_letter_headers(message, verdict.error),
-            dead_letter_msg_id(delivery.stream, delivery.sequence, consumer),
-        )
-
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters still in the dead-letter stream."""
-        stream = self._streams[DEAD_LETTER_STREAM]
-        return [
-            DeadLetter.from_stored(
-                m.seq, m.body, m.headers, _dt.datetime.fromtimestamp(m.timestamp_ns / 1e9, tz=_dt.UTC)
-            )
-            for m in stream.messages
-            if m.seq not in stream.deleted
-        ][:limit]
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject, then remove it from the dead letters."""
-        stream = self._streams[DEAD_LETTER_STREAM]
-        if not 1 <= seq <= len(stream.messages) or seq in stream.deleted:
-            raise LookupError(f"no dead letter with sequence {seq}")
-        letter = DeadLetter.from_stored(seq, stream.messages[seq - 1].body, stream.messages[seq - 1].headers)
-        replay = letter.replay()
-        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
-        stream.deleted.add(seq)
-        return ack
-
-    # -- subscribe ---------------------------------------------------------------------------------
-
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> InMemorySubscription:
-        """Run ``handler`` for each message on ``subject``; ``queue`` shares a durable consumer."""
-        check_subject(subject, wildcards=True)
-        if queue is not None:
-            check_queue(queue)
-        check_handler(handler)
-        settings = self.defaults.merged(options)
+    async def consume(self, spec: ConsumerSpec, process: Process) -> MemoryMember:
         self._require()
-        stream = self._stream_for(subject)
-        if queue is not None:
-            running = ((sub._consumer.stream.name, sub.queue, sub.subject) for sub in self._subscriptions)
-            check_one_filter(queue, subject, stream.name, running)
-        name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-        consumer = self._consumers.get((stream.name, name))
+        stream = self.streams[spec.stream]
+        consumer = self.consumers.get((spec.stream, spec.name))
         if consumer is None:
-            consumer = MemoryConsumer(self, stream, name, subject, settings, durable=queue is not None)
-            self._consumers[(stream.name, name)] = consumer
+            consumer = MemoryConsumer(self, stream, spec.name, spec.subject, spec.settings, durable=spec.durable)
+            self.consumers[(spec.stream, spec.name)] = consumer
         else:
-            consumer.filter, consumer.settings = subject, settings  # reconciled, as on the server
-        subscription = InMemorySubscription(self, consumer, subject, queue, handler, settings)
-        self._subscriptions.add(subscription)
-        consumer.members.append(subscription)
+            consumer.filter, consumer.settings = spec.subject, spec.settings  # reconciled, as on the server
+        member = MemoryMember(self, consumer, process, spec.settings)
+        consumer.members.append(member)
         consumer.dispatch()
-        return subscription
-
-    @property
-    def subscriptions(self) -> list[InMemorySubscription]:
-        """The running subscriptions."""
-        return list(self._subscriptions)
-
-    # -- waiting -----------------------------------------------------------------------------------
-
-    def _notify(self) -> None:
-        self._changed.set()
+        return member
 
     def idle(self) -> bool:
-        """Whether nothing is running, nothing is scheduled for redelivery, and no subscribed consumer
-        has messages waiting."""
-        return all(consumer.idle() for consumer in self._consumers.values())
+        """Whether every consumer with members has settled everything so far."""
+        return all(consumer.idle() for consumer in self.consumers.values())
 
-    async def wait_until_idle(self, timeout: float = 10.0) -> None:
-        """Return once every published message has been handled to its end (acked, or terminated after
-        its retries); raise ``TimeoutError`` after ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while not self.idle():
-                self._changed.clear()
-                await self._changed.wait()
+    def notify(self) -> None:
+        """Something changed (a dispatch, a restored connection): nothing listens here, the front polls."""
 
-    def __repr__(self) -> str:
-        streams = {name: len(stream.messages) for name, stream in self._streams.items()}
-        return (
-            f"InMemoryBroker(connected={self._connected}, streams={streams}, subscriptions={len(self._subscriptions)})"
-        )
+    # -- stored messages ---------------------------------------------------------------------------
+
+    async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
+        self._require()
+        found = self.streams.get(stream)
+        if found is None:
+            return None
+        for message in found.messages[max(0, seq - 1) :] if next else found.messages[seq - 1 : seq]:
+            if message.seq in found.deleted or (subject is not None and not subject_matches(subject, message.subject)):
+                continue
+            if not next and message.seq != seq:
+                return None
+            timestamp = _dt.datetime.fromtimestamp(message.timestamp_ns / 1e9, tz=_dt.UTC)
+            return Stored(stream, message.seq, message.subject, message.body, dict(message.headers), timestamp)
+        return None
+
+    async def delete(self, stream: str, seq: int) -> bool:
+        self._require()
+        found = self.streams.get(stream)
+        if found is None or not 1 <= seq <= len(found.messages) or seq in found.deleted:
+            return False
+        found.deleted.add(seq)
+        return True
+
+    def _require(self) -> None:
+        if not self._open:
+            raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def translate(self, error: Exception) -> JetStreamError | None:
+        return None  # nothing below this backend raises anything but the library's own errors
+
+    def describe(self, error: BaseException) -> str:
+        text = str(error).strip()
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,4 +1,4 @@
-"""The in-memory broker's consumers: what a JetStream consumer keeps on the server, and its subscribers.
+"""The memory backend's consumers: what a JetStream consumer keeps on the server, and its members.
 
 The model follows what nats-server 2.15 does, as measured by ``tests/test_contract_ack_wait.py``:
 
@@ -22,20 +22,21 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .backends.base import Process
 from .clock import Timer
-from .consuming import Action, ConsumerSettings, run_handler
-from .driver import Delivery, Handler, Message
+from .consuming import Action, ConsumerSettings
+from .driver import Delivery, Message
 from .subjects import subject_matches
 
 if TYPE_CHECKING:
-    from .memory import InMemoryBroker, _Stored, _Stream
+    from .memory import MemoryBackend, MemoryStream, StoredMessage
 
 
 @dataclass(slots=True, eq=False)
 class _Pending:
     """A message delivered to a consumer and not yet acked or terminated."""
 
-    stored: _Stored
+    stored: StoredMessage
     delivered: int = 0  # deliveries so far: the attempt number of the latest
     timer: Timer | None = None  # the ack wait, or the end of a nak delay
     queued: bool = False  # in the redelivery queue
@@ -47,22 +48,22 @@ class MemoryConsumer:
 
     def __init__(
         self,
-        broker: InMemoryBroker,
-        stream: _Stream,
+        backend: MemoryBackend,
+        stream: MemoryStream,
         name: str,
         filter: str,
         settings: ConsumerSettings,
         *,
         durable: bool,
     ) -> None:
-        self.broker = broker
+        self.backend = backend
         self.stream = stream
         self.name = name
         self.filter = filter
         self.settings = settings
         self.durable = durable
-        self.members: list[InMemorySubscription] = []
-        self.waiting: deque[_Stored] = deque()  # never delivered
+        self.members: list[MemoryMember] = []
+        self.waiting: deque[StoredMessage] = deque()  # never delivered
         self.pending: dict[int, _Pending] = {}  # stream sequence -> delivered, not yet acked or terminated
         self.redeliveries: deque[_Pending] = deque()
         # Acked, terminated or given up, with its deliveries: what faults.redeliver() may hand out again.
@@ -74,14 +75,14 @@ class MemoryConsumer:
 
     # -- delivering --------------------------------------------------------------------------------
 
-    def enqueue(self, stored: _Stored) -> None:
+    def enqueue(self, stored: StoredMessage) -> None:
         """A new message on the consumer's filter."""
         self.waiting.append(stored)
         self.dispatch()
 
     def dispatch(self) -> None:
         """Hand due redeliveries, then new messages (within ``max_ack_pending``), to free members."""
-        if not self.broker.faults.connection_dropped:
+        if not self.backend.faults.connection_dropped:
             while self.redeliveries or (self.waiting and len(self.pending) < self.settings.max_ack_pending):
                 member = self._free_member()
                 if member is None:
@@ -92,7 +93,7 @@ class MemoryConsumer:
                 pending.delivered += 1
                 self._arm(pending, self.settings.ack_wait)
                 member.start(pending.stored, pending.delivered)
-        self.broker._notify()
+        self.backend.notify()
 
     def _next(self) -> _Pending | None:
         settings = self.settings
@@ -115,7 +116,7 @@ class MemoryConsumer:
             return pending
         return None
 
-    def _free_member(self) -> InMemorySubscription | None:
+    def _free_member(self) -> MemoryMember | None:
         count = len(self.members)
         for offset in range(count):
             member = self.members[(self._next_member + offset) % count]
@@ -130,7 +131,7 @@ class MemoryConsumer:
         """(Re)start the ack wait (or a nak delay) of ``pending``; when it ends, the message is redelivered."""
         if pending.timer is not None:
             pending.timer.cancel()
-        pending.timer = self.broker.clock.call_later(delay, lambda: self._due(pending))
+        pending.timer = self.backend.clock.call_later(delay, lambda: self._due(pending))
 
     def _due(self, pending: _Pending) -> None:
         pending.timer = None
@@ -150,7 +151,7 @@ class MemoryConsumer:
     def send(self, action: Action | None, seq: int, delay: float = 0.0) -> None:
         """A member answers for message ``seq`` (``None``: in progress), through the broker's connection,
         which may lose it (:meth:`Faults.lose_acks`) or hold it until it is restored."""
-        self.broker.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
+        self.backend.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
 
     def _receive(self, action: Action | None, seq: int, delay: float) -> None:
         pending = self.pending.get(seq)
@@ -192,69 +193,49 @@ class MemoryConsumer:
         return not self.pending and not self.waiting and not any(member.in_flight for member in self.members)
 
 
-class InMemorySubscription:
-    """A subscriber of an in-memory consumer; ``unsubscribe()`` stops it gracefully."""
+class MemoryMember:
+    """One subscriber of a :class:`MemoryConsumer`: runs the front's ``process`` on what it is handed."""
 
-    def __init__(
-        self,
-        broker: InMemoryBroker,
-        consumer: MemoryConsumer,
-        subject: str,
-        queue: str | None,
-        handler: Handler,
-        settings: ConsumerSettings,
-    ) -> None:
-        self._broker = broker
+    def __init__(self, backend: MemoryBackend, consumer: MemoryConsumer, process: Process, settings: ConsumerSettings):
+        self._backend = backend
         self._consumer = consumer
-        self._subject = subject
-        self._queue = queue
-        self._handler = handler
+        self._process = process
         self._settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
         self.running = True
 
     @property
-    def subject(self) -> str:
-        """The subject (or wildcard filter) it consumes."""
-        return self._subject
-
-    @property
-    def queue(self) -> str | None:
-        """The durable consumer's name, or ``None``."""
-        return self._queue
-
-    @property
     def state(self) -> str:
-        """``"running"`` until ``unsubscribe()``, then ``"stopped"`` (as a real subscription's, for health probes)."""
         return "running" if self.running else "stopped"
 
     @property
     def in_flight(self) -> int:
-        """Handlers of this subscription running now."""
         return len(self._tasks)
 
     @property
     def last_error(self) -> str | None:
-        """Always ``None``: there is no network to fail (handler errors are the message's fate, not the worker's)."""
-        return None
+        return None  # no network to fail: handler errors are the message's fate, not the consumer's
+
+    async def idle(self) -> bool:
+        return self._consumer.idle()
 
     def has_room(self) -> bool:
         """Whether it takes another message now (running, and fewer handlers than its concurrency)."""
         return self.running and len(self._tasks) < self._settings.concurrency
 
-    def start(self, stored: _Stored, attempt: int) -> None:
-        """Run the handler on delivery ``attempt`` of ``stored``."""
+    def start(self, stored: StoredMessage, attempt: int) -> None:
+        """Process delivery ``attempt`` of ``stored``."""
         task = asyncio.get_running_loop().create_task(self._run(stored, attempt))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, stored: _Stored, attempt: int) -> None:
+    async def _run(self, stored: StoredMessage, attempt: int) -> None:
         consumer, seq = self._consumer, stored.seq
         delivery = Delivery(consumer.stream.name, seq, attempt, stored.timestamp_ns, consumer.name)
         message = Message(body=stored.body, headers=dict(stored.headers), subject=stored.subject, delivery=delivery)
         # As the JetStream worker's watchdog: "in progress" for a handler still running at half the ack wait.
         half = self._settings.ack_wait / 2
-        clock = self._broker.clock
+        clock = self._backend.clock
 
         refresh: list[Timer] = []
 
@@ -264,7 +245,7 @@ class InMemorySubscription:
 
         refresh.append(clock.call_later(half, keep_alive))
         try:
-            verdict = await run_handler(self._handler, message, self._settings)
+            verdict = await self._process(message)
         except asyncio.CancelledError:
             consumer.send(Action.NAK, seq)  # shutdown timeout: given back at once, as the worker does
             raise
@@ -273,28 +254,25 @@ class InMemorySubscription:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
-        if verdict.action is Action.TERM and self._settings.dead_letter:
-            self._broker._dead_letter(message, verdict, consumer.name)
         consumer.send(verdict.action, seq, verdict.delay)
         consumer.dispatch()  # this member's slot is free, whatever became of the answer
 
-    async def unsubscribe(self) -> None:
-        """Stop taking messages, let running handlers finish within the broker's ``shutdown_timeout``,
-        give back the rest. A durable consumer keeps its place; an ephemeral one is removed."""
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages, let running handlers finish within ``timeout``, give back the rest. A
+        durable consumer keeps its place; an ephemeral one is removed with its last member."""
         if not self.running:
             return
         self.running = False
         consumer = self._consumer
         consumer.members.remove(self)
-        self._broker._subscriptions.discard(self)
         if self._tasks:
-            _, late = await asyncio.wait(list(self._tasks), timeout=self._broker.shutdown_timeout)
+            _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         if not consumer.durable and not consumer.members:
-            self._broker._consumers.pop((consumer.stream.name, consumer.name), None)
+            self._backend.consumers.pop((consumer.stream.name, consumer.name), None)
         consumer.dispatch()
 
     def __repr__(self) -> str:
-        return f"InMemorySubscription(subject={self._subject!r}, queue={self._queue!r}, running={self.running})"
+        return f"MemoryMember(consumer={self._consumer.name!r}, running={self.running})"
