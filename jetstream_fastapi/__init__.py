@@ -44,6 +44,9 @@ from .lifespan import get_broker, jetstream_lifespan
 from .memory import InMemoryBroker, InMemorySubscription
 from .routing import ConsumerRouter
 
+__version__ = "0.1.0"
+"""This release; the single source of the package version (pyproject.toml reads it at build time)."""
+
 if TYPE_CHECKING:
     from .jetstream import JetStreamBroker, JetStreamSubscription
     from .settings import BrokerSettings
