@@ -77,7 +77,9 @@ def test_the_wheel_metadata(built: tuple[Path, Path, str]) -> None:
 def test_building_warns_about_nothing_deprecated(built: tuple[Path, Path, str]) -> None:
     _, _, output = built
     # setuptools warned three times per build that a `license` table is deprecated (SPDX string instead).
-    warnings = [line for line in output.splitlines() if re.search(r"deprecat|license", line, re.IGNORECASE)]
+    warnings = [line for line in output.splitlines() if re.search(r"warning|deprecat", line, re.IGNORECASE)]
+    # What is left are MANIFEST.in's exclusion finding nothing in a clean tree, and byte-compiling turned off.
+    warnings = [line for line in warnings if "no previously-included files" not in line and "byte-compil" not in line]
     assert not warnings, "\n".join(warnings)
 
 
