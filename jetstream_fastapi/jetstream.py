@@ -17,7 +17,7 @@ from nats.js.manager import JetStreamManager
 
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
-from .consuming import ConsumerSettings, Verdict, check_handler, check_one_filter
+from .consuming import ConsumerSettings, DeliverPolicy, Verdict, check_handler, check_one_filter
 from .dead_letter_stream import DEAD_LETTER_CONFIG, get_dead_letter, list_dead_letters
 from .deadletters import (
     DEAD_LETTER_STREAM,
@@ -68,6 +68,9 @@ class JetStreamBroker:
         max_ack_pending: int = 1000,
         backoff: Backoff | None = None,
         dead_letters: bool = True,
+        deliver_policy: DeliverPolicy | None = None,
+        inactive_threshold: float = 300.0,
+        handler_timeout: float | None = None,
         streams: Iterable[StreamConfig] = (),
         auto_provision: bool = True,
         stream_mismatch: StreamMismatch = "error",
@@ -88,6 +91,9 @@ class JetStreamBroker:
             max_ack_pending=max(max_ack_pending, concurrency or batch_size),
             backoff=backoff or Backoff(),
             dead_letter=dead_letters,
+            deliver_policy=deliver_policy,
+            inactive_threshold=inactive_threshold,
+            handler_timeout=handler_timeout,
         )
         self.streams = list(streams)
         for config in self.streams:

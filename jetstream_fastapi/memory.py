@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Unpack
 
-from .consuming import Action, ConsumerSettings, Verdict, check_handler, check_one_filter, run_handler
+from .consuming import Action, ConsumerSettings, DeliverPolicy, Verdict, check_handler, check_one_filter, run_handler
 from .deadletters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -96,6 +96,9 @@ class InMemoryBroker:
         max_ack_pending: int = 1000,
         backoff: Backoff | None = None,
         dead_letters: bool = True,
+        deliver_policy: DeliverPolicy | None = None,
+        inactive_threshold: float = 300.0,
+        handler_timeout: float | None = None,
         streams: Iterable[StreamDeclaration] = (),
         auto_provision: bool = True,
         duplicate_window: float = 120.0,
@@ -111,6 +114,9 @@ class InMemoryBroker:
             max_ack_pending=max(max_ack_pending, concurrency or batch_size),
             backoff=backoff or Backoff(),
             dead_letter=dead_letters,
+            deliver_policy=deliver_policy,
+            inactive_threshold=inactive_threshold,
+            handler_timeout=handler_timeout,
         )
         self._streams: dict[str, _Stream] = {
             DEAD_LETTER_STREAM: _Stream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
