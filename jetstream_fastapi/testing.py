@@ -28,6 +28,7 @@ connected, so an app's lifespan can connect them; call ``await broker.connect()`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -96,17 +97,17 @@ async def jetstream_broker(nats_server: NatsServer) -> AsyncIterator[Any]:
     deleted) before and after the test: each test starts from nothing, whatever ran before it."""
     from .jetstream import JetStreamBroker
 
-    await _delete_all_streams(nats_server.url)
+    await _delete_all_streams(nats_server)
     broker = JetStreamBroker(nats_server.url, fetch_wait=1.0)
     yield broker
     await broker.disconnect()
-    await _delete_all_streams(nats_server.url)
+    await _delete_all_streams(nats_server)
 
 
-async def _delete_all_streams(url: str) -> None:
+async def _delete_all_streams(server: NatsServer, timeout: float = 10.0) -> None:
     import nats
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(server.url)
     try:
         jsm = nc.jsm()
         for info in await jsm.streams_info():
@@ -114,6 +115,17 @@ async def _delete_all_streams(url: str) -> None:
                 await jsm.delete_stream(info.config.name)
     finally:
         await nc.close()
+    # nats-server answers a stream delete before its files are gone (up to ~0.1 s here), and a stream of
+    # the same name created meanwhile can come back with the old messages (measured: 5 of 200 re-creations
+    # right after a delete started at sequence 2). Wait for the files, so each test starts from nothing.
+    if server.store_dir is None:
+        return
+    streams = server.store_dir / "jetstream"
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(streams.glob("*/streams/*")):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"nats-server kept deleted streams' files in {streams} for {timeout:g}s")
+        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
