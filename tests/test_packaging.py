@@ -109,3 +109,24 @@ def test_license_file_is_mit() -> None:
     assert text.startswith("MIT License")
     assert PYPROJECT["project"]["license"] == "MIT"
     assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
+
+
+def test_installs_from_a_git_url(tmp_path: Path) -> None:
+    # The README's `pip install '... @ git+https://...'`, on this repository's committed HEAD via file://.
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    target = tmp_path / "site-packages"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index"),
+            *("--target", str(target), f"jetstream-fastapi @ git+file://{ROOT}@{head}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    installed = {path.name for path in target.iterdir()}
+    assert installed == {"jetstream_fastapi", f"jetstream_fastapi-{VERSION}.dist-info"}
