@@ -6,15 +6,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The library, installed from its own files only (what its wheel holds) with the example extra: uvicorn.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY jetstream_fastapi ./jetstream_fastapi
-COPY example_app ./example_app
 RUN pip install '.[example]' \
     && rm -rf /src \
     && useradd --create-home --uid 10001 app
 
-WORKDIR /home/app
+# The app is not part of the package: it runs from its folder (`python -m example_app` in /app).
+WORKDIR /app
+COPY example_app ./example_app
 USER app
 
 # Listen on every interface inside the container; NATS_URL is set by docker-compose.yml (without it the

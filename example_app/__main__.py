@@ -3,7 +3,8 @@
 ``HOST`` and ``PORT`` (default ``127.0.0.1:8000``; use ``HOST=0.0.0.0`` in a container) set where it
 listens. With ``NATS_URL`` set it uses that server; otherwise it starts an embedded ``nats-server`` with
 its store in a temporary directory, and stops it after uvicorn exits. SIGTERM and Ctrl-C shut down
-gracefully (in-flight handlers finish) and exit with status 0.
+gracefully (in-flight handlers finish) and exit with status 0. An invalid setting (an ``http://`` URL in
+``NATS_URL``, say) exits at once with status 1, saying what is wrong.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import signal
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
-from jetstream_fastapi import BrokerSettings
+from jetstream_fastapi import BrokerSettings, InvalidArgumentError
 from jetstream_fastapi.connection import redact_url
 from jetstream_fastapi.server import NatsServer
 
@@ -31,11 +33,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"PORT must be a TCP port number (1-65535), got {value!r}")
+    return int(value)
+
+
 def main() -> None:
     """Serve the app until SIGTERM or Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     host = os.environ.get("HOST", "127.0.0.1")
-    port = int(os.environ.get("PORT", "8000"))
+    try:
+        port = _port(os.environ.get("PORT", "8000"))
+        # Credentials, TLS and tuning come from the other NATS_* variables; checked before anything starts.
+        settings = BrokerSettings()
+    except (ValidationError, InvalidArgumentError, ValueError) as error:
+        raise SystemExit(f"example_app: invalid configuration: {error}") from None
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as stack:
         nats_url = os.environ.get("NATS_URL")
@@ -46,8 +59,7 @@ def main() -> None:
             nats_url = server.url
             which = f"an embedded nats-server at {nats_url}, store in {server.store_dir} (set NATS_URL to use another)"
         logger.info("orders service on http://%s:%d using %s", host, port, which)
-        # Credentials, TLS and tuning come from the other NATS_* variables (BrokerSettings).
-        uvicorn.run(create_app(BrokerSettings().broker(servers=nats_url)), host=host, port=port)
+        uvicorn.run(create_app(settings.broker(servers=nats_url)), host=host, port=port)
 
 
 if __name__ == "__main__":

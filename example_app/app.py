@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import State
 
@@ -24,6 +24,7 @@ from jetstream_fastapi import (
     DeadLetterAdmin,
     NotConnectedError,
     PublishError,
+    PublishTimeoutError,
     get_broker,
     health_router,
     jetstream_lifespan,
@@ -35,6 +36,8 @@ ORDER_PROCESSOR = "order-processor"
 """The queue (durable consumer) shared by every instance that processes orders."""
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 """Where the app connects when ``NATS_URL`` is not set."""
+MAX_BODY_SIZE = 64 * 1024
+"""Largest request body accepted (bytes); larger ones get 413 before they are read. An order is far smaller."""
 
 Status = Literal["pending", "processed"]
 
@@ -129,6 +132,14 @@ async def create_order(
     """
     try:
         ack = await broker.publish(ORDERS_CREATED, order.model_dump_json(), msg_id=idempotency_key or None)
+    except PublishTimeoutError as error:
+        # No PubAck in time, but the message may have reached the stream (it is often stored after all):
+        # only a retry with the same key is deduplicated by the server.
+        detail = "order may have been stored; retry with the same Idempotency-Key"
+        if not idempotency_key:
+            detail += " (this request had none, so a retry may store the order twice)"
+        detail = f"{detail}: {error}"
+        raise HTTPException(status_code=503, detail=detail) from None
     except (PublishError, NotConnectedError) as error:
         raise HTTPException(status_code=503, detail=f"order not stored, try again: {error}") from None
     orders.accept(order.id)
@@ -158,7 +169,9 @@ def _dead_letters(broker: Broker) -> DeadLetterAdmin:
 
 
 @router.get("/dead-letters")
-async def list_dead_letters(broker: BrokerDep, limit: int = 100) -> list[dict[str, Any]]:
+async def list_dead_letters(
+    broker: BrokerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
     """Messages that were rejected or failed every attempt, oldest first, with why they died."""
     return [letter.as_dict() for letter in await _dead_letters(broker).list_dead_letters(limit)]
 
@@ -203,7 +216,11 @@ def create_app(broker: Broker | None = None) -> FastAPI:
     async def store_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         yield {"orders": orders}  # what order_store() reads, in handlers
 
-    app = FastAPI(title="Orders", lifespan=jetstream_lifespan(broker, consumer_router, lifespan=store_lifespan))
+    app = FastAPI(
+        title="Orders",
+        lifespan=jetstream_lifespan(broker, consumer_router, lifespan=store_lifespan),
+        max_body_size=MAX_BODY_SIZE,
+    )
     app.state.orders = orders
     app.include_router(router)
     # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).

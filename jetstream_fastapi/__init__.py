@@ -10,6 +10,7 @@ outside the standard library: no ``nats``, ``fastapi``, ``starlette``, ``pydanti
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .clock import ManualClock
 from .deadletters import DeadLetter, DeadLetterAdmin
 from .driver import (
     Backoff,
@@ -28,11 +29,14 @@ from .driver import (
 from .errors import (
     ConnectError,
     ConsumerConfigError,
+    DeadLetterNotFoundError,
+    HandlerTimeoutError,
     InvalidArgumentError,
     InvalidHandlerError,
     InvalidQueueError,
     InvalidSubjectError,
     JetStreamError,
+    NatsServerError,
     NoStreamError,
     NotConnectedError,
     PayloadTooLargeError,
@@ -40,7 +44,11 @@ from .errors import (
     PublishError,
     PublishTimeoutError,
     StreamConfigError,
+    UnknownOptionError,
 )
+
+__version__ = "0.1.0"
+"""This release; the single source of the package version (pyproject.toml reads it at build time)."""
 
 if TYPE_CHECKING:
     from .health import ConsumerHealth, Readiness, check_readiness, health_router
@@ -77,8 +85,10 @@ __all__ = [
     "ConsumerRouter",
     "DeadLetter",
     "DeadLetterAdmin",
+    "DeadLetterNotFoundError",
     "Delivery",
     "Handler",
+    "HandlerTimeoutError",
     "InMemoryBroker",
     "InMemorySubscription",
     "InvalidArgumentError",
@@ -89,7 +99,9 @@ __all__ = [
     "JetStreamError",
     "JetStreamSubscription",
     "JsonModel",
+    "ManualClock",
     "Message",
+    "NatsServerError",
     "NoStreamError",
     "NotConnectedError",
     "Payload",
@@ -103,6 +115,7 @@ __all__ = [
     "Retry",
     "StreamConfigError",
     "Subscriber",
+    "UnknownOptionError",
     "check_readiness",
     "get_broker",
     "health_router",

@@ -15,6 +15,7 @@ import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 
@@ -25,11 +26,44 @@ logger = logging.getLogger("jetstream_fastapi")
 _URL_USERINFO = re.compile(r"(?<=://)[^@/\s]+(?=@)")
 _SECRET_OPTIONS = ("password", "token", "nkeys_seed_str", "user")
 _OWN_CALLBACKS = ("error_cb", "disconnected_cb", "reconnected_cb", "closed_cb")
+_SCHEMES = ("nats", "tls", "ws", "wss")
+_VALID = "nats://, tls://, ws:// or wss://"
 
 
 def redact_url(url: str) -> str:
     """``url`` without the user, password or token it may carry."""
     return _URL_USERINFO.sub("***", url)
+
+
+def check_server_url(url: str) -> None:
+    """Raise :class:`InvalidArgumentError` unless nats-py can connect to ``url``.
+
+    Valid: ``nats://``, ``tls://``, ``ws://`` and ``wss://`` URLs, and a bare ``host`` or ``host:port``
+    (nats-py assumes ``nats://`` and port 4222). Anything else fails here, before any network call:
+    nats-py would prefix ``http://host:4222`` with ``nats://`` and report a DNS failure for the host "http".
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidArgumentError(f"a server URL must be a non-empty string, got {url!r}")
+    scheme, separator, _ = url.partition("://")
+    shown = redact_url(url)
+    if separator and scheme not in _SCHEMES:
+        raise InvalidArgumentError(f"server URL {shown!r} has the scheme {scheme}://; NATS servers use {_VALID}")
+    parts = urlsplit(url if separator else f"nats://{url}")
+    try:
+        parts.port  # noqa: B018  # parsing the port is the check
+    except ValueError:
+        raise InvalidArgumentError(f"server URL {shown!r} has an invalid port") from None
+    if not parts.hostname:
+        raise InvalidArgumentError(f"server URL {shown!r} names no host; use e.g. nats://localhost:4222")
+
+
+def check_server_urls(servers: Sequence[str]) -> None:
+    """:func:`check_server_url` for each, and no mix of WebSocket and plain URLs (nats-py refuses one)."""
+    for url in servers:
+        check_server_url(url)
+    if len({url.startswith(("ws://", "wss://")) for url in servers}) > 1:
+        shown = ", ".join(map(redact_url, servers))
+        raise InvalidArgumentError(f"servers mix WebSocket (ws://, wss://) and nats://, tls:// URLs: {shown}")
 
 
 def _is_auth_error(error: BaseException | None) -> bool:
@@ -81,6 +115,7 @@ class Connection:
         clashing = set(options) & {"servers", *_OWN_CALLBACKS}
         if clashing:
             raise InvalidArgumentError(f"connect options {sorted(clashing)} are set by the broker itself")
+        check_server_urls(servers)
         self.servers = list(servers)
         self.connect_timeout = connect_timeout
         self._options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 2, **options}

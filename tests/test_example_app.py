@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,15 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from example_app.app import ORDERS_CREATED, OrderStore, create_app
-from jetstream_fastapi import Backoff, Broker, InMemoryBroker, PubAck, PublishTimeoutError
+from jetstream_fastapi import (
+    Backoff,
+    Broker,
+    InMemoryBroker,
+    JetStreamBroker,
+    PubAck,
+    PublishError,
+    PublishTimeoutError,
+)
 from jetstream_fastapi.server import NatsServer
 
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
@@ -147,14 +156,92 @@ async def test_dead_letters_endpoint_lists_and_replays(client: httpx.AsyncClient
     assert again["body"] == letter["body"]
 
 
-async def test_publish_failure_is_503() -> None:
+@pytest.mark.parametrize(
+    ("error", "key", "detail"),
+    [
+        (PublishError(ORDERS_CREATED, "maximum messages exceeded"), None, "order not stored, try again: "),
+        (
+            PublishTimeoutError(ORDERS_CREATED, 1.0, "k-1"),
+            "k-1",
+            "order may have been stored; retry with the same Idempotency-Key: ",
+        ),
+        (
+            PublishTimeoutError(ORDERS_CREATED, 1.0, "generated"),
+            None,
+            "order may have been stored; retry with the same Idempotency-Key (this request had none, so a retry "
+            "may store the order twice): ",
+        ),
+    ],
+)
+async def test_publish_failure_is_503_that_says_whether_the_order_may_be_stored(
+    error: Exception, key: str | None, detail: str
+) -> None:
     class FailingBroker(InMemoryBroker):
         async def publish(self, subject: str, message: Any, **options: Any) -> PubAck:
-            raise PublishTimeoutError(subject, 1.0, "some-id")
+            raise error
 
+    headers = {"Idempotency-Key": key} if key else {}
     async with serve(create_app(FailingBroker())) as client:
-        response = await client.post("/orders", json=ORDER)
+        response = await client.post("/orders", json=ORDER, headers=headers)
     assert response.status_code == 503
+    assert response.json()["detail"].startswith(detail)
+
+
+async def test_publish_timeout_on_a_stalled_server_is_503_and_the_retry_is_safe(fresh_server: NatsServer) -> None:
+    # What a user meets: the server stops answering (SIGSTOP) while a POST waits for its PubAck.
+    broker = JetStreamBroker(fresh_server.url, publish_timeout=1.0, fetch_wait=1.0)
+    async with serve(create_app(broker)) as client:
+        assert (await client.post("/orders", json=ORDER)).status_code == 202  # the stream exists now
+        order = {**ORDER, "id": "order-2"}
+        fresh_server.pause()
+        try:
+            response = await client.post("/orders", json=order, headers={"Idempotency-Key": "order-2"})
+        finally:
+            fresh_server.resume()
+        assert response.status_code == 503
+        assert response.json()["detail"].startswith("order may have been stored; retry with the same Idempotency-Key: ")
+        retried = await client.post("/orders", json=order, headers={"Idempotency-Key": "order-2"})
+        assert retried.status_code == 202
+        # Whether the first attempt was stored after all (then the retry is a duplicate), never twice.
+        print(f"retry after the 503: {retried.json()}")
+        await broker.wait_until_idle()
+        status = (await client.get("/orders/order-2")).json()
+        assert (status["status"], status["attempts"]) == ("processed", 1)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "1001", "many"])
+async def test_dead_letters_limit_out_of_range_is_422(client: httpx.AsyncClient, limit: str) -> None:
+    response = await client.get("/dead-letters", params={"limit": limit})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+async def test_dead_letters_limit_in_range(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/dead-letters", params={"limit": "1"})).status_code == 200
+    assert (await client.get("/dead-letters", params={"limit": "1000"})).status_code == 200
+
+
+async def test_a_2_mb_body_is_413_and_not_echoed(client: httpx.AsyncClient, broker: Any) -> None:
+    body = json.dumps({"id": "big", "item": "x" * (2 * 1024 * 1024), "quantity": 1}).encode()
+    response = await client.post("/orders", content=body, headers={"content-type": "application/json"})
+    print(f"{len(body)} bytes with a Content-Length: {response.status_code}, {len(response.content)} bytes back")
+    assert response.status_code == 413
+    assert len(response.content) < 200
+    assert b"xxxx" not in response.content
+
+
+async def test_a_2_mb_chunked_body_is_413_too(client: httpx.AsyncClient) -> None:
+    chunk = b"x" * 65536
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"id": "big", "quantity": 1, "item": "'
+        for _ in range(32):
+            yield chunk
+        yield b'"}'
+
+    response = await client.post("/orders", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert len(response.content) < 200
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:

@@ -1,37 +1,209 @@
-"""The README's Python examples run as written (both languages), so the docs cannot drift from the code."""
+"""The README runs as written and says what the code does, in both languages.
+
+Every code block has a language tag. ``python`` blocks are executed: a block that starts with
+``# conftest.py`` or ``# test_<name>.py`` is a file of a throwaway pytest project (pytest-asyncio's default
+strict mode, the testing kit's plugin) that pytest runs; every other one runs as a script. ``sh`` blocks
+are syntax-checked and their ``pip install`` extras must exist. The tables and the error tree are held
+to the code: broker options, settings variables, extras, exceptions.
+"""
 
 from __future__ import annotations
 
+import builtins
+import importlib
+import inspect
+import os
+import pkgutil
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import jetstream_fastapi
+from jetstream_fastapi import BrokerSettings, InMemoryBroker, JetStreamBroker, JetStreamError
+from jetstream_fastapi.core.options import BROKER_OPTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+READMES = ("README.md", "README.zh-TW.md")
+FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+PROJECT_FILE = re.compile(r"\A# (conftest\.py|test_\w+\.py)\n")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def _blocks(name: str) -> list[str]:
-    return BLOCK.findall((ROOT / name).read_text(encoding="utf-8"))
+def _text(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("readme", ["README.md", "README.zh-TW.md"])
-def test_readme_python_blocks_run(readme: str, tmp_path: Path) -> None:
-    blocks = _blocks(readme)
-    assert len(blocks) >= 2, f"{readme} lost its examples"
-    for index, block in enumerate(blocks):
+def _blocks(name: str, language: str | None = None) -> list[str]:
+    return [code for tag, code in FENCE.findall(_text(name)) if language is None or tag == language]
+
+
+def _table(name: str, heading: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first table after ``heading`` in README ``name``."""
+    text = _text(name)
+    start = text.index(heading)
+    rows = re.search(r"((?:^\|.*\|\n)+)", text[start:], re.MULTILINE)
+    assert rows, heading
+    lines = rows.group(1).splitlines()[2:]  # without the header and the separator
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_every_code_block_has_a_language(readme: str) -> None:
+    untagged = [code.splitlines()[0] for tag, code in FENCE.findall(_text(readme)) if not tag]
+    assert not untagged, f"{readme}: blocks without a language tag (first lines): {untagged}"
+
+
+def test_both_readmes_have_the_same_code() -> None:
+    english, chinese = (FENCE.findall(_text(name)) for name in READMES)
+    assert [tag for tag, _ in english] == [tag for tag, _ in chinese]
+    assert [code for tag, code in english if tag == "python"] == [code for tag, code in chinese if tag == "python"]
+
+
+def test_python_blocks_run_as_written(tmp_path: Path) -> None:
+    # The Chinese README's python blocks are the same (test above): running one set covers both.
+    scripts = [code for code in _blocks("README.md", "python") if not PROJECT_FILE.match(code)]
+    assert len(scripts) >= 4, "README.md lost its examples"
+    for index, code in enumerate(scripts):
         script = tmp_path / f"block{index}.py"
-        script.write_text(block, encoding="utf-8")
+        script.write_text(code, encoding="utf-8")
         result = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
         )
-        assert result.returncode == 0, f"{readme} block {index} failed:\n{block}\n{result.stderr}"
+        assert result.returncode == 0, f"README.md block {index} failed:\n{code}\n{result.stderr}"
 
 
-def test_readme_quickstart_is_what_ci_runs() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_pytest_blocks_pass_in_a_strict_mode_project(tmp_path: Path) -> None:
+    files = {match.group(1): code for code in _blocks("README.md", "python") if (match := PROJECT_FILE.match(code))}
+    assert "conftest.py" in files
+    assert any(name.startswith("test_") for name in files)
+    for name, code in files.items():
+        (tmp_path / name).write_text(code, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # pytest-asyncio's defaults: strict mode
+    # The example app comes from the clone, as the README says.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "mode=Mode.STRICT" in output
+    assert "[memory] PASSED" in output
+    assert "[jetstream] PASSED" in output
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_shell_blocks_are_valid_and_name_real_extras(readme: str) -> None:
+    extras = set(PYPROJECT["project"]["optional-dependencies"])
+    for code in _blocks(readme, "sh"):
+        check = subprocess.run(["bash", "-n"], input=code, capture_output=True, text=True, timeout=30, check=False)
+        assert check.returncode == 0, f"{readme}: {check.stderr}\n{code}"
+        for named in re.findall(r"pip install .*?jetstream-fastapi\[([\w,]+)\]", code):
+            assert set(named.split(",")) <= extras, f"{readme}: unknown extra in {named!r}"
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_install_section_matches_pyproject(readme: str) -> None:
+    text = _text(readme)
+    assert text.index("pip install") < text.index("make run"), "the install section comes first"
+    repository = PYPROJECT["project"]["urls"]["Repository"]
+    urls = set(re.findall(r"git\+(https://\S+?)\.git", text)) | set(re.findall(r"git clone (\S+?)\.git", text))
+    assert urls == {repository}
+    table = {row[0].strip("`") for row in _table(readme, "| extra |")}
+    assert table - {"(none)", "(無)"} == set(PYPROJECT["project"]["optional-dependencies"])
+
+
+def test_quickstart_is_what_ci_runs() -> None:
+    readme = _text("README.md")
     assert "make run" in readme
     assert "make test" in readme
-    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in _text(".ci/run")
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_options_table_names_real_broker_keywords(readme: str) -> None:
+    heading = "| option | default |" if readme == "README.md" else "| 選項 | 預設值 |"
+    options = {row[0].strip("`") for row in _table(readme, heading) if row[0].startswith("`")} - {"servers"}
+    jetstream = BROKER_OPTIONS | set(inspect.signature(JetStreamBroker).parameters)
+    assert options <= jetstream, sorted(options - jetstream)
+    # One front: every broker option is an option of the in-memory broker too (connect_timeout aside).
+    memory = BROKER_OPTIONS | set(inspect.signature(InMemoryBroker).parameters)
+    assert options - {"connect_timeout"} <= memory, sorted(options - memory)
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_settings_table_is_every_variable(readme: str) -> None:
+    heading = "| variable | type | broker option |" if readme == "README.md" else "| 變數 | 型別 | broker 選項 |"
+    documented = {name for row in _table(readme, heading) for name in re.findall(r"`(NATS_\w+)`", row[0])}
+    fields = {f"NATS_{field.upper()}" for field in BrokerSettings.model_fields}
+    assert documented == fields
+
+
+def _exception(name: str) -> type[BaseException]:
+    for module in ("jetstream_fastapi", "jetstream_fastapi.server", "jetstream_fastapi.consuming"):
+        found = getattr(importlib.import_module(module), name, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
+    found = getattr(builtins, name)
+    assert issubclass(found, BaseException)
+    return found
+
+
+def _every_subclass(root: type[BaseException]) -> set[type[BaseException]]:
+    found: set[type[BaseException]] = set()
+    pending = [root]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            if sub.__module__.startswith("jetstream_fastapi") and sub not in found:
+                found.add(sub)
+                pending.append(sub)
+    return found
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_error_tree_is_the_class_hierarchy(readme: str) -> None:
+    [tree] = [code for code in _blocks(readme, "text") if code.startswith("JetStreamError\n")]
+    for module in pkgutil.iter_modules(jetstream_fastapi.__path__):
+        importlib.import_module(f"jetstream_fastapi.{module.name}")  # every exception class defined
+    parents: list[type[BaseException]] = []
+    named: set[type[BaseException]] = set()
+    for line in tree.splitlines():
+        match = re.match(r"^((?:[│ ] {3})*)(?:[├└]── )?(\w+)(?: \((\w+)\))?", line)
+        if not line.strip() or not match:
+            parents = []
+            continue
+        depth = len(match.group(1)) // 4 + (1 if "──" in line else 0)
+        cls = _exception(match.group(2))
+        del parents[depth:]
+        if parents:
+            assert cls.__bases__[0] is parents[-1], f"{cls.__name__} is not a {parents[-1].__name__}"
+        if match.group(3):
+            assert issubclass(cls, _exception(match.group(3))), f"{cls.__name__} is not a {match.group(3)}"
+        parents.append(cls)
+        named.add(cls)
+    missing = {cls.__name__ for cls in _every_subclass(JetStreamError) | _every_subclass(TimeoutError)} - {
+        cls.__name__ for cls in named
+    }
+    assert not missing, f"{readme}: exceptions missing from the error tree: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_one_cpu_per_message_figure(readme: str) -> None:
+    # The consume figure is quoted once, in the performance table, as bench/README.md measured it.
+    figures = re.findall(r"(\d+) µs", _text(readme))
+    assert len(figures) == 1, figures
+    # The first table of bench/README.md is the last full run; its "ours CPU µs/msg" column.
+    bench = _text("bench/README.md").splitlines()
+    header = next(line for line in bench if line.startswith("| scenario | N | rounds | raw msg/s"))
+    column = [cell.strip() for cell in header.split("|")].index("ours CPU µs/msg")
+    row = next(line for line in bench if line.startswith("| consume, no-op handler (durable pull, batch 100)"))
+    assert round(float(row.split("|")[column])) == int(figures[0])

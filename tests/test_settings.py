@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
 import ssl
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ from pydantic import ValidationError
 
 from example_app.app import DEFAULT_NATS_URL, create_app
 from jetstream_fastapi import BrokerSettings, ConnectError, InvalidArgumentError, JetStreamBroker
+from jetstream_fastapi.core.options import BROKER_OPTIONS
 from jetstream_fastapi.server import NatsServer
+from jetstream_fastapi.settings import UnknownSettingWarning
 
 TOKEN = "tok-3f9a1c7e-secret"
 USER = "alice-the-user"
@@ -79,16 +83,28 @@ def test_env_vars_reach_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
         "NATS_CONNECT_TIMEOUT": "3",
         "NATS_PUBLISH_TIMEOUT": "2.5",
         "NATS_SHUTDOWN_TIMEOUT": "20",
+        "NATS_MAX_ACK_PENDING": "40",
+        "NATS_DEAD_LETTERS": "false",
+        "NATS_DELIVER_POLICY": "last",
+        "NATS_INACTIVE_THRESHOLD": "30",
+        "NATS_HANDLER_TIMEOUT": "2.5",
+        "NATS_AUTO_PROVISION": "false",
+        "NATS_STREAM_MISMATCH": "update",
         "NATS_NAME": "orders-api",
         "NATS_TOKEN": TOKEN,
     }.items():
         monkeypatch.setenv(name, value)
-    settings = BrokerSettings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownSettingWarning)  # every one of them is a known variable
+        settings = BrokerSettings()
     broker = settings.broker()
     assert broker.servers == ["nats://a.example:4222"]
     defaults = broker.defaults
     assert (defaults.batch_size, defaults.fetch_wait, defaults.concurrency) == (25, 1.5, 4)
-    assert (defaults.ack_wait, defaults.max_deliver) == (60.0, -1)
+    assert (defaults.ack_wait, defaults.max_deliver, defaults.max_ack_pending) == (60.0, -1, 40)
+    assert (defaults.dead_letter, defaults.deliver_policy) == (False, "last")
+    assert (defaults.inactive_threshold, defaults.handler_timeout) == (30.0, 2.5)
+    assert (broker.auto_provision, broker.stream_mismatch) == (False, "update")
     assert (broker.publish_timeout, broker.shutdown_timeout) == (2.5, 20.0)
     assert settings.connect_timeout == 3.0
     assert settings.connect_options() == {"token": TOKEN, "name": "orders-api"}
@@ -114,16 +130,18 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     assert (settings.url, settings.token, settings.batch_size) == (None, None, None)
 
 
+@pytest.mark.filterwarnings("ignore::jetstream_fastapi.settings.UnknownSettingWarning")  # after the first one
 def test_dotenv_file_in_the_working_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(
         "# the service's .env\n"
         "NATS_URL=nats://from-dotenv:4222\n"
         "NATS_BATCH_SIZE=3\n"
         f"NATS_PASSWORD='{PASSWORD}'\n"
-        "DATABASE_URL=postgres://elsewhere\n"  # other variables, with or without the prefix, are ignored
-        "NATS_SOMETHING_ELSE=1\n"
+        "DATABASE_URL=postgres://elsewhere\n"  # other variables are ignored
+        "NATS_BACH_SIZE=1\n"  # an unknown NATS_* variable is ignored too, with a warning
     )
-    settings = BrokerSettings()
+    with pytest.warns(UnknownSettingWarning, match=r"NATS_BACH_SIZE \(in the \.env file \.env\).*NATS_BATCH_SIZE\?"):
+        settings = BrokerSettings()
     assert (settings.servers, settings.batch_size) == (["nats://from-dotenv:4222"], 3)
     assert settings.password is not None
     assert settings.password.get_secret_value() == PASSWORD
@@ -151,6 +169,63 @@ def test_overrides_win_over_the_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (broker.defaults.batch_size, broker.defaults.max_ack_pending) == (2, 50)
 
 
+def test_every_broker_option_has_a_variable() -> None:
+    # Everything but the server list (NATS_URL) and the options that take Python objects.
+    options = (BROKER_OPTIONS | set(inspect.signature(JetStreamBroker).parameters)) - {
+        "servers",
+        "streams",
+        "backoff",
+        "options",
+    }
+    assert options <= set(BrokerSettings.model_fields), sorted(options - set(BrokerSettings.model_fields))
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("NATS_BACH_SIZE", "NATS_BATCH_SIZE"),
+        ("NATS_HANDLER_TIMOUT", "NATS_HANDLER_TIMEOUT"),
+        ("nats_ack_wiat", "NATS_ACK_WAIT"),
+        ("NATS_CREDS", "NATS_CREDS_FILE"),  # the nats CLI's name for it
+    ],
+)
+def test_unknown_variable_warns_with_the_nearest_valid_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, nearest: str
+) -> None:
+    monkeypatch.setenv(name, "3")
+    with pytest.warns(UnknownSettingWarning) as caught:
+        settings = BrokerSettings()
+    [warning] = caught
+    assert str(warning.message) == (
+        f"{name.upper()} (in the environment) is not a BrokerSettings variable and is ignored; did you mean {nearest}?"
+    )
+    assert settings.broker().defaults == JetStreamBroker().defaults  # ignored indeed
+
+
+def test_unknown_variable_with_no_near_name_still_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_CONTEXT", "dev")
+    with pytest.warns(UnknownSettingWarning, match=r"NATS_CONTEXT \(in the environment\) .* see BrokerSettings"):
+        BrokerSettings()
+
+
+def test_known_and_foreign_variables_do_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_BATCH_SIZE", "3")
+    monkeypatch.setenv("NATSURL", "x")  # not the prefix
+    monkeypatch.setenv("DATABASE_URL", "postgres://elsewhere")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownSettingWarning)
+        assert BrokerSettings().batch_size == 3
+
+
+@pytest.mark.parametrize("url", ["http://localhost:4222", "https://nats.example", "nats://a:4222,http://b:4222"])
+def test_url_with_another_scheme_fails_before_connecting(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("NATS_URL", url)
+    with pytest.raises(
+        ValidationError, match=r"has the scheme https?://; NATS servers use nats://, tls://, ws:// or wss://"
+    ):
+        BrokerSettings()
+
+
 # -- validation --------------------------------------------------------------------------------------------
 
 
@@ -167,6 +242,10 @@ def test_overrides_win_over_the_settings(monkeypatch: pytest.MonkeyPatch) -> Non
         ("NATS_PUBLISH_TIMEOUT", "x", "publish_timeout", "valid number"),
         ("NATS_SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", "greater than 0"),
         ("NATS_URL", " , ", "url", "names no server"),
+        ("NATS_DEAD_LETTERS", "maybe", "dead_letters", "valid boolean"),
+        ("NATS_DELIVER_POLICY", "first", "deliver_policy", "'all', 'new' or 'last'"),
+        ("NATS_HANDLER_TIMEOUT", "0", "handler_timeout", "greater than 0"),
+        ("NATS_STREAM_MISMATCH", "ignore", "stream_mismatch", "'error', 'warn' or 'update'"),
     ],
 )
 def test_invalid_values_fail_with_pydantic_errors(

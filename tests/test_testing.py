@@ -32,7 +32,7 @@ async def test_the_broker_fixture_runs_on_each_kind(broker: Broker) -> None:
 async def test_jetstream_broker_starts_from_an_empty_server(jetstream_broker: Broker) -> None:
     await jetstream_broker.connect()
     ack = await jetstream_broker.publish("kit.orders", b"first")
-    assert ack.seq == 1  # the previous test's stream was deleted
+    assert ack.seq == 1  # a server of its own: nothing of the previous test is there
 
 
 def _run_pytest(tmp_path: Path, *args: str) -> str:
@@ -67,3 +67,70 @@ def test_plugin_recipe_runs_a_user_module_on_both_or_one(tmp_path: Path) -> None
     assert "2 passed" in _run_pytest(tmp_path)
     assert "1 passed" in _run_pytest(tmp_path, "--broker=memory")
     assert "1 passed" in _run_pytest(tmp_path, "--broker=jetstream")
+
+
+STRICT_MODE_SUITE = """
+import pytest
+
+from jetstream_fastapi import Broker, ConsumerRouter, InMemoryBroker, JetStreamBroker, Message
+from jetstream_fastapi.server import NatsServer
+from jetstream_fastapi.testing import wait_until_handled
+
+router = ConsumerRouter()
+seen: list[bytes] = []
+
+
+@router.handle("user.orders", queue="user")
+async def handle(msg: Message) -> None:
+    seen.append(msg.body)
+
+
+@pytest.mark.asyncio
+async def test_broker_runs_on_each_kind(broker: Broker) -> None:
+    seen.clear()
+    async with broker:
+        await router.start(broker)
+        await broker.publish("user.orders", b"one")
+        await wait_until_handled(broker)
+    assert seen == [b"one"]
+
+
+@pytest.mark.asyncio
+async def test_memory_broker(memory_broker: InMemoryBroker) -> None:
+    async with memory_broker:
+        assert (await memory_broker.publish("user.orders", b"x")).seq == 1
+
+
+@pytest.mark.asyncio
+async def test_jetstream_broker(jetstream_broker: JetStreamBroker, nats_server: NatsServer) -> None:
+    assert jetstream_broker.servers != [nats_server.url]  # a server of the test's own
+    async with jetstream_broker:
+        assert (await jetstream_broker.publish("user.orders", b"x")).seq == 1
+
+
+def test_nats_server(nats_server: NatsServer) -> None:
+    assert nats_server.running
+"""
+
+
+def test_plugin_works_in_pytest_asyncios_default_strict_mode(tmp_path: Path) -> None:
+    # A project of its own (its pytest.ini makes tmp_path the rootdir, so this repository's
+    # asyncio_mode = auto does not apply): pytest-asyncio's defaults, i.e. strict mode.
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["jetstream_fastapi.testing"]\n')
+    (tmp_path / "test_strict.py").write_text(STRICT_MODE_SUITE)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "test_strict.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    print(output)
+    assert "asyncio: mode=Mode.STRICT" in output
+    assert result.returncode == 0, output
+    assert "5 passed" in output
+    for test in ("test_broker_runs_on_each_kind[memory]", "test_broker_runs_on_each_kind[jetstream]"):
+        assert f"{test} PASSED" in output

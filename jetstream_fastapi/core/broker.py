@@ -80,6 +80,21 @@ class BaseBroker:
         return self._settings.publish_timeout
 
     @property
+    def streams(self) -> tuple[object, ...]:
+        """The declared streams (created or reconciled at connect)."""
+        return self._settings.streams.declared
+
+    @property
+    def auto_provision(self) -> bool:
+        """Whether a subject no stream captures gets a stream of its own."""
+        return self._settings.streams.auto_provision
+
+    @property
+    def stream_mismatch(self) -> str:
+        """What a declared stream differing on the server leads to: ``"error"``, ``"warn"`` or ``"update"``."""
+        return self._settings.streams.on_mismatch
+
+    @property
     def shutdown_timeout(self) -> float:
         """Seconds running handlers get to finish on ``unsubscribe``/``disconnect``."""
         return self._settings.shutdown_timeout

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
-from ..consuming import ConsumerSettings
+from ..consuming import ConsumerSettings, DeliverPolicy
 from ..driver import Backoff
 from ..errors import InvalidArgumentError, UnknownOptionError
 
@@ -38,6 +38,8 @@ class BrokerOptions(TypedDict, total=False):
     """Delay before a failed message is redelivered (default ``Backoff()``: 1 s doubling to 60 s)."""
     handler_timeout: float | None
     """Cancel a handler running longer than this many seconds and retry its message (default: no limit)."""
+    deliver_policy: DeliverPolicy | None
+    """Where a new consumer starts: ``"all"`` (the durable default), ``"new"`` (ephemeral default) or ``"last"``."""
     inactive_threshold: float
     """Seconds after which the server removes an idle ephemeral consumer (default 300)."""
     dead_letters: bool
@@ -96,6 +98,7 @@ class FrontSettings:
             max_deliver=options.get("max_deliver", _DEFAULTS.max_deliver),
             max_ack_pending=max_ack_pending,
             backoff=options.get("backoff") or _DEFAULTS.backoff,
+            deliver_policy=options.get("deliver_policy", _DEFAULTS.deliver_policy),
             inactive_threshold=options.get("inactive_threshold", _DEFAULTS.inactive_threshold),
             dead_letter=options.get("dead_letters", _DEFAULTS.dead_letter),
             handler_timeout=options.get("handler_timeout", _DEFAULTS.handler_timeout),
