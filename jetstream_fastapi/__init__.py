@@ -43,6 +43,7 @@ from .errors import (
     PublishBatchError,
     PublishError,
     PublishTimeoutError,
+    RequestTimeoutError,
     StreamConfigError,
     UnknownOptionError,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "PublishTimeoutError",
     "Readiness",
     "Reject",
+    "RequestTimeoutError",
     "Retry",
     "StreamConfigError",
     "Subscriber",

@@ -17,6 +17,7 @@
     ├── PublishError                        the server refused the message (or the client could not send it)
     │   └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
     ├── PublishBatchError                   some messages of a ``publish_many`` failed
+    ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
     └── NatsServerError                     the embedded ``nats-server`` is missing or did not start
@@ -152,6 +153,10 @@ class HandlerTimeoutError(JetStreamError, TimeoutError):
     """A handler ran past its ``handler_timeout``: it was cancelled, and the message is retried.
 
     Raised inside the consumer, never to a caller: it is what a dead letter's ``error_type`` names."""
+
+
+class RequestTimeoutError(JetStreamError, TimeoutError):
+    """The server did not answer a request (other than a publish) in time: reconnecting, or overloaded."""
 
 
 class PublishBatchError(JetStreamError):

@@ -28,6 +28,7 @@ from .errors import (
     InvalidArgumentError,
     JetStreamError,
     NotConnectedError,
+    RequestTimeoutError,
     UnknownOptionError,
 )
 from .publisher import Publisher
@@ -274,6 +275,8 @@ class JetStreamBackend:
             return NotConnectedError(f"the NATS connection is closed: {describe(error)}")
         if isinstance(error, nats.errors.OutboundBufferLimitError):
             return NotConnectedError("reconnecting to NATS, and nats-py's reconnect buffer is full: nothing was sent")
+        if isinstance(error, nats.errors.TimeoutError):
+            return RequestTimeoutError(f"the NATS server did not answer in time: {describe(error)}")
         if isinstance(error, nats.js.errors.APIError):
             return JetStreamError(f"the server refused the request: {describe(error)}")
         if isinstance(error, nats.errors.Error):
