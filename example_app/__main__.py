@@ -19,7 +19,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from jetstream_fastapi import BrokerSettings, InvalidArgumentError
-from jetstream_fastapi.connection import redact_url
+from jetstream_fastapi.backends.jetstream.connection import redact_url
 from jetstream_fastapi.server import NatsServer
 
 from .app import create_app

@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .clock import ManualClock
-from .deadletters import DeadLetter, DeadLetterAdmin
+from .core.deadletters import DeadLetter, DeadLetterAdmin
 from .driver import (
     Backoff,
     Broker,
@@ -52,27 +52,27 @@ __version__ = "0.1.0"
 """This release; the single source of the package version (pyproject.toml reads it at build time)."""
 
 if TYPE_CHECKING:
-    from .health import ConsumerHealth, Readiness, check_readiness, health_router
-    from .jetstream import JetStreamBroker, JetStreamSubscription
-    from .lifespan import get_broker, jetstream_lifespan
-    from .memory import InMemoryBroker, InMemorySubscription
-    from .routing import ConsumerRouter
+    from .backends.jetstream.backend import JetStreamBroker, JetStreamSubscription
+    from .backends.memory.backend import InMemoryBroker, InMemorySubscription
+    from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
+    from .integration.lifespan import get_broker, jetstream_lifespan
+    from .integration.routing import ConsumerRouter
     from .settings import BrokerSettings
 
 # Lazily imported names and their modules.
 _LAZY = {
     "BrokerSettings": "settings",
-    "ConsumerHealth": "health",
-    "ConsumerRouter": "routing",
-    "InMemoryBroker": "memory",
-    "InMemorySubscription": "memory",
-    "JetStreamBroker": "jetstream",
-    "JetStreamSubscription": "jetstream",
-    "Readiness": "health",
-    "check_readiness": "health",
-    "get_broker": "lifespan",
-    "health_router": "health",
-    "jetstream_lifespan": "lifespan",
+    "ConsumerHealth": "integration.health",
+    "ConsumerRouter": "integration.routing",
+    "InMemoryBroker": "backends.memory.backend",
+    "InMemorySubscription": "backends.memory.backend",
+    "JetStreamBroker": "backends.jetstream.backend",
+    "JetStreamSubscription": "backends.jetstream.backend",
+    "Readiness": "integration.health",
+    "check_readiness": "integration.health",
+    "get_broker": "integration.lifespan",
+    "health_router": "integration.health",
+    "jetstream_lifespan": "integration.lifespan",
 }
 
 __all__ = [

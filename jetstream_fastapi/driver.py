@@ -227,7 +227,7 @@ class Reject(Exception):
 
 
 if TYPE_CHECKING:
-    from .deadletters import DeadLetter
+    from .core.deadletters import DeadLetter
 
 
 @runtime_checkable

@@ -31,10 +31,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .connection import check_server_urls, redact_url
+from .backends.jetstream.backend import JetStreamBroker
+from .backends.jetstream.connection import check_server_urls, redact_url
 from .core.options import BROKER_OPTIONS
 from .errors import InvalidArgumentError
-from .jetstream import JetStreamBroker
 
 # Settings passed to JetStreamBroker under their own name, when set: the broker options, and its own
 # connect_timeout (the others are read into nats.connect options below).

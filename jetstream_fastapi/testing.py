@@ -40,8 +40,8 @@ except ImportError as error:
         "jetstream_fastapi.testing needs pytest-asyncio: pip install 'jetstream-fastapi[testing]'"
     ) from error
 
+from .backends.memory.backend import InMemoryBroker
 from .driver import Broker
-from .memory import InMemoryBroker
 from .server import NatsServer
 
 __all__ = ["jetstream_broker", "memory_broker", "nats_server", "wait_until_handled"]
@@ -94,7 +94,7 @@ async def jetstream_broker() -> AsyncIterator[Any]:
 
     (Deleting every stream between tests on one server is not enough: nats-server 2.15 can bring a message
     of a file stream deleted a moment ago back into a new stream of the same name.)"""
-    from .jetstream import JetStreamBroker
+    from .backends.jetstream.backend import JetStreamBroker
 
     with NatsServer() as server:
         broker = JetStreamBroker(server.url, fetch_wait=1.0)

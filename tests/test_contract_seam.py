@@ -117,8 +117,8 @@ async def test_nothing_from_nats_escapes_after_the_connection_closed(fresh_serve
                 await broker.publish("closing.a", b"x", timeout=0.2)
             except PublishTimeoutError as error:
                 raise AssertionError("still reconnecting") from error
-            except NotConnectedError as error:
-                assert "closed" in str(error)
+            except NotConnectedError:
+                return  # closed for good: what the calls below meet
 
         await eventually(closed)  # reconnecting (a publish times out) until nats-py gives up
         for call in (

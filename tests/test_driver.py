@@ -18,15 +18,15 @@ from jetstream_fastapi import (
     Reject,
     Retry,
 )
-from jetstream_fastapi.consuming import Action, ConsumerSettings, run_handler
-from jetstream_fastapi.driver import Delivery
-from jetstream_fastapi.subjects import (
+from jetstream_fastapi.core.handling import Action, ConsumerSettings, run_handler
+from jetstream_fastapi.core.subjects import (
     check_queue,
     check_subject,
     provisioned_stream,
     subject_matches,
     subjects_overlap,
 )
+from jetstream_fastapi.driver import Delivery
 
 
 def test_driver_imports_nothing_from_nats() -> None:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 
 from jetstream_fastapi import JetStreamBroker, Message
-from jetstream_fastapi.flow import Slots
-from jetstream_fastapi.lanes import Lanes
-from jetstream_fastapi.worker import decode
+from jetstream_fastapi.backends.jetstream.flow import Slots
+from jetstream_fastapi.backends.jetstream.lanes import Lanes
+from jetstream_fastapi.backends.jetstream.worker import decode
 from tests.conftest import WAIT
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import State
 
 from jetstream_fastapi import Broker, ConsumerRouter, InvalidHandlerError, Message
-from jetstream_fastapi.handlers import HandlerPlan
+from jetstream_fastapi.integration.injection import HandlerPlan
 from tests.conftest import BrokerFactory
 
 

@@ -149,7 +149,7 @@ def test_settings_table_is_every_variable(readme: str) -> None:
 
 
 def _exception(name: str) -> type[BaseException]:
-    for module in ("jetstream_fastapi", "jetstream_fastapi.server", "jetstream_fastapi.consuming"):
+    for module in ("jetstream_fastapi", "jetstream_fastapi.server", "jetstream_fastapi.core.handling"):
         found = getattr(importlib.import_module(module), name, None)
         if isinstance(found, type) and issubclass(found, BaseException):
             return found

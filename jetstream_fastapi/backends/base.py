@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..consuming import ConsumerSettings, Verdict
+from ..core.handling import ConsumerSettings, Verdict
 from ..driver import Message, PubAck
 from ..errors import JetStreamError
 

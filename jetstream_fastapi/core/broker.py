@@ -19,15 +19,6 @@ from types import TracebackType
 from typing import Self, Unpack
 
 from ..backends.base import Backend, Consumer, ConsumerSpec, Outgoing, Process
-from ..consuming import Action, Verdict, check_handler, check_one_filter, run_handler
-from ..deadletters import (
-    DEAD_LETTER_PREFIX,
-    DEAD_LETTER_STREAM,
-    DeadLetter,
-    dead_letter_headers,
-    dead_letter_msg_id,
-    dead_letter_subject,
-)
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
 from ..errors import (
     DeadLetterNotFoundError,
@@ -38,9 +29,18 @@ from ..errors import (
     PublishBatchError,
     PublishTimeoutError,
 )
-from ..publishing import check_msg_id, coerce_message
-from ..subjects import check_queue, check_subject
+from .deadletters import (
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    DeadLetter,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+)
+from .handling import Action, Verdict, check_handler, check_one_filter, run_handler
 from .options import FrontSettings
+from .payloads import check_msg_id, coerce_message
+from .subjects import check_queue, check_subject
 
 logger = logging.getLogger("jetstream_fastapi")
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
-from ..consuming import ConsumerSettings, DeliverPolicy
 from ..driver import Backoff
 from ..errors import InvalidArgumentError, UnknownOptionError
+from .handling import ConsumerSettings, DeliverPolicy
 
 StreamMismatch = Literal["error", "warn", "update"]
 """What to do when a declared stream differs on the server: raise, log and keep it, or update it."""

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .backends.base import Outgoing
-from .driver import PubAck
-from .errors import PublishError
+from ...driver import PubAck
+from ...errors import PublishError
+from ..base import Outgoing
 from .replies import is_no_responders
 
 

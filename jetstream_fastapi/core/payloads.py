@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from .driver import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, Message, Payload
-from .errors import InvalidArgumentError
+from ..driver import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, Message, Payload
+from ..errors import InvalidArgumentError
 
 
 def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:

@@ -24,16 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Unpack
 
-from .backends.base import ConsumerSpec, Outgoing, Process, Stored
-from .clock import Clock, MonotonicClock
-from .core.broker import BaseBroker, Subscription
-from .core.options import BrokerOptions, FrontSettings, StreamPolicy
-from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
-from .driver import MSG_ID_HEADER, PubAck
-from .errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
+from ...clock import Clock, MonotonicClock
+from ...core.broker import BaseBroker, Subscription
+from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
+from ...core.subjects import provisioned_stream, subject_matches, subjects_overlap
+from ...driver import MSG_ID_HEADER, PubAck
+from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
+from ..base import ConsumerSpec, Outgoing, Process, Stored
+from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
-from .memory_consumer import MemoryConsumer, MemoryMember
-from .subjects import provisioned_stream, subject_matches, subjects_overlap
 
 _DEFAULT_MAX_PAYLOAD = 1024 * 1024
 

@@ -13,8 +13,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 from nats.js.manager import JetStreamManager
 
-from .consuming import ConsumerSettings
-from .errors import ConsumerConfigError
+from ...core.handling import ConsumerSettings
+from ...errors import ConsumerConfigError
 
 logger = logging.getLogger("jetstream_fastapi")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from .errors import InvalidQueueError, InvalidSubjectError
+from ..errors import InvalidQueueError, InvalidSubjectError
 
 # Characters NATS forbids in consumer (and so queue) names; whitespace is checked separately.
 _BAD_NAME_CHARS = frozenset(".*>/\\")

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
-from .consuming import ConsumerSettings, check_handler
-from .driver import Broker, ConsumerOptions, Subscriber
-from .errors import InvalidArgumentError
-from .handlers import HandlerPlan
-from .subjects import check_queue, check_subject
+from ..core.handling import ConsumerSettings, check_handler
+from ..core.subjects import check_queue, check_subject
+from ..driver import Broker, ConsumerOptions, Subscriber
+from ..errors import InvalidArgumentError
+from .injection import HandlerPlan
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
-from .errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
+from ..driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
+from ..errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
 
 logger = logging.getLogger("jetstream_fastapi")
 

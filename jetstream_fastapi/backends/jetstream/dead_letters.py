@@ -10,7 +10,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
-from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
+from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
 
 DEAD_LETTER_CONFIG = StreamConfig(
     name=DEAD_LETTER_STREAM,

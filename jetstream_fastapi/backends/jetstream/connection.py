@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 
-from .errors import ConnectError, InvalidArgumentError
+from ...errors import ConnectError, InvalidArgumentError
 
 logger = logging.getLogger("jetstream_fastapi")
 

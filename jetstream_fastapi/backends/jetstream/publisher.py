@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .backends.base import Outgoing
-from .driver import MSG_ID_HEADER, PubAck
-from .errors import NotConnectedError, PublishError, PublishTimeoutError
+from ...driver import MSG_ID_HEADER, PubAck
+from ...errors import NotConnectedError, PublishError, PublishTimeoutError
+from ..base import Outgoing
 from .pipeline import NoResponders, Pipeline
 from .replies import Replies, is_no_responders
 from .streams import StreamRegistry

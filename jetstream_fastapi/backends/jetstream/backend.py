@@ -16,14 +16,10 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from nats.js.manager import JetStreamManager
 
-from .backends.base import ConsumerSpec, Outgoing, Process, Stored
-from .connection import Connection, redact_url
-from .consumers import consumer_config, ensure_consumer
-from .core.broker import BaseBroker, Subscription
-from .core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
-from .dead_letter_stream import DEAD_LETTER_CONFIG
-from .driver import PubAck
-from .errors import (
+from ...core.broker import BaseBroker, Subscription
+from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
+from ...driver import PubAck
+from ...errors import (
     ConnectError,
     InvalidArgumentError,
     JetStreamError,
@@ -31,6 +27,10 @@ from .errors import (
     RequestTimeoutError,
     UnknownOptionError,
 )
+from ..base import ConsumerSpec, Outgoing, Process, Stored
+from .connection import Connection, redact_url
+from .consumers import consumer_config, ensure_consumer
+from .dead_letters import DEAD_LETTER_CONFIG
 from .publisher import Publisher
 from .streams import StreamRegistry
 from .worker import PullWorker

@@ -22,14 +22,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .backends.base import Process
-from .clock import Timer
-from .consuming import Action, ConsumerSettings
-from .driver import Delivery, Message
-from .subjects import subject_matches
+from ...clock import Timer
+from ...core.handling import Action, ConsumerSettings
+from ...core.subjects import subject_matches
+from ...driver import Delivery, Message
+from ..base import Process
 
 if TYPE_CHECKING:
-    from .memory import MemoryBackend, MemoryStream, StoredMessage
+    from .backend import MemoryBackend, MemoryStream, StoredMessage
 
 
 @dataclass(slots=True, eq=False)

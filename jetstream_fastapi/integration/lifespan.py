@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from .driver import Broker, Subscriber
+from ..driver import Broker, Subscriber
 from .routing import ConsumerRouter
 
 STATE_KEY = "jetstream_broker"

@@ -32,8 +32,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from .driver import Broker, Handler, Message, Reject
-from .errors import InvalidHandlerError
+from ..driver import Broker, Handler, Message, Reject
+from ..errors import InvalidHandlerError
 
 Decoder = Callable[[bytes], Any]
 _Source = Callable[["_Context"], Awaitable[Any]]

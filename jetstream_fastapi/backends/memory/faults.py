@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .driver import PubAck
-from .errors import InvalidArgumentError, NotConnectedError, PublishTimeoutError
+from ...driver import PubAck
+from ...errors import InvalidArgumentError, NotConnectedError, PublishTimeoutError
 
 if TYPE_CHECKING:
-    from .memory import MemoryBackend
+    from .backend import MemoryBackend
 
 
 def _count(count: int) -> int:

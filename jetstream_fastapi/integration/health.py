@@ -27,8 +27,8 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from .driver import Broker, Subscriber
-from .errors import InvalidArgumentError
+from ..driver import Broker, Subscriber
+from ..errors import InvalidArgumentError
 from .lifespan import STATE_KEY
 
 __all__ = ["ConsumerHealth", "Liveness", "Readiness", "check_readiness", "health_router"]

@@ -19,8 +19,8 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from nats.js.manager import JetStreamManager
 
-from .errors import NoStreamError, StreamConfigError
-from .subjects import provisioned_stream
+from ...core.subjects import provisioned_stream
+from ...errors import NoStreamError, StreamConfigError
 
 logger = logging.getLogger("jetstream_fastapi")
 

@@ -34,9 +34,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .backends.base import Process
-from .consuming import ACKED, Action, ConsumerSettings
-from .driver import Delivery, Message
+from ...core.handling import ACKED, Action, ConsumerSettings
+from ...driver import Delivery, Message
+from ..base import Process
 from .flow import Slots
 from .lanes import Lanes
 

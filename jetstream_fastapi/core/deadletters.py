@@ -15,7 +15,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .driver import MSG_ID_HEADER, Message, PubAck
+from ..driver import MSG_ID_HEADER, Message, PubAck
 
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_PREFIX = "deadletter"
