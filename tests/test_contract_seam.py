@@ -6,6 +6,7 @@ one front (``jetstream_fastapi/core/broker.py``) over two backends.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -136,3 +137,31 @@ async def test_nothing_from_nats_escapes_after_the_connection_closed(fresh_serve
             assert error.__cause__ is None or type(error.__cause__).__module__.startswith("nats")
     finally:
         await broker.disconnect()
+
+
+async def test_consumer_states_say_the_same_on_both(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hold(msg: Message) -> None:
+        started.set()
+        await release.wait()
+
+    for n in range(5):
+        await broker.publish(f"{prefix}.s", str(n).encode())
+    await broker.subscribe(f"{prefix}.s", hold, queue="holder", concurrency=2, max_ack_pending=2)
+    await asyncio.wait_for(started.wait(), 5)
+
+    async def two_held() -> None:
+        [state] = await broker.consumer_states()
+        assert (state.name, state.stream) == ("holder", prefix.upper())
+        assert (state.pending, state.ack_pending, state.redelivered) == (3, 2, 0)
+        assert state.ack_floor_stream_seq == 0 and state.delivered_stream_seq == 2
+        assert state.last_active is not None
+
+    await eventually(two_held)
+    release.set()
+    await broker.wait_until_idle()
+    [state] = await broker.consumer_states()
+    assert (state.pending, state.ack_pending, state.ack_floor_stream_seq, state.delivered_stream_seq) == (0, 0, 5, 5)

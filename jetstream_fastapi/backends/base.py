@@ -65,6 +65,27 @@ class ConsumerSpec:
     durable: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """What the store knows of a consumer right now (for metrics, readiness, the admin page, idleness)."""
+
+    stream: str
+    name: str
+    pending: int
+    """Messages on its filter not delivered yet: the lag."""
+    ack_pending: int
+    """Messages delivered and not yet acked or terminated."""
+    redelivered: int
+    """Messages delivered more than once and still unacked."""
+    delivered_stream_seq: int
+    """The stream sequence of the last message delivered."""
+    ack_floor_stream_seq: int
+    """The stream sequence up to which every message is acked (or terminated)."""
+    last_active: _dt.datetime | None = None
+    """When it last delivered a message."""
+    paused: bool = False
+
+
 Process = Callable[[Message], Awaitable[Verdict]]
 """The front's part of handling one message: run the handler and decide its fate. Never raises but
 ``CancelledError`` (then the backend gives the message back at once)."""
@@ -146,6 +167,10 @@ class Backend(Protocol):
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> Consumer:
         """Create or update the consumer and start delivering its messages to ``process``."""
+        ...
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        """The consumer's state on the store; ``None`` if there is no such consumer."""
         ...
 
     async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:

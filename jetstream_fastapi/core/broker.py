@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self, Unpack
 
-from ..backends.base import Backend, Consumer, ConsumerSpec, Outgoing, Process
+from ..backends.base import Backend, Consumer, ConsumerSpec, ConsumerState, Outgoing, Process
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
 from ..errors import (
     DeadLetterNotFoundError,
@@ -321,6 +321,27 @@ class BaseBroker:
     def subscriptions(self) -> list[Subscription]:
         """The running subscriptions."""
         return list(self._subscriptions)
+
+    async def consumer_states(self) -> list[ConsumerState]:
+        """The state on the server of every running subscription's consumer (one request each): lag, ack
+        pending, redelivered, last activity. Consumers deleted meanwhile are left out."""
+        self._require()
+        states: list[ConsumerState] = []
+        seen: set[tuple[str, str]] = set()
+        try:
+            for sub in list(self._subscriptions):
+                key = (sub.stream, sub.consumer_name)
+                if key in seen:
+                    continue
+                seen.add(key)
+                state = await self._backend.consumer_state(*key)
+                if state is not None:
+                    states.append(state)
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error
+        return states
 
     # -- dead letters ------------------------------------------------------------------------------
 

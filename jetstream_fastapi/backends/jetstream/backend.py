@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import inspect
 import json
 import logging
@@ -27,7 +28,7 @@ from ...errors import (
     RequestTimeoutError,
     UnknownOptionError,
 )
-from ..base import ConsumerSpec, Outgoing, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
@@ -248,6 +249,25 @@ class JetStreamBackend:
             raise
         return JetStreamConsumer(self, spec, worker, nc, jsm)
 
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        _, jsm, _, _ = self._require()
+        try:
+            info = await jsm.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            return None
+        delivered, floor = info.delivered, info.ack_floor
+        return ConsumerState(
+            stream=stream,
+            name=name,
+            pending=info.num_pending or 0,
+            ack_pending=info.num_ack_pending or 0,
+            redelivered=info.num_redelivered or 0,
+            delivered_stream_seq=(delivered.stream_seq or 0) if delivered else 0,
+            ack_floor_stream_seq=(floor.stream_seq or 0) if floor else 0,
+            last_active=_parse_time(delivered.last_active) if delivered else None,
+            paused=bool(info.paused),
+        )
+
     # -- stored messages ---------------------------------------------------------------------------
 
     async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
@@ -285,6 +305,20 @@ class JetStreamBackend:
 
     def describe(self, error: BaseException) -> str:
         return self._connection.describe(error)
+
+
+def _parse_time(value: object) -> _dt.datetime | None:
+    """nats-py leaves ``last_active`` as the server's RFC 3339 text (nanoseconds, ``Z``)."""
+    if isinstance(value, _dt.datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    head, _, fraction = value.rstrip("Z").partition(".")
+    try:
+        parsed = _dt.datetime.fromisoformat(head).replace(tzinfo=_dt.UTC)
+    except ValueError:
+        return None
+    return parsed.replace(microsecond=int((fraction + "000000")[:6])) if fraction else parsed
 
 
 class JetStreamConsumer:

@@ -31,7 +31,7 @@ from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import provisioned_stream, subject_matches, subjects_overlap
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
-from ..base import ConsumerSpec, Outgoing, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 
@@ -238,6 +238,10 @@ class MemoryBackend:
 
     def notify(self) -> None:
         """Something changed (a dispatch, a restored connection): nothing listens here, the front polls."""
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        consumer = self.consumers.get((stream, name))
+        return None if consumer is None else consumer.state()
 
     # -- stored messages ---------------------------------------------------------------------------
 

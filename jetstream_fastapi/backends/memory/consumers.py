@@ -18,6 +18,7 @@ Every timer goes through the broker's :mod:`~jetstream_fastapi.clock`. Imports n
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from ...clock import Timer
 from ...core.handling import Action, ConsumerSettings
 from ...core.subjects import subject_matches
 from ...driver import Delivery, Message
-from ..base import Process
+from ..base import ConsumerState, Process
 
 if TYPE_CHECKING:
     from .backend import MemoryBackend, MemoryStream, StoredMessage
@@ -68,6 +69,8 @@ class MemoryConsumer:
         self.redeliveries: deque[_Pending] = deque()
         # Acked, terminated or given up, with its deliveries: what faults.redeliver() may hand out again.
         self.done: dict[int, int] = {}
+        self.last_delivered = 0  # the highest stream sequence delivered so far
+        self.last_active: _dt.datetime | None = None
         self._next_member = 0
         policy = settings.deliver_policy or ("all" if durable else "new")
         backlog = [m for m in stream.messages if subject_matches(filter, m.subject)]
@@ -91,6 +94,8 @@ class MemoryConsumer:
                 if pending is None:
                     break
                 pending.delivered += 1
+                self.last_delivered = max(self.last_delivered, pending.stored.seq)
+                self.last_active = _dt.datetime.now(_dt.UTC)
                 self._arm(pending, self.settings.ack_wait)
                 member.start(pending.stored, pending.delivered)
         self.backend.notify()
@@ -185,6 +190,21 @@ class MemoryConsumer:
         self._queue(pending)
         self.dispatch()
         return True
+
+    def state(self) -> ConsumerState:
+        """What a server's consumer info would say of this consumer now."""
+        unsettled = [*self.pending, *(stored.seq for stored in self.waiting)]
+        floor = min(unsettled) - 1 if unsettled else self.last_delivered
+        return ConsumerState(
+            stream=self.stream.name,
+            name=self.name,
+            pending=len(self.waiting),
+            ack_pending=len(self.pending),
+            redelivered=sum(1 for pending in self.pending.values() if pending.delivered > 1),
+            delivered_stream_seq=self.last_delivered,
+            ack_floor_stream_seq=floor,
+            last_active=self.last_active,
+        )
 
     def idle(self) -> bool:
         """Nothing pending or waiting, and no member's handler running; a consumer without members is idle."""
