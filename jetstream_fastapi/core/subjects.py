@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from ..errors import InvalidQueueError, InvalidSubjectError
+from ..errors import InvalidQueueError, InvalidSubjectError, NoStreamError
 
 # Characters NATS forbids in consumer (and so queue) names; whitespace is checked separately.
 _BAD_NAME_CHARS = frozenset(".*>/\\")
@@ -96,3 +96,14 @@ def provisioned_stream(subject: str) -> tuple[str, list[str]] | None:
         # Stream names share the consumer-name restrictions; only plain tokens make a safe name.
         return None
     return name, [token, f"{token}.>"]
+
+
+def stream_to_provision(subject: str, *, auto_provision: bool) -> tuple[str, list[str]]:
+    """The stream to create for ``subject`` that no stream captures (see :func:`provisioned_stream`), or
+    :class:`~jetstream_fastapi.errors.NoStreamError` saying why none may be: both backends ask this."""
+    if not auto_provision:
+        raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
+    plan = provisioned_stream(subject)
+    if plan is None:
+        raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
+    return plan

@@ -19,7 +19,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from nats.js.manager import JetStreamManager
 
-from ...core.subjects import provisioned_stream
+from ...core.subjects import stream_to_provision
 from ...errors import NoStreamError, StreamConfigError
 
 logger = logging.getLogger("jetstream_fastapi")
@@ -133,12 +133,7 @@ class StreamRegistry:
             return await self._provision(subject)
 
     async def _provision(self, subject: str) -> str:
-        if not self._auto_provision:
-            raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
-        plan = provisioned_stream(subject)
-        if plan is None:
-            raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
-        name, subjects = plan
+        name, subjects = stream_to_provision(subject, auto_provision=self._auto_provision)
         config = StreamConfig(name=name, subjects=subjects, retention=RetentionPolicy.LIMITS, storage=StorageType.FILE)
         try:
             await self._jsm.add_stream(config)

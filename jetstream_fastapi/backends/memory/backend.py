@@ -28,7 +28,7 @@ from ...clock import Clock, MonotonicClock
 from ...core.broker import BaseBroker, Subscription
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
-from ...core.subjects import provisioned_stream, subject_matches, subjects_overlap
+from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
@@ -205,12 +205,7 @@ class MemoryBackend:
         for stream in self.streams.values():
             if any(subjects_overlap(pattern, subject) for pattern in stream.subjects):
                 return stream
-        if not self.auto_provision:
-            raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
-        plan = provisioned_stream(subject)
-        if plan is None:
-            raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
-        name, subjects = plan
+        name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
         if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
         stream = self.streams[name] = MemoryStream(name, subjects)
