@@ -20,6 +20,7 @@
     ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
+    ├── DeliveryLimitError                  a delivery past ``max_deliver`` (recorded in its dead letter, never raised)
     └── NatsServerError                     the embedded ``nats-server`` is missing or did not start
 
 The two exceptions a *handler* raises to steer delivery (:class:`~jetstream_fastapi.driver.Retry` and
@@ -157,6 +158,17 @@ class HandlerTimeoutError(JetStreamError, TimeoutError):
 
 class RequestTimeoutError(JetStreamError, TimeoutError):
     """The server did not answer a request (other than a publish) in time: reconnecting, or overloaded."""
+
+
+class DeliveryLimitError(JetStreamError):
+    """A message was delivered past ``max_deliver``: its last failure could not be dead-lettered in time, or
+    its handler never returned. It is dead-lettered without running the handler again (recorded as the dead
+    letter's ``error_type``, never raised to callers)."""
+
+    def __init__(self, attempt: int, limit: int) -> None:
+        super().__init__(f"delivered {attempt} times, max_deliver is {limit}")
+        self.attempt = attempt
+        self.limit = limit
 
 
 class PublishBatchError(JetStreamError):

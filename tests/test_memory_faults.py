@@ -79,7 +79,9 @@ async def test_redeliver_an_acked_message_to_prove_idempotence() -> None:
             broker.faults.redeliver(ack.seq)  # type: ignore[arg-type]
 
 
-async def test_redeliver_ignores_max_deliver() -> None:
+async def test_a_redelivery_past_max_deliver_is_dead_lettered_without_the_handler() -> None:
+    # As on a server while dead-lettering: the front enforces max_deliver, and a delivery past it goes to
+    # the dead letters at once (its handler ran its allowed attempts already).
     attempts: list[int] = []
 
     async def handler(msg: Message) -> None:
@@ -88,6 +90,23 @@ async def test_redeliver_ignores_max_deliver() -> None:
     async with InMemoryBroker(max_deliver=1) as broker:
         await broker.subscribe("faults.once", handler, queue="q")
         ack = await broker.publish("faults.once", b"x")
+        await broker.wait_until_idle()
+        broker.faults.redeliver(ack)
+        await broker.wait_until_idle()
+        assert attempts == [1]
+        [letter] = await broker.list_dead_letters()
+        assert (letter.error_type, letter.attempts) == ("DeliveryLimitError", 2)
+
+
+async def test_redeliver_runs_the_handler_again_within_max_deliver() -> None:
+    attempts: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        attempts.append(msg.attempt)
+
+    async with InMemoryBroker(max_deliver=2) as broker:
+        await broker.subscribe("faults.twice", handler, queue="q")
+        ack = await broker.publish("faults.twice", b"x")
         await broker.wait_until_idle()
         broker.faults.redeliver(ack)
         await broker.wait_until_idle()
@@ -153,7 +172,7 @@ async def test_a_lost_ack_brings_the_message_back_after_ack_wait() -> None:
         await broker.wait_until_idle(timeout=1.0)
 
 
-async def test_past_max_deliver_an_expired_message_is_given_up() -> None:
+async def test_past_max_deliver_an_expired_message_is_dead_lettered() -> None:
     clock = ManualClock()
     attempts: list[int] = []
 
@@ -165,9 +184,12 @@ async def test_past_max_deliver_an_expired_message_is_given_up() -> None:
         broker.faults.lose_acks(2)
         await broker.publish("faults.gone", b"x")
         await clock.advance(100)
-        assert attempts == [1, 2]  # as the server: no third delivery, and no dead letter (no handler failed)
+        # As on a server while dead-lettering: the third delivery is not handled but dead-lettered, so a
+        # message whose handler never answers in time is not lost in silence.
         await broker.wait_until_idle(timeout=1.0)
-        assert await broker.list_dead_letters() == []
+        assert attempts == [1, 2]
+        [letter] = await broker.list_dead_letters()
+        assert (letter.error_type, letter.attempts) == ("DeliveryLimitError", 3)
 
 
 async def test_a_dropped_connection_holds_publishes_until_restored() -> None:

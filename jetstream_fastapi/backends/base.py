@@ -23,6 +23,7 @@ Imports nothing from ``nats``.
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -107,6 +108,11 @@ class Consumer(Protocol):
     @property
     def last_error(self) -> str | None:
         """The last problem met (a refused pull, a failed recreate), or ``None``."""
+        ...
+
+    @property
+    def counters(self) -> Counter[str]:
+        """How often each of the backend's rare paths was taken (failed acks, recreated consumers, ...)."""
         ...
 
     async def idle(self) -> bool:

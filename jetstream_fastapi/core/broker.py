@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self, Unpack
 
-from ..backends.base import Backend, Consumer, ConsumerSpec, ConsumerState, Outgoing, Process
+from ..backends.base import Backend, ConsumerSpec, ConsumerState, Outgoing
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
 from ..errors import (
     DeadLetterNotFoundError,
@@ -37,10 +37,12 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .handling import Action, Verdict, check_handler, check_one_filter, run_handler
+from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
+from .processing import Processor, store_settings
 from .subjects import check_queue, check_subject
+from .subscription import Subscription
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -290,32 +292,17 @@ class BaseBroker:
             if settings.dead_letter:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-            spec = ConsumerSpec(stream, name, subject, settings, durable=queue is not None)
-            consumer = await self._backend.consume(spec, self._processor(handler, spec))
+            spec = ConsumerSpec(stream, name, subject, store_settings(settings), durable=queue is not None)
+            processor = Processor(handler, settings, self._store_dead_letter, self._settled.set)
+            consumer = await self._backend.consume(spec, processor)
         except JetStreamError:
             raise
         except Exception as error:
             raise self._translate(error) from error
-        subscription = Subscription(self, spec, queue, consumer)
+        subscription = Subscription(self, spec, queue, consumer, processor)
         self._subscriptions.add(subscription)
         logger.info("consuming %s from stream %s as %s", subject, stream, name)
         return subscription
-
-    def _processor(self, handler: Handler, spec: ConsumerSpec) -> Process:
-        settings = spec.settings
-        dead_letters = settings.dead_letter
-        settled = self._settled
-
-        async def process(message: Message) -> Verdict:
-            try:
-                verdict = await run_handler(handler, message, settings)
-                if verdict.action is Action.TERM and dead_letters:
-                    verdict = await self._dead_letter(message, verdict)
-                return verdict
-            finally:
-                settled.set()
-
-        return process
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -345,8 +332,9 @@ class BaseBroker:
 
     # -- dead letters ------------------------------------------------------------------------------
 
-    async def _dead_letter(self, message: Message, verdict: Verdict) -> Verdict:
-        """Store a message about to be terminated in the dead-letter stream; if that fails, nak it instead."""
+    async def _store_dead_letter(self, message: Message, verdict: Verdict) -> bool:
+        """Store a message about to be terminated in the dead-letter stream; False if that failed (the
+        :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again)."""
         delivery = message.delivery
         assert delivery is not None
         letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
@@ -358,14 +346,15 @@ class BaseBroker:
             )
         except JetStreamError as error:
             logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is nak'd instead: %s",
+                "could not dead-letter %s#%d (%s); it is held and retried: %s",
                 delivery.stream,
                 delivery.sequence,
                 message.subject,
                 self._backend.describe(error),
+                extra={"stream": delivery.stream, "sequence": delivery.sequence, "consumer": delivery.consumer},
             )
-            return Verdict(Action.NAK, delay=self.defaults.backoff.maximum, error=verdict.error)
-        return verdict
+            return False
+        return True
 
     async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest ``limit`` messages in the dead-letter stream, with why they died."""
@@ -445,62 +434,3 @@ class BaseBroker:
     def __repr__(self) -> str:
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
         return f"{type(self).__name__}(state={state!r}, subscriptions={len(self._subscriptions)})"
-
-
-class Subscription:
-    """A running consumer; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
-
-    def __init__(self, broker: BaseBroker, spec: ConsumerSpec, queue: str | None, consumer: Consumer) -> None:
-        self._broker = broker
-        self._spec = spec
-        self._queue = queue
-        self.consumer = consumer
-
-    @property
-    def subject(self) -> str:
-        """The subject (or wildcard filter) it consumes."""
-        return self._spec.subject
-
-    @property
-    def queue(self) -> str | None:
-        """The durable consumer's name, or ``None`` for an ephemeral consumer."""
-        return self._queue
-
-    @property
-    def stream(self) -> str:
-        """The stream it consumes from."""
-        return self._spec.stream
-
-    @property
-    def consumer_name(self) -> str:
-        """The consumer's name on the server (the queue, or a generated ephemeral name)."""
-        return self._spec.name
-
-    @property
-    def running(self) -> bool:
-        """Whether it takes messages."""
-        return self.consumer.state == "running"
-
-    @property
-    def state(self) -> str:
-        """``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"`` (for health probes)."""
-        return self.consumer.state
-
-    @property
-    def in_flight(self) -> int:
-        """Handlers of this subscription running now."""
-        return self.consumer.in_flight
-
-    @property
-    def last_error(self) -> str | None:
-        """The last problem the consumer met (a refused pull, a failed recreate), or ``None``."""
-        return self.consumer.last_error
-
-    async def unsubscribe(self) -> None:
-        """Stop taking messages at once, let running handlers finish within the broker's
-        ``shutdown_timeout``, give back the messages not started. An ephemeral consumer is deleted."""
-        await self.consumer.stop(self._broker.shutdown_timeout)
-        self._broker._subscriptions.discard(self)
-
-    def __repr__(self) -> str:
-        return f"Subscription(subject={self.subject!r}, queue={self._queue!r}, state={self.state!r})"

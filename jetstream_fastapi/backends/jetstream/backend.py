@@ -8,6 +8,7 @@ import datetime as _dt
 import inspect
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +18,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from nats.js.manager import JetStreamManager
 
-from ...core.broker import BaseBroker, Subscription
+from ...core.broker import BaseBroker
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
+from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
@@ -344,6 +346,10 @@ class JetStreamConsumer:
     @property
     def last_error(self) -> str | None:
         return self.worker.last_error
+
+    @property
+    def counters(self) -> Counter[str]:
+        return Counter()
 
     async def idle(self) -> bool:
         if self.worker.in_flight:

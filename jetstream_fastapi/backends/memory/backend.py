@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Unpack
 
 from ...clock import Clock, MonotonicClock
-from ...core.broker import BaseBroker, Subscription
+from ...core.broker import BaseBroker
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
+from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored

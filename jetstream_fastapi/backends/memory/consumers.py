@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -235,6 +235,10 @@ class MemoryMember:
     @property
     def last_error(self) -> str | None:
         return None  # no network to fail: handler errors are the message's fate, not the consumer's
+
+    @property
+    def counters(self) -> Counter[str]:
+        return Counter()  # no network: none of the worker's rare paths exist here
 
     async def idle(self) -> bool:
         return self._consumer.idle()

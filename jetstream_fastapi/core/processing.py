@@ -1,0 +1,93 @@
+"""What happens to each delivered message, the same for every backend: run the handler, decide its fate,
+and never lose it on the way to the dead letters.
+
+A message's fate comes from :func:`~jetstream_fastapi.core.handling.run_handler` (ack, nak after a delay,
+terminate). A terminated message is stored in the dead-letter stream first; if that fails, a nak would not
+help on the last attempt (a server does not redeliver past ``max_deliver``), so the message is *held*:
+still processing for the backend (which keeps it "in progress" on the server), its dead letter retried
+with the consumer's backoff until it is stored. A subscription that stops meanwhile gives it back (nak),
+and its next delivery is dead-lettered. For that to work the store's own delivery limit is lifted while
+dead-lettering (:func:`store_settings`) and ``max_deliver`` is enforced here instead: a delivery past it is
+dead-lettered without running the handler again (its last failure could not be recorded, or its handler
+never returned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from ..driver import Handler, Message
+from ..errors import DeliveryLimitError
+from .handling import Action, ConsumerSettings, Verdict, run_handler
+
+logger = logging.getLogger("jetstream_fastapi")
+
+StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
+"""Stores a message's dead letter; False when it could not be stored (the message is then held)."""
+
+
+def store_settings(settings: ConsumerSettings) -> ConsumerSettings:
+    """The settings a backend's consumer gets: while dead-lettering, no delivery limit of its own (the
+    :class:`Processor` enforces ``max_deliver``), so that a held message given back still comes back."""
+    if settings.dead_letter and settings.max_deliver != -1:
+        return dataclasses.replace(settings, max_deliver=-1)
+    return settings
+
+
+class Processor:
+    """The ``process`` of one subscription (see the module docstring)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ConsumerSettings,
+        store_dead_letter: StoreDeadLetter,
+        settled: Callable[[], None],
+    ) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._store_dead_letter = store_dead_letter if settings.dead_letter else None
+        self._settled = settled
+        self.stopping = asyncio.Event()
+        """Set when the subscription stops: a held message is given back instead of waiting on."""
+        self.counters: Counter[str] = Counter()
+        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``."""
+        self.last_error: str | None = None
+        """The last message held because its dead letter could not be stored (for health probes)."""
+
+    async def __call__(self, message: Message) -> Verdict:
+        try:
+            verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
+            if verdict.action is Action.TERM and self._store_dead_letter is not None:
+                verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
+            return verdict
+        finally:
+            self._settled()
+
+    def _past_limit(self, message: Message) -> Verdict | None:
+        limit = self._settings.max_deliver
+        if self._store_dead_letter is None or limit == -1 or message.attempt <= limit:
+            return None
+        self.counters["delivered_past_limit"] += 1
+        return Verdict(Action.TERM, error=DeliveryLimitError(message.attempt, limit))
+
+    async def _dead_letter(self, message: Message, verdict: Verdict, store: StoreDeadLetter) -> Verdict:
+        failures = 0
+        while not await store(message, verdict):
+            failures += 1
+            self.counters["dead_letter_failed"] += 1
+            delivery = message.delivery
+            where = f"{delivery.stream}#{delivery.sequence}" if delivery else "?"
+            self.last_error = f"could not dead-letter {where} ({message.subject}): held, retrying"
+            if self.stopping.is_set():
+                return Verdict(Action.NAK, error=verdict.error)  # comes back, then is dead-lettered
+            delay = self._settings.backoff.delay(failures, random.random())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+        return verdict
