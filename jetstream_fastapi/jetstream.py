@@ -14,7 +14,6 @@ from typing import Any, Unpack
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
 from .connection import Connection, redact_url
@@ -35,6 +34,7 @@ from .errors import (
     JetStreamError,
     NotConnectedError,
 )
+from .idle import consumer_idle
 from .publisher import Publisher
 from .streams import StreamMismatch, StreamRegistry
 from .subjects import check_queue, check_subject
@@ -374,15 +374,7 @@ class JetStreamBroker:
             return False
         await nc.flush()  # the server has processed every ack sent so far
         for sub in subscriptions:
-            stream, consumer = sub.worker.stream, sub.worker.consumer
-            info = await jsm.consumer_info(stream, consumer)
-            if info.num_pending or info.num_ack_pending:
-                return False
-            # num_pending can lag a PubAck (the server counts it in the consumer's own time): compare the
-            # last stream sequence of the consumer's subject, asked for after, with what was delivered.
-            # (Not the ack floor: it stays behind a message that ran out of deliveries, measured.)
-            delivered = info.delivered.stream_seq if info.delivered is not None else 0
-            if (delivered or 0) < await _last_sequence(jsm, stream, sub.subject):
+            if not await consumer_idle(jsm, sub.worker.stream, sub.worker.consumer, sub.subject):
                 return False
         return True
 
@@ -395,15 +387,6 @@ class JetStreamBroker:
         state = "connected" if self.is_connected else ("reconnecting" if self._nc is not None else "disconnected")
         servers = [redact_url(url) for url in self.servers]
         return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
-
-
-async def _last_sequence(jsm: JetStreamManager, stream: str, subject: str) -> int:
-    """The sequence of the last message on ``subject`` (wildcards allowed) in ``stream``; 0 if none."""
-    try:
-        message = await jsm.get_msg(stream, subject=subject)
-    except NotFoundError:
-        return 0
-    return message.seq or 0
 
 
 class JetStreamSubscription:

@@ -18,10 +18,8 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 * a 503 "no responders" or a 409 "Consumer Deleted" starts a check (:mod:`~jetstream_fastapi.recovery`):
   the consumer is recreated only if the server says it is gone, and acks that may have been lost to a
   server restart are resent once it answers (after a reconnect too);
-* a message whose dead letter cannot be stored is held (kept "in progress") while the dead-letter publish
-  is retried with backoff; if the worker stops first it is nak'd, and since the server's ``max_deliver`` is
-  unlimited when dead-lettering (the library counts attempts itself), the next delivery past
-  ``max_deliver`` is dead-lettered without running the handler again. Nothing is terminated unrecorded.
+* a message whose dead letter cannot be stored is held, kept "in progress", until it can
+  (:mod:`~jetstream_fastapi.terminating`).
 
 The fate of each message is decided by :func:`~jetstream_fastapi.consuming.run_handler`.
 """
@@ -33,7 +31,6 @@ import contextlib
 import enum
 import json
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,19 +40,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import fastpath
-from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, DeliveryLimitError, decode, nak_payload, where
-from .consuming import ACKED, Action, ConsumerSettings, Verdict, run_handler
-from .driver import Handler, Message
+from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, where
+from .consuming import ACKED, Action, ConsumerSettings, run_handler
+from .driver import Handler
 from .flow import Slots
 from .lanes import Lanes
 from .recovery import Recovery, no_responders_subject, one_line
+from .terminating import TerminateHook, Terminator
 
 logger = logging.getLogger("jetstream_fastapi")
 
 _MAX_HEARTBEAT = 30.0
-
-TerminateHook = Callable[[Message, Verdict], Awaitable[bool]]
-"""Called before a message is terminated (dead-lettering); returning False means "not stored, keep it"."""
 
 
 class WorkerState(enum.Enum):
@@ -90,7 +85,6 @@ class PullWorker:
         self._handler = handler
         self._settings = settings
         self._ensure_consumer = ensure_consumer
-        self._on_terminate = on_terminate
         self._on_settled = on_settled
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
@@ -106,12 +100,13 @@ class PullWorker:
         self._paused = False
         self._last_activity = 0.0
         self.state = WorkerState.NEW
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # set by stop(): ends the holding of a message whose dead letter failed
         self.last_error: str | None = None
         """The last problem the worker met (a status reply, a failed recreate), for health probes."""
         self.counters: Counter[str] = Counter()
         """How often each rare path was taken (``dead_letter_failed``, ``in_progress_failed``, ...): every
         failure the worker handles without raising is counted here, for metrics."""
+        self._terminator = Terminator(on_terminate, settings, self.counters, self._stopping, self._note)
         self._recovery = Recovery(
             nc,
             info_subject=f"{api_prefix}.CONSUMER.INFO.{stream}.{consumer}",
@@ -242,7 +237,7 @@ class PullWorker:
         self._running[reply] = started = time.monotonic()
         try:
             message = decode(msg)
-            verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
+            verdict = self._terminator.past_limit(message) or await run_handler(self._handler, message, self._settings)
             slots.handled(time.monotonic() - started)
             if verdict is ACKED:
                 self._release(reply)
@@ -251,7 +246,7 @@ class PullWorker:
             if verdict.action is Action.NAK:
                 payload = nak_payload(verdict.delay)
             else:
-                payload = await self._term_payload(message, verdict)
+                payload = await self._terminator.payload(message, verdict, where(reply))
             self._release(reply)
             await self._publish(reply, payload, "", None)
         except asyncio.CancelledError:
@@ -269,34 +264,6 @@ class PullWorker:
             if self._on_settled is not None:
                 self._on_settled()
         await self._pull()
-
-    def _past_limit(self, message: Message) -> Verdict | None:
-        # Only when dead-lettering: the server's max_deliver is then unlimited, and this is the limit.
-        settings = self._settings
-        if self._on_terminate is None or settings.max_deliver == -1 or message.attempt <= settings.max_deliver:
-            return None
-        self.counters["delivered_past_limit"] += 1
-        error = DeliveryLimitError(f"delivered {message.attempt} times, max_deliver is {settings.max_deliver}")
-        return Verdict(Action.TERM, error=error)
-
-    async def _term_payload(self, message: Message, verdict: Verdict) -> bytes:
-        hook = self._on_terminate
-        failures = 0
-        while hook is not None and not await hook(message, verdict):
-            # The dead letter could not be stored. A nak would not help on the last attempt (the server does
-            # not redeliver past max_deliver), so hold the message, kept in progress by the watchdog while
-            # it is in self._running, and try again after a backoff delay.
-            failures += 1
-            self.counters["dead_letter_failed"] += 1
-            sequence = message.delivery.sequence if message.delivery else 0
-            self.last_error = f"could not dead-letter {self.stream}#{sequence} ({message.subject}): held, retrying"
-            if self.state is not WorkerState.RUNNING:
-                # Stopping: give it back. The server redelivers it (its max_deliver is unlimited while
-                # dead-lettering), and that delivery, past max_deliver, is dead-lettered at once.
-                return NAK
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._settings.backoff.delay(failures, random.random()))
-        return b"+TERM " + verdict.reason.encode()[:1024]
 
     def _release(self, reply: str) -> None:
         """The handler is done with the message: its slot is free."""
@@ -322,6 +289,9 @@ class PullWorker:
             await self._publish(msg.reply, NAK, "", None)
         except SEND_ERRORS as error:  # redelivered after its ack wait instead of at once
             self._failed("give_back_failed", "could not give back", msg.reply, error)
+
+    def _note(self, problem: str) -> None:
+        self.last_error = problem
 
     def _failed(self, counter: str, what: str, reply: str | None, error: Exception) -> None:
         """Count, record and log a failure the worker survives (one line, with the message if any)."""
@@ -375,6 +345,10 @@ class PullWorker:
         self._paused = False
         self._slots.outstanding = 0
         self._last_activity = time.monotonic()
+        if self._checking is not None:
+            # A check that began before the drop waits for an answer that died with the old connection.
+            self._checking.cancel()
+            self._checking = None
         self._schedule_check(None)
 
     def _schedule_check(self, reason: str | None) -> None:
@@ -391,7 +365,8 @@ class PullWorker:
             if not answered and recovery.last_error is not None:
                 self.last_error = recovery.last_error
         finally:
-            self._checking = None
+            if self._checking is asyncio.current_task():  # not replaced by a reconnect's check
+                self._checking = None
         if answered:
             await recovery.resend_acks()
             self._last_activity = time.monotonic()

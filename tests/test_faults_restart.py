@@ -67,7 +67,7 @@ async def test_server_restart_mid_backlog_recovers_at_once_without_recreating(
         f"\nrestart took {restarted_at[0] - stopping:.2f}s; first message {first:.2f}s after the server was back; "
         f"the remaining backlog drained {done - restarted_at[0]:.2f}s after it, every message acked "
         f"{idle - restarted_at[0]:.2f}s after it; {redelivered} redelivered; "
-        f"{len(recreated)} recreate log lines"
+        f"{len(recreated)} recreate log lines; worker counters {broker.subscriptions[0].counters}"
     )
     assert len(seen) == TOTAL
     assert not recreated, recreated[:3]  # the consumer was never gone: nothing to recreate

@@ -109,9 +109,6 @@ async def test_publish_deadline_is_held_while_jetstream_is_away(
     broker = brokers(fresh_server.url, reconnect_time_wait=0.1)
     await broker.connect()
     await broker.publish("orders.created", b"warm up")  # the stream of the subject is cached
-    fresh_server.stop(remove_store=False)
-    fresh_server.jetstream = False  # back on the same port, without JetStream: every publish finds no responders
-    fresh_server.start()
 
     async def disconnected() -> None:
         assert not broker.is_connected
@@ -119,7 +116,11 @@ async def test_publish_deadline_is_held_while_jetstream_is_away(
     async def reconnected() -> None:
         assert broker.is_connected
 
+    # In threads, so that the client sees the server go (while it is down) and come back.
+    await asyncio.to_thread(fresh_server.stop, remove_store=False)
     await eventually(disconnected)
+    fresh_server.jetstream = False  # back on the same port, without JetStream: every publish finds no responders
+    await asyncio.to_thread(fresh_server.start)
     await eventually(reconnected)
     overshoots = []
     for timeout in (0.5, 1.0, 2.0):
