@@ -104,8 +104,11 @@ class PullWorker:
         self.last_error: str | None = None
         """The last problem the worker met (a status reply, a failed recreate), for health probes."""
         self.counters: Counter[str] = Counter()
-        """How often each rare path was taken (``dead_letter_failed``, ``in_progress_failed``, ...): every
-        failure the worker handles without raising is counted here, for metrics."""
+        """How often each rare path was taken, for metrics: every failure the worker survives is counted.
+        Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
+        dead letters: ``dead_letter_failed``, ``delivered_past_limit``; status replies: ``pull_refused``,
+        ``no_responders``, ``consumer_deleted``; recovery: ``check_retried``, ``recreated``,
+        ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
         self._terminator = Terminator(on_terminate, settings, self.counters, self._stopping, self._note)
         self._recovery = Recovery(
             nc,
@@ -305,7 +308,9 @@ class PullWorker:
     # -- watchdog, reconnects, recreation ----------------------------------------------------------
 
     async def _watch(self) -> None:
-        tick = min(self._heartbeat, self._settings.ack_wait / 4)
+        # An eighth of the ack wait: "in progress" goes out between 1/2 and 5/8 of it, and one that failed
+        # is sent again at the next tick, still well before the server's ack timer runs out.
+        tick = min(self._heartbeat, self._settings.ack_wait / 8)
         while self.state is WorkerState.RUNNING:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -328,8 +333,7 @@ class PullWorker:
                 try:
                     await self._publish(reply, IN_PROGRESS, "", None)
                 except SEND_ERRORS as error:
-                    # Not marked as refreshed: the next tick (at most a quarter of the ack wait away) tries
-                    # again, before the server's ack timer runs out.
+                    # Not marked as refreshed: the next tick (an eighth of the ack wait away) tries again.
                     self._failed("in_progress_failed", "could not send 'in progress' (retried) for", reply, error)
                     continue
                 if reply in self._running:
