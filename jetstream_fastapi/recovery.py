@@ -10,7 +10,8 @@ the worker pulls again.
 
 Acks lost in that window get no reply at all when they carried no pull, so the subjects of the last
 acks (a few times the concurrency: once JetStream stops, no new message arrives, so every ack sent in
-the window is among them) are kept and sent again after a reconnect or a check. The server ignores an
+the window is among them) are kept and sent again after a reconnect or a check, each asking for a
+confirmation so that one still unanswered comes back as a 503 and is sent again. The server ignores an
 ack for a message it already counts as acked.
 """
 
@@ -126,14 +127,19 @@ class Recovery:
             logger.info("consumer %s recreated", self._consumer)
             return
 
-    async def resend_acks(self) -> int:
-        """Send again every ack that may have been lost; returns how many were sent."""
+    async def resend_acks(self, inbox: str) -> int:
+        """Send again every ack that may have been lost; returns how many were sent.
+
+        Each asks for a confirmation on ``inbox`` (the worker's): one that still finds nobody (a new
+        consumer leader whose interest has not reached this server yet) comes back as a 503 naming it,
+        and is resent after the next check, instead of being dropped without a word.
+        """
         subjects = set(self.recent_acks) | self.refused_acks
         self.refused_acks.clear()
         sent = 0
         for subject in subjects:
             try:
-                await self._publish(subject, ACK, "", None)
+                await self._publish(subject, ACK, inbox, None)
             except (nats.errors.Error, OSError) as error:  # the connection dropped again: a reconnect resends
                 self._counters["ack_resend_failed"] += 1
                 self.last_error = f"could not resend acks: {type(error).__name__}"

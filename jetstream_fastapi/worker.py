@@ -51,6 +51,9 @@ from .terminating import TerminateHook, Terminator
 logger = logging.getLogger("jetstream_fastapi")
 
 _MAX_HEARTBEAT = 30.0
+_KEEP_ACKS = 10_000
+"""Acks remembered for a resend after a reconnect or a check (about 1 MB): an ack applied by a server that
+then died may not have reached its replicas or its disk yet, for longer than the last few acks take."""
 
 
 class WorkerState(enum.Enum):
@@ -114,7 +117,7 @@ class PullWorker:
             nc,
             info_subject=f"{api_prefix}.CONSUMER.INFO.{stream}.{consumer}",
             consumer=consumer,
-            keep=2 * settings.concurrency + settings.batch_size,
+            keep=max(_KEEP_ACKS, 2 * settings.concurrency + settings.batch_size),
             ensure_consumer=ensure_consumer,
             publish=self._publish,
             counters=self.counters,
@@ -199,7 +202,7 @@ class PullWorker:
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
-        if status == "100":  # idle heartbeat: activity was recorded
+        if status in ("100", ""):  # idle heartbeat (activity was recorded), or the server confirming a resent ack
             return
         description = headers.get("Description", "")
         slots = self._slots
@@ -372,7 +375,7 @@ class PullWorker:
             if self._checking is asyncio.current_task():  # not replaced by a reconnect's check
                 self._checking = None
         if answered:
-            await recovery.resend_acks()
+            await recovery.resend_acks(self._inbox)
             self._last_activity = time.monotonic()
             await self._pull()
 
