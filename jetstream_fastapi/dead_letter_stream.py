@@ -6,11 +6,14 @@ with the in-memory broker.
 
 from __future__ import annotations
 
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+import base64
+
+from nats.js.api import RawStreamMsg, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
 from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
+from .publishing import parse_headers
 
 DEAD_LETTER_CONFIG = StreamConfig(
     name=DEAD_LETTER_STREAM,
@@ -31,7 +34,7 @@ async def list_dead_letters(jsm: JetStreamManager, limit: int) -> list[DeadLette
         except NotFoundError:  # past the last message, or no dead-letter stream yet
             break
         assert raw.seq is not None
-        letters.append(DeadLetter.from_stored(raw.seq, raw.data or b"", dict(raw.headers or {}), raw.time))
+        letters.append(DeadLetter.from_stored(raw.seq, raw.data or b"", _headers(raw), raw.time))
         seq = raw.seq + 1
     return letters
 
@@ -42,4 +45,10 @@ async def get_dead_letter(jsm: JetStreamManager, seq: int) -> DeadLetter:
         raw = await jsm.get_msg(DEAD_LETTER_STREAM, seq=seq)
     except NotFoundError:
         raise LookupError(f"no dead letter with sequence {seq}") from None
-    return DeadLetter.from_stored(seq, raw.data or b"", dict(raw.headers or {}), raw.time)
+    return DeadLetter.from_stored(seq, raw.data or b"", _headers(raw), raw.time)
+
+
+def _headers(raw: RawStreamMsg) -> dict[str, str]:
+    # nats-py's get_msg parses headers with the e-mail parser (non-ASCII values become email.header.Header
+    # objects); its raw block, base64 in the API answer, is parsed here as UTF-8 instead.
+    return parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from nats.js.manager import JetStreamManager
@@ -30,8 +31,10 @@ from .driver import Backoff, ConsumerOptions, Handler, Message, Payload, PubAck
 from .errors import (
     ConnectError,
     InvalidArgumentError,
+    JetStreamError,
     NotConnectedError,
 )
+from .idle import consumer_idle
 from .publisher import Publisher
 from .streams import StreamMismatch, StreamRegistry
 from .subjects import check_queue, check_subject
@@ -149,7 +152,7 @@ class JetStreamBroker:
         try:
             reply = await nc.request(_ACCOUNT_INFO, b"", timeout=timeout)
             response = json.loads(reply.data)
-        except Exception:
+        except (nats.errors.Error, TimeoutError, ValueError):  # no answer, no responders, closed, not JSON
             return False
         return isinstance(response, dict) and "error" not in response
 
@@ -192,9 +195,9 @@ class JetStreamBroker:
             try:
                 # Flushes the acks and naks written by the workers; bounded in case the server is gone.
                 await asyncio.wait_for(nc.drain(), timeout=max(1.0, min(5.0, self.shutdown_timeout)))
-            except Exception:
+            except (TimeoutError, nats.errors.Error, OSError):
                 # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(nats.errors.Error, OSError):
                     await nc.close()
 
     async def __aenter__(self) -> JetStreamBroker:
@@ -286,6 +289,11 @@ class JetStreamBroker:
             check_one_filter(queue, subject, stream, running)
         name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
         config = consumer_config(name, subject, settings, durable=queue is not None)
+        if settings.dead_letter and settings.max_deliver != -1:
+            # The worker counts attempts itself and dead-letters a message past max_deliver; the server must
+            # not stop redelivering first, or a message whose dead letter could not be stored on its last
+            # attempt (nak'd at shutdown while held) would never come back.
+            config.max_deliver = -1
         if settings.dead_letter:
             await registry.ensure(DEAD_LETTER_CONFIG)
 
@@ -326,9 +334,9 @@ class JetStreamBroker:
                 letter,
                 msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
             )
-        except Exception as error:
+        except (JetStreamError, nats.errors.Error) as error:  # refused, timed out, not connected
             logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is nak'd instead: %s",
+                "could not dead-letter %s#%d (%s); it is kept and retried: %s",
                 delivery.stream,
                 delivery.sequence,
                 message.subject,
@@ -372,8 +380,7 @@ class JetStreamBroker:
             return False
         await nc.flush()  # the server has processed every ack sent so far
         for sub in subscriptions:
-            info = await jsm.consumer_info(sub.worker.stream, sub.worker.consumer)
-            if info.num_pending or info.num_ack_pending:
+            if not await consumer_idle(jsm, sub.worker.stream, sub.worker.consumer, sub.subject):
                 return False
         return True
 
@@ -427,6 +434,11 @@ class JetStreamSubscription:
         """The last problem the worker met (a refused pull, a failed recreate), or ``None``."""
         return self.worker.last_error
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """How often the worker took each rare path (see :attr:`PullWorker.counters`), for metrics."""
+        return dict(self.worker.counters)
+
     async def unsubscribe(self) -> None:
         """Stop pulling at once, let running handlers finish within the broker's ``shutdown_timeout``,
         give back (nak) messages that were pulled but not started. An ephemeral consumer is deleted."""
@@ -434,8 +446,12 @@ class JetStreamSubscription:
         self._broker._subscriptions.discard(self)
         jsm = self._broker._jsm
         if self._queue is None and jsm is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await jsm.delete_consumer(self.worker.stream, self.worker.consumer)
+            except (nats.errors.Error, TimeoutError) as error:
+                # The server deletes it anyway after inactive_threshold without a pull.
+                self.worker.counters["ephemeral_delete_failed"] += 1
+                logger.info("ephemeral consumer %s not deleted now: %r", self.worker.consumer, error)
 
     def __repr__(self) -> str:
         state = self.worker.state.value

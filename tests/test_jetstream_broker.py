@@ -304,7 +304,9 @@ async def test_declared_stream_differing_is_updated_when_asked(
 async def test_durable_consumer_config_comes_from_options(
     brokers: Callable[..., JetStreamBroker], admin: JetStreamManager, prefix: str
 ) -> None:
-    broker = brokers(ack_wait=11, max_deliver=4, max_ack_pending=40)
+    # Without dead letters the server enforces max_deliver; with them it is unlimited on the server and
+    # the worker dead-letters a message past it (so that a refused dead letter never loses the message).
+    broker = brokers(ack_wait=11, max_deliver=4, max_ack_pending=40, dead_letters=False)
 
     async def handler(msg: Message) -> None:
         pass
@@ -326,6 +328,8 @@ async def test_durable_consumer_config_comes_from_options(
     assert custom.ack_wait == pytest.approx(7)
     assert custom.max_deliver == 3
     assert custom.max_ack_pending == 50
+    await broker.subscribe(f"{prefix}.c", handler, queue="dead-lettering", max_deliver=3, dead_letter=True)
+    assert (await admin.consumer_info(prefix.upper(), "dead-lettering")).config.max_deliver == -1
 
 
 async def test_resubscribing_with_other_options_reconciles_the_durable(
@@ -341,7 +345,9 @@ async def test_resubscribing_with_other_options_reconciles_the_durable(
     sub = await broker.subscribe(f"{prefix}.a", got, queue="w", ack_wait=8)  # only ack_wait differs
     assert (await admin.consumer_info(prefix.upper(), "w")).config.ack_wait == pytest.approx(8)
     await sub.unsubscribe()
-    await broker.subscribe(f"{prefix}.a", got, queue="w", ack_wait=8, max_deliver=2, max_ack_pending=20)
+    await broker.subscribe(
+        f"{prefix}.a", got, queue="w", ack_wait=8, max_deliver=2, max_ack_pending=20, dead_letter=False
+    )
     info = (await admin.consumer_info(prefix.upper(), "w")).config
     assert info.ack_wait == pytest.approx(8)
     assert info.max_deliver == 2
