@@ -4,6 +4,11 @@
     Consumes ``subject`` on queue ``shared`` (ack wait 2 s, 5 handlers) with a handler that prints
     ``HOLD <id> <attempt> <seq>`` and then blocks for ever: it holds its messages unacked until killed.
 
+``python tests/fault_consumer.py work <nats-url> <subject>``
+    Consumes ``subject`` on queue ``churn`` (ack wait 1 s, 4 handlers of ~5 ms) and prints
+    ``DONE <id> <attempt> <seq>`` after each handler, before its ack: killed at any moment, it leaves
+    processed-but-unacked messages behind, as a crash does.
+
 ``python tests/fault_consumer.py app`` (environment: ``NATS_URL``, ``PORT``, ``SUBJECT``)
     Serves a FastAPI app under uvicorn whose consumer (queue ``rolling``, 8 handlers, ~200 ms each) prints
     ``START <id> <attempt> <seq>`` and ``DONE <id> <attempt> <seq>``. SIGTERM shuts it down gracefully and
@@ -27,6 +32,7 @@ from jetstream_fastapi import ConsumerRouter, JetStreamBroker, Message, jetstrea
 
 HOLD_CONCURRENCY = 5
 HOLD_ACK_WAIT = 2.0
+WORK_ACK_WAIT = 1.0
 ROLLING_CONCURRENCY = 8
 ROLLING_HANDLER_SECONDS = 0.2
 ROLLING_SHUTDOWN_TIMEOUT = 5.0
@@ -55,6 +61,19 @@ async def hold(url: str, subject: str) -> None:
     await broker.subscribe(subject, handler, queue="shared")
     say("READY")
     await never.wait()
+
+
+async def work(url: str, subject: str) -> None:
+    broker = JetStreamBroker(url, ack_wait=WORK_ACK_WAIT, concurrency=4, batch_size=4, fetch_wait=1.0)
+    await broker.connect()
+
+    async def handler(msg: Message) -> None:
+        await asyncio.sleep(0.005)
+        say("DONE", describe(msg))
+
+    await broker.subscribe(subject, handler, queue="churn")
+    say("READY")
+    await asyncio.Event().wait()
 
 
 def create_app(url: str, subject: str) -> FastAPI:
@@ -89,6 +108,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "hold":
         asyncio.run(hold(sys.argv[2], sys.argv[3]))
+    elif mode == "work":
+        asyncio.run(work(sys.argv[2], sys.argv[3]))
     elif mode == "app":
         serve_app()
     else:

@@ -4,7 +4,9 @@ When a message is rejected as poison (:class:`~jetstream_fastapi.driver.Reject`)
 attempt, the broker republishes it, body and headers, to ``deadletter.<stream>.<consumer>``, a subject
 captured by the ``DEAD_LETTERS`` stream (Limits retention, so it can be inspected), with headers that
 record where it came from and why it died. Only once that publish is acknowledged is the original
-terminated; if it fails, the original is nak'd and tried again later.
+terminated; if it fails, the original is held (kept in progress) and its dead letter retried with
+backoff; a worker that stops meanwhile gives it back, and its next delivery is dead-lettered (see
+:mod:`~jetstream_fastapi.worker`).
 
 Imports nothing from ``nats``: both brokers build and read dead letters with these functions.
 """
@@ -60,7 +62,8 @@ def dead_letter_headers(message: Message, error: BaseException | None) -> dict[s
     )
     if message.msg_id:
         headers[ORIGINAL_MSG_ID] = message.msg_id
-    return {k: v for k, v in headers.items() if v != ""}
+    # Ours are left out when empty; the original headers are kept as they are, empty values included.
+    return {k: v for k, v in headers.items() if v != "" or k not in _OURS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[by
         merged.update(headers)
     if merged:
         check_headers(merged)
+        # The NATS protocol trims the space around a value: do it here, so both brokers store the same.
+        merged = {key: value.strip() for key, value in merged.items()}
     return body, merged
 
 
@@ -45,6 +47,24 @@ def check_headers(headers: dict[str, str]) -> None:
             raise InvalidArgumentError(f"invalid header name {key!r}: letters, digits and !#$%&'*+-.^_`|~ only")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise InvalidArgumentError(f"header {key!r} must be a single-line string, got {value!r}")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"header {key!r} is not valid UTF-8 text: {value!r}") from None
+
+
+def parse_headers(block: bytes) -> dict[str, str]:
+    """The headers of a ``NATS/1.0`` header block, values decoded as UTF-8 (invalid bytes replaced).
+
+    A name given several times (NATS allows it) keeps its last value, as nats-py does for consumed
+    messages: this package reads and writes one value per header name.
+    """
+    headers: dict[str, str] = {}
+    for line in block.split(b"\r\n")[1:]:  # the first line is NATS/1.0 (and a status, if any)
+        name, colon, value = line.partition(b":")
+        if colon and name.strip():
+            headers[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    return headers
 
 
 def check_msg_id(msg_id: object) -> str:

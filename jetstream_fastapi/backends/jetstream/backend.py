@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as _dt
 import inspect
@@ -20,6 +21,7 @@ from nats.js.manager import JetStreamManager
 
 from ...core.broker import BaseBroker
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
+from ...core.payloads import parse_headers
 from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
@@ -34,6 +36,7 @@ from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
+from .idle import consumer_idle
 from .publisher import Publisher
 from .streams import StreamRegistry
 from .worker import PullWorker
@@ -180,9 +183,9 @@ class JetStreamBackend:
         try:
             # Flushes the acks and naks written by the workers; bounded in case the server is gone.
             await asyncio.wait_for(nc.drain(), timeout=timeout)
-        except Exception:
+        except (TimeoutError, nats.errors.Error, OSError):
             # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error, OSError):
                 await nc.close()
 
     async def ping(self, timeout: float) -> bool:
@@ -192,7 +195,7 @@ class JetStreamBackend:
         try:
             reply = await nc.request(_ACCOUNT_INFO, b"", timeout=timeout)
             response = json.loads(reply.data)
-        except Exception:
+        except (nats.errors.Error, TimeoutError, ValueError):  # no answer, no responders, closed, not JSON
             return False
         return isinstance(response, dict) and "error" not in response
 
@@ -279,7 +282,9 @@ class JetStreamBackend:
         except nats.js.errors.NotFoundError:  # no such message (past the last one), or no such stream
             return None
         assert raw.seq is not None
-        headers = {key: str(value) for key, value in (raw.headers or {}).items()}
+        # nats-py's get_msg parses headers with the e-mail parser (non-ASCII values become email.header.Header
+        # objects); its raw block, base64 in the API answer, is parsed here as UTF-8 instead.
+        headers = parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}
         return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
 
     async def delete(self, stream: str, seq: int) -> bool:
@@ -349,18 +354,21 @@ class JetStreamConsumer:
 
     @property
     def counters(self) -> Counter[str]:
-        return Counter()
+        return self.worker.counters
 
     async def idle(self) -> bool:
         if self.worker.in_flight:
             return False
         await self._nc.flush()  # the server has processed every ack sent so far
-        info = await self._jsm.consumer_info(self._spec.stream, self._spec.name)
-        return not (info.num_pending or info.num_ack_pending)
+        return await consumer_idle(self._jsm, self._spec.stream, self._spec.name, self._spec.subject)
 
     async def stop(self, timeout: float) -> None:
         await self.worker.stop(timeout)
         self._backend.forget(self.worker)
         if not self._spec.durable and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
+            try:
                 await self._jsm.delete_consumer(self._spec.stream, self._spec.name)
+            except (nats.errors.Error, TimeoutError) as error:
+                # The server deletes it anyway after inactive_threshold without a pull.
+                self.worker.counters["ephemeral_delete_failed"] += 1
+                logger.info("ephemeral consumer %s not deleted now: %r", self._spec.name, error)

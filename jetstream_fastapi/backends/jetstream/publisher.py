@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Sequence
 
 import nats.errors
@@ -61,22 +60,34 @@ class Publisher:
         return outcome
 
     async def send(self, outgoing: Outgoing, total: float) -> PubAck:
-        """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds."""
+        """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds.
+
+        The whole loop runs under one deadline, so that no retry pause, lookup or provisioning carries the
+        call past ``total`` (a pause was not clamped before, and a publish could overshoot by a second).
+        """
+        msg_id = outgoing.headers[MSG_ID_HEADER]
+        deadline = asyncio.get_running_loop().time() + total
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._attempts(outgoing, total, deadline)
+        except TimeoutError:
+            raise PublishTimeoutError(outgoing.subject, total, msg_id) from None
+
+    async def _attempts(self, outgoing: Outgoing, total: float, deadline: float) -> PubAck:
         registry = self._registry
         subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
-        msg_id = merged[MSG_ID_HEADER]
-        deadline = time.monotonic() + total
+        loop = asyncio.get_running_loop()
         no_responders = 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishTimeoutError(subject, total, msg_id)
+            remaining = deadline - loop.time()
             # Each attempt gets a share of the deadline, so that a request lost with a dying connection is
             # sent again; the msg id makes the server store it once whichever attempt lands.
-            attempt_timeout = min(remaining, max(1.0, total / 3))
+            attempt_timeout = max(0.001, min(remaining, max(1.0, total / 3)))
             try:
                 reply = await self._replies.request(subject, body, merged, attempt_timeout)
             except TimeoutError:
+                if loop.time() >= deadline:
+                    raise
                 continue
             except nats.errors.ConnectionClosedError:
                 raise NotConnectedError("the NATS connection is closed") from None
@@ -101,9 +112,9 @@ class Publisher:
         try:
             # Bounded well below the deadline: during a leader election the lookup itself may hang, and the
             # publish should be retried as soon as a new leader answers.
-            lookup = min(1.0, max(0.01, deadline - time.monotonic()))
+            lookup = min(1.0, max(0.01, deadline - asyncio.get_running_loop().time()))
             stream = await asyncio.wait_for(registry.find(subject), timeout=lookup)
-        except Exception:
+        except (TimeoutError, nats.errors.Error):  # includes nats.js.errors.APIError
             stream = "?"  # JetStream itself is not answering yet (restart, election): wait and retry
         if stream is None:
             await registry.stream_for(subject)  # provisions, or raises NoStreamError naming the subject

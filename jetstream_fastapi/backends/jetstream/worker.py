@@ -15,7 +15,11 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
   a task per message;
 * a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
   past half the ack wait, and re-pulls after a reconnect;
-* a deleted consumer (409 "Consumer Deleted", or no responders) is recreated.
+* a 503 "no responders" or a 409 "Consumer Deleted" starts a check (:mod:`~jetstream_fastapi.recovery`):
+  the consumer is recreated only if the server says it is gone, and acks that may have been lost to a
+  server restart are resent once it answers (after a reconnect too);
+* a message whose dead letter cannot be stored is held, kept "in progress", until it can
+  (:mod:`~jetstream_fastapi.terminating`).
 
 The fate of each message is decided by the broker's front (the ``process`` it is given).
 """
@@ -28,6 +32,7 @@ import enum
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
@@ -35,18 +40,18 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ...core.handling import ACKED, Action, ConsumerSettings
-from ...driver import Delivery, Message
 from ..base import Process
+from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, where
 from .flow import Slots
 from .lanes import Lanes
+from .recovery import Recovery, no_responders_subject, one_line
 
 logger = logging.getLogger("jetstream_fastapi")
 
-ACK = b"+ACK"
-NAK = b"-NAK"
-IN_PROGRESS = b"+WPI"
 _MAX_HEARTBEAT = 30.0
-_RECREATE_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+_KEEP_ACKS = 10_000
+"""Acks remembered for a resend after a reconnect or a check (about 1 MB): an ack applied by a server that
+then died may not have reached its replicas or its disk yet, for longer than the last few acks take."""
 
 
 class WorkerState(enum.Enum):
@@ -56,24 +61,6 @@ class WorkerState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-def nak_payload(delay: float) -> bytes:
-    """The ``-NAK`` body asking the server to redeliver after ``delay`` seconds."""
-    if delay <= 0:
-        return NAK
-    return b'-NAK {"delay": %d}' % int(delay * 1e9)
-
-
-def decode(msg: Msg) -> Message:
-    """Turn a nats-py JetStream message into a :class:`Message`, reading its delivery from the reply subject."""
-    tokens = msg.reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the newer form with
-    # <domain>.<account hash> after $JS.ACK and a random token at the end. (Positional arguments: this
-    # runs for every message.)
-    stream, consumer, attempt, sequence, _, timestamp = tokens[2:8] if len(tokens) == 9 else tokens[4:10]
-    delivery = Delivery(stream, int(sequence), int(attempt), int(timestamp), consumer)
-    return Message(msg.data, msg.headers or {}, msg.subject, delivery)
 
 
 class PullWorker:
@@ -104,7 +91,7 @@ class PullWorker:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._recreating: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, float] = {}  # reply subject -> last ack-wait refresh (monotonic)
         self._lanes: Lanes[Msg] = Lanes(settings.concurrency, self._handle, f"jetstream-lane-{consumer}")
@@ -113,6 +100,22 @@ class PullWorker:
         self.state = WorkerState.NEW
         self.last_error: str | None = None
         """The last problem the worker met (a status reply, a failed recreate), for health probes."""
+        self.counters: Counter[str] = Counter()
+        """How often each rare path was taken, for metrics: every failure the worker survives is counted.
+        Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
+        status replies: ``pull_refused``,
+        ``no_responders``, ``consumer_deleted``; recovery: ``check_retried``, ``recreated``,
+        ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
+        self._recovery = Recovery(
+            nc,
+            info_subject=f"{api_prefix}.CONSUMER.INFO.{stream}.{consumer}",
+            consumer=consumer,
+            keep=max(_KEEP_ACKS, 2 * settings.concurrency + settings.batch_size),
+            ensure_consumer=ensure_consumer,
+            publish=self._publish,
+            counters=self.counters,
+        )
+        self._recent_acks = self._recovery.recent_acks
 
     @property
     def in_flight(self) -> int:
@@ -147,7 +150,7 @@ class PullWorker:
 
     def _wanted(self) -> int:
         """The size of the pull request to send now (0: none)."""
-        if self.state is not WorkerState.RUNNING or self._paused or self._recreating is not None:
+        if self.state is not WorkerState.RUNNING or self._paused or self._checking is not None:
             return 0
         return min(self._slots.to_pull(len(self._lanes.ready)), self._settings.batch_size)
 
@@ -157,9 +160,9 @@ class PullWorker:
             slots.outstanding += batch
             try:
                 await self._publish(self._pull_subject, self._request(batch), self._inbox, None)
-            except Exception as error:  # closed or draining connection: the watchdog retries
+            except Exception as error:  # SEND_ERRORS: the watchdog retries; anything else is logged as a bug
                 slots.outstanding -= batch
-                self.last_error = f"pull request failed: {error!r}"
+                self._failed("pull_failed", "a pull request failed", None, error)
                 return
 
     async def _on_message(self, msg: Msg) -> None:
@@ -181,23 +184,33 @@ class PullWorker:
 
     async def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
-        if status == "100":  # idle heartbeat: activity was recorded
+        if status in ("100", ""):  # idle heartbeat (activity was recorded), or the server confirming a resent ack
             return
         description = headers.get("Description", "")
         slots = self._slots
         pending = headers.get("Nats-Pending-Messages")
         if pending is not None:
             slots.expired(int(pending))
-        if (status == "409" and "Consumer Deleted" in description) or status == "503":
-            self.last_error = f"consumer {self.consumer!r} is gone ({status} {description}); recreating"
-            logger.warning("%s", self.last_error)
+        if status == "503":
+            # Nothing answered a pull, or an ack that carried one: JetStream is stopping or starting, a leader
+            # is being elected, or the consumer is gone. The check tells which.
+            subject = no_responders_subject(headers)
+            if subject.startswith("$JS.ACK."):
+                self._recovery.refused_acks.add(subject)  # not applied: resent once the consumer answers
+            self.counters["no_responders"] += 1
             slots.outstanding = 0
-            self._schedule_recreate()
+            self._schedule_check(f"no responders for {subject or 'a pull request'}")
+            return
+        if status == "409" and "Consumer Deleted" in description:
+            self.counters["consumer_deleted"] += 1
+            slots.outstanding = 0
+            self._schedule_check("consumer deleted")
             return
         if status == "409" and "Leadership Change" in description:
             slots.outstanding = 0
         elif status not in ("404", "408", "409"):
-            self.last_error = f"pull request refused: {status} {description}"
+            self.last_error = f"pull request refused: {status} {one_line(description)}"
+            self.counters["pull_refused"] += 1
             logger.error("consumer %s: %s", self.consumer, self.last_error)
             slots.outstanding = 0
             return  # the watchdog retries after a heartbeat interval instead of a tight loop
@@ -226,13 +239,13 @@ class PullWorker:
             await self._publish(reply, payload, "", None)
         except asyncio.CancelledError:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
-            with contextlib.suppress(Exception):
-                await self._publish(reply, NAK, "", None)
+            await self._give_back(msg)
             raise
         except Exception as error:
-            # The ack could not be sent (connection closed): the server redelivers after the ack wait.
-            self.last_error = f"could not settle a message: {error!r}"
-            logger.warning("consumer %s: %s", self.consumer, self.last_error)
+            # SEND_ERRORS: the ack, nak or term could not be sent, and the server redelivers after the ack
+            # wait. Anything else (a reply subject that does not decode) is a bug, logged with its
+            # traceback; the message is redelivered the same way.
+            self._failed("settle_failed", "could not settle", reply, error)
         finally:
             if reply in self._running:  # not released yet: decoding or processing raised
                 self._release(reply)
@@ -245,6 +258,7 @@ class PullWorker:
 
     async def _ack(self, reply: str) -> None:
         # If a pull is due, the ack carries it: "+NXT <request>" with our inbox as the reply subject.
+        self._recent_acks.append(reply)  # resent after a restart, which may drop it without a word
         batch = self._wanted()
         if batch == 0:
             await self._publish(reply, ACK, "", None)
@@ -257,19 +271,35 @@ class PullWorker:
             raise
 
     async def _give_back(self, msg: Msg) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self._publish(msg.reply, NAK, "", None)
+        except SEND_ERRORS as error:  # redelivered after its ack wait instead of at once
+            self._failed("give_back_failed", "could not give back", msg.reply, error)
+
+    def _note(self, problem: str) -> None:
+        self.last_error = problem
+
+    def _failed(self, counter: str, what: str, reply: str | None, error: Exception) -> None:
+        """Count, record and log a failure the worker survives (one line, with the message if any)."""
+        self.counters[counter] += 1
+        about = f" {where(reply)}" if reply else ""
+        self.last_error = f"{what}{about}: {one_line(repr(error))}"
+        expected = isinstance(error, SEND_ERRORS)
+        level = logging.WARNING if expected else logging.ERROR
+        logger.log(level, "consumer %s: %s", self.consumer, self.last_error, exc_info=None if expected else error)
 
     # -- watchdog, reconnects, recreation ----------------------------------------------------------
 
     async def _watch(self) -> None:
-        tick = min(self._heartbeat, self._settings.ack_wait / 4)
+        # An eighth of the ack wait: "in progress" goes out between 1/2 and 5/8 of it, and one that failed
+        # is sent again at the next tick, still well before the server's ack timer runs out.
+        tick = min(self._heartbeat, self._settings.ack_wait / 8)
         while self.state is WorkerState.RUNNING:
             await asyncio.sleep(tick)
             now = time.monotonic()
             if self._running:
                 await self._refresh_long_handlers(now)
-            if self._paused or self._recreating is not None:
+            if self._paused or self._checking is not None:
                 continue
             if self._slots.outstanding and now - self._last_activity > 2 * self._heartbeat:
                 logger.warning("consumer %s: missed heartbeats, pulling again", self.consumer)
@@ -283,42 +313,54 @@ class PullWorker:
         limit = self._settings.ack_wait / 2
         for reply, since in list(self._running.items()):
             if now - since >= limit and reply in self._running:
-                self._running[reply] = now
-                with contextlib.suppress(Exception):
+                try:
                     await self._publish(reply, IN_PROGRESS, "", None)
+                except SEND_ERRORS as error:
+                    # Not marked as refreshed: the next tick (an eighth of the ack wait away) tries again.
+                    self._failed("in_progress_failed", "could not send 'in progress' (retried) for", reply, error)
+                    continue
+                if reply in self._running:
+                    self._running[reply] = now
 
     def connection_lost(self) -> None:
         """The connection dropped: stop pulling until it is back."""
         self._paused = True
 
     def connection_restored(self) -> None:
-        """The connection is back: old pull requests died with it, so pull afresh."""
+        """The connection is back: old pull requests died with it, and acks sent just before may have been
+        dropped; once the consumer answers, resend those and pull afresh."""
         self._paused = False
         self._slots.outstanding = 0
         self._last_activity = time.monotonic()
-        if self.state is WorkerState.RUNNING:
-            self._spawn(self._pull())
+        if self._checking is not None:
+            # A check that began before the drop waits for an answer that died with the old connection.
+            self._checking.cancel()
+            self._checking = None
+        self._schedule_check(None)
 
-    def _schedule_recreate(self) -> None:
-        if self._recreating is None and self.state is WorkerState.RUNNING:
-            self._recreating = asyncio.create_task(self._recreate())
+    def _schedule_check(self, reason: str | None) -> None:
+        if self._checking is None and self.state is WorkerState.RUNNING:
+            if reason is not None:
+                self.last_error = f"consumer {self.consumer!r}: {reason}; checking it"
+                logger.warning("%s", self.last_error)  # once per check, not once per status message
+            self._checking = asyncio.create_task(self._check(), name=f"jetstream-check-{self.consumer}")
 
-    async def _recreate(self) -> None:
-        attempt = 0
-        while self.state is WorkerState.RUNNING:
-            try:
-                await self._ensure_consumer()
-                self.last_error = None
-                logger.info("consumer %s on stream %s recreated", self.consumer, self.stream)
-                break
-            except Exception as error:
-                self.last_error = f"recreating consumer {self.consumer!r} failed: {error!r}"
-                logger.warning("%s", self.last_error)
-                await asyncio.sleep(_RECREATE_DELAYS[min(attempt, len(_RECREATE_DELAYS) - 1)])
-                attempt += 1
-        self._recreating = None
-        self._last_activity = time.monotonic()
-        await self._pull()
+    async def _check(self) -> None:
+        recovery = self._recovery
+        try:
+            answered = await recovery.wait_until_answered(self._can_pull)
+            if not answered and recovery.last_error is not None:
+                self.last_error = recovery.last_error
+        finally:
+            if self._checking is asyncio.current_task():  # not replaced by a reconnect's check
+                self._checking = None
+        if answered:
+            await recovery.resend_acks(self._inbox)
+            self._last_activity = time.monotonic()
+            await self._pull()
+
+    def _can_pull(self) -> bool:
+        return self.state is WorkerState.RUNNING and not self._paused
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -335,7 +377,7 @@ class PullWorker:
         self.state = WorkerState.STOPPING
         deadline = time.monotonic() + timeout
         not_started = self._lanes.close()  # running handlers finish; no lane takes another message
-        for task in (self._watchdog, self._recreating):
+        for task in (self._watchdog, self._checking):
             if task is not None:
                 task.cancel()
         if self._sub is not None:
@@ -343,8 +385,8 @@ class PullWorker:
             # which gives them back (nak) now that the state is STOPPING.
             try:
                 await asyncio.wait_for(self._sub.drain(), timeout=max(0.1, min(2.0, timeout)))
-            except Exception:
-                with contextlib.suppress(Exception):
+            except (TimeoutError, *SEND_ERRORS):  # too slow, or the connection is gone: unsubscribe at least
+                with contextlib.suppress(*SEND_ERRORS):
                     await self._sub.unsubscribe()
         for msg in not_started:
             await self._give_back(msg)

@@ -1,0 +1,52 @@
+"""The JetStream ack protocol as the pull worker speaks it: payloads, and what a ``$JS.ACK`` reply subject says.
+
+Pure functions and constants; the only ``nats`` import is the message type.
+"""
+
+from __future__ import annotations
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from ...driver import Delivery, Message
+
+ACK = b"+ACK"
+NAK = b"-NAK"
+IN_PROGRESS = b"+WPI"
+
+SEND_ERRORS = (nats.errors.Error, OSError)
+"""What sending an ack, a nak or a pull can raise: the connection is closed or draining, its reconnect
+buffer is full, or the socket failed. The server redelivers an unacknowledged message after its ack wait."""
+
+
+class DeliveryLimitError(Exception):
+    """A message was delivered past ``max_deliver`` (its last failure could not be dead-lettered, or its
+    handler never returned): it is dead-lettered without running the handler again."""
+
+
+def nak_payload(delay: float) -> bytes:
+    """The ``-NAK`` body asking the server to redeliver after ``delay`` seconds."""
+    if delay <= 0:
+        return NAK
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
+def decode(msg: Msg) -> Message:
+    """Turn a nats-py JetStream message into a :class:`Message`, reading its delivery from the reply subject."""
+    tokens = msg.reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the newer form with
+    # <domain>.<account hash> after $JS.ACK and a random token at the end. (Positional arguments: this
+    # runs for every message.)
+    stream, consumer, attempt, sequence, _, timestamp = tokens[2:8] if len(tokens) == 9 else tokens[4:10]
+    delivery = Delivery(stream, int(sequence), int(attempt), int(timestamp), consumer)
+    return Message(msg.data, msg.headers or {}, msg.subject, delivery)
+
+
+def where(reply: str) -> str:
+    """``<stream>#<sequence>`` of a message, from its ``$JS.ACK`` reply subject (for log lines)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return f"{tokens[2]}#{tokens[5]}"
+    if len(tokens) >= 10:
+        return f"{tokens[4]}#{tokens[7]}"
+    return repr(reply)  # not a JetStream reply subject: said as it is
