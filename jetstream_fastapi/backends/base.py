@@ -153,6 +153,10 @@ class Backend(Protocol):
         :class:`~jetstream_fastapi.errors.NoStreamError` otherwise."""
         ...
 
+    async def has_stream(self, name: str) -> bool:
+        """Whether stream ``name`` exists (never provisions one)."""
+        ...
+
     async def ensure_dead_letter_stream(self) -> None:
         """Create the dead-letter stream if it is missing."""
         ...

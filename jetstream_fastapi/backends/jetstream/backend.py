@@ -211,6 +211,14 @@ class JetStreamBackend:
     async def stream_for(self, subject: str) -> str:
         return await self._require()[2].stream_for(subject)
 
+    async def has_stream(self, name: str) -> bool:
+        _, jsm, _, _ = self._require()
+        try:
+            await jsm.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
     async def ensure_dead_letter_stream(self) -> None:
         await self._require()[2].ensure(DEAD_LETTER_CONFIG)
 

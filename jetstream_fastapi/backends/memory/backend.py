@@ -167,6 +167,10 @@ class MemoryBackend:
     async def stream_for(self, subject: str) -> str:
         return self._stream_for(subject).name
 
+    async def has_stream(self, name: str) -> bool:
+        self._require()
+        return name in self.streams
+
     async def ensure_dead_letter_stream(self) -> None:
         return None  # always there
 
