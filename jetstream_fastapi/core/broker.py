@@ -37,7 +37,7 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
-from .handling import Action, Verdict, check_handler, check_one_filter, run_handler
+from .handling import Action, ConsumerSettings, Verdict, check_handler, check_one_filter, run_handler
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
 from .subjects import check_queue, check_subject
@@ -481,6 +481,11 @@ class Subscription:
     def stream(self) -> str:
         """The stream it consumes from."""
         return self._spec.stream
+
+    @property
+    def settings(self) -> ConsumerSettings:
+        """Its consumer options, resolved (the broker's defaults with the subscription's options)."""
+        return self._spec.settings
 
     @property
     def consumer_name(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
 from ...core.broker import BaseBroker, Subscription
@@ -32,6 +32,7 @@ from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
+from .inspection import Inspector
 from .publisher import Publisher
 from .streams import StreamRegistry
 from .worker import PullWorker
@@ -85,6 +86,12 @@ class JetStreamBroker(BaseBroker):
         )
         super().__init__(backend, settings)
         self.servers = backend.servers
+        self._jetstream = backend
+
+    def inspector(self) -> Inspector:
+        """Lists every stream and consumer on the server, not only this broker's (the CLI uses it)."""
+        self._require()
+        return Inspector(self._jetstream)
 
     def __repr__(self) -> str:
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
@@ -263,10 +270,15 @@ class JetStreamBackend:
             info = await jsm.consumer_info(stream, name)
         except nats.js.errors.NotFoundError:
             return None
+        return self.state_of(stream, info)
+
+    @staticmethod
+    def state_of(stream: str, info: ConsumerInfo) -> ConsumerState:
+        """The :class:`ConsumerState` in a consumer info of ``stream``."""
         delivered, floor = info.delivered, info.ack_floor
         return ConsumerState(
             stream=stream,
-            name=name,
+            name=info.name,
             pending=info.num_pending or 0,
             ack_pending=info.num_ack_pending or 0,
             redelivered=info.num_redelivered or 0,
@@ -275,6 +287,10 @@ class JetStreamBackend:
             last_active=_parse_time(delivered.last_active) if delivered else None,
             paused=bool(info.paused),
         )
+
+    def manager(self) -> JetStreamManager:
+        """The connection's JetStream manager (for :mod:`.inspection`)."""
+        return self._require()[1]
 
     # -- stored messages ---------------------------------------------------------------------------
 
