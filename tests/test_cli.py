@@ -252,3 +252,15 @@ def test_console_script_and_lazy_imports() -> None:
 
 def _env(broker: JetStreamBroker) -> dict[str, str]:
     return {"NATS_URL": broker.servers[0], "NATS_TOKEN": TOKEN}
+
+
+def test_a_server_that_does_not_answer(fresh_server: NatsServer) -> None:
+    fresh_server.pause()  # SIGSTOP: the port accepts connections, nothing answers
+    try:
+        result = cli(None, "--server", fresh_server.url, "--timeout", "1", "streams")
+    finally:
+        fresh_server.resume()
+    assert result.returncode == 1
+    assert f"could not connect to NATS at {fresh_server.url}" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert ok(cli(None, "--server", fresh_server.url, "--json", "streams")) == []

@@ -15,6 +15,7 @@ of its subject, with its queue as the NATS operation binding, its consumer optio
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -90,7 +91,7 @@ class _Builder:
             "summary": f"{spec.plan.name} handles {spec.subject}",
             "messages": [self.message(channel, spec.plan.payload_type)],
         }
-        doc = (spec.handler.__doc__ or "").strip()
+        doc = inspect.getdoc(spec.handler) or ""
         if doc:
             body["description"] = doc
         if spec.queue:
