@@ -19,6 +19,7 @@ says what went wrong, without a traceback. Heavy imports (nats-py, FastAPI) wait
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -75,7 +76,19 @@ class Context:
             raise click.ClickException(str(error)) from None
 
 
-pass_context = click.make_pass_decorator(Context)
+_pass_context = click.make_pass_decorator(Context)
+
+
+def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the group's :class:`Context`, and take ``--json`` after the command too (``streams --json``)."""
+
+    def with_json(ctx: Context, /, *args: Any, as_json: bool, **kwargs: Any) -> Any:
+        ctx.as_json = ctx.as_json or as_json
+        return func(ctx, *args, **kwargs)
+
+    functools.update_wrapper(with_json, func)
+    option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+    return option(_pass_context(with_json))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -75,18 +75,21 @@ class Healing:
 
 
 @pytest.fixture
-async def broker(server: NatsServer) -> AsyncIterator[JetStreamBroker]:
+async def js(server: NatsServer) -> AsyncIterator[JetStreamBroker]:
+    """A broker on the module's server (not named ``broker``: the testing kit parametrizes that name)."""
     broker = JetStreamBroker(server.url, token=TOKEN, fetch_wait=1.0)
     async with broker:
         yield broker
 
 
 @pytest.fixture
-async def admin(broker: JetStreamBroker) -> JetStreamManager:
-    return broker.inspector()._backend.manager()
+async def admin(js: JetStreamBroker) -> JetStreamManager:
+    return js.inspector()._backend.manager()
 
 
-async def test_streams_and_consumers(broker: JetStreamBroker, prefix: str) -> None:
+async def test_streams_and_consumers(js: JetStreamBroker, prefix: str) -> None:
+    broker = js
+
     async def handler(msg: Message) -> None: ...
 
     sub = await broker.subscribe(f"{prefix}.lag", handler, queue="lagging", concurrency=3, batch_size=7)
@@ -111,14 +114,15 @@ async def test_streams_and_consumers(broker: JetStreamBroker, prefix: str) -> No
     assert consumer["filter_subject"] == f"{prefix}.lag"
     assert (consumer["max_deliver"], consumer["options"]["concurrency"], consumer["options"]["batch_size"]) == (5, 3, 7)
 
-    every = await asyncio.to_thread(lambda: ok(cli(None, "--json", "consumers", env=_env(broker))))
+    every = await asyncio.to_thread(lambda: ok(cli(None, "consumers", "--json", env=_env(broker))))  # either place
     assert any(c["consumer"] == "lagging" and c["stream"] == stream for c in every)
     table = await asyncio.to_thread(lambda: ok(cli(None, "consumers", stream, env=_env(broker))))
     assert "lagging" in table
     assert "concurrency=3" in table
 
 
-async def test_dead_letters_list_show_replay_purge(broker: JetStreamBroker, prefix: str) -> None:
+async def test_dead_letters_list_show_replay_purge(js: JetStreamBroker, prefix: str) -> None:
+    broker = js
     handler = Healing()
     await broker.subscribe(f"{prefix}.orders", handler, queue="dl")
     bodies = [b"<script>alert(1)</script>\nline two", b"second", b"third", b"fourth"]
@@ -181,8 +185,9 @@ async def test_dead_letters_list_show_replay_purge(broker: JetStreamBroker, pref
 
 
 async def test_replay_of_a_dead_letter_whose_stream_is_gone(
-    broker: JetStreamBroker, admin: JetStreamManager, prefix: str
+    js: JetStreamBroker, admin: JetStreamManager, prefix: str
 ) -> None:
+    broker = js
     handler = Healing()
     sub = await broker.subscribe(f"{prefix}.gone", handler, queue="gone")
     ack = await broker.publish(f"{prefix}.gone", b"lost")
