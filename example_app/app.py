@@ -25,6 +25,8 @@ from jetstream_fastapi import (
     NotConnectedError,
     PublishError,
     PublishTimeoutError,
+    admin_router,
+    asyncapi_router,
     get_broker,
     health_router,
     jetstream_lifespan,
@@ -131,7 +133,7 @@ async def create_order(
     is not stored again: the answer has the original ``seq`` and ``duplicate: true``.
     """
     try:
-        ack = await broker.publish(ORDERS_CREATED, order.model_dump_json(), msg_id=idempotency_key or None)
+        ack = await order_created.publish(broker, order, msg_id=idempotency_key or None)
     except PublishTimeoutError as error:
         # No PubAck in time, but the message may have reached the stream (it is often stored after all):
         # only a retry with the same key is deduplicated by the server.
@@ -195,6 +197,9 @@ def order_store(state: State) -> OrderStore:
 consumer_router = ConsumerRouter()
 """The service's consumers. Stateless: each app binds them to its own broker and lifespan state."""
 
+order_created = consumer_router.publisher(ORDERS_CREATED, Order, description="An order accepted by POST /orders")
+"""What ``POST /orders`` publishes (declared, so the AsyncAPI document lists it with its schema)."""
+
 
 @consumer_router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
 async def process_order(order: Order, orders: Annotated[OrderStore, Depends(order_store)]) -> None:
@@ -225,4 +230,10 @@ def create_app(broker: Broker | None = None) -> FastAPI:
     app.include_router(router)
     # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).
     app.include_router(health_router())
+    # GET /asyncapi.json and GET /asyncapi: every subject the service consumes and publishes, with schemas.
+    description = "Orders accepted over HTTP and processed from JetStream."
+    app.include_router(asyncapi_router(consumer_router, title="Orders", version="1.0.0", description=description))
+    # GET /admin/jetstream: consumers and dead letters (replay, purge). insecure=True only because this is
+    # an example for local use: a deployed service passes dependencies=[Depends(its_admin_check)] instead.
+    app.include_router(admin_router(insecure=True))
     return app

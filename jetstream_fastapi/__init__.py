@@ -46,6 +46,7 @@ from .errors import (
     PublishTimeoutError,
     RequestTimeoutError,
     StreamConfigError,
+    StreamNotFoundError,
     UnknownOptionError,
 )
 
@@ -55,8 +56,11 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .backends.jetstream.backend import JetStreamBroker, JetStreamSubscription
     from .backends.memory.backend import InMemoryBroker, InMemorySubscription
+    from .integration.admin import admin_router
+    from .integration.asyncapi import asyncapi_document, asyncapi_router
     from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
     from .integration.lifespan import get_broker, jetstream_lifespan
+    from .integration.publishing import Publication
     from .integration.routing import ConsumerRouter
     from .settings import BrokerSettings
 
@@ -69,7 +73,11 @@ _LAZY = {
     "InMemorySubscription": "backends.memory.backend",
     "JetStreamBroker": "backends.jetstream.backend",
     "JetStreamSubscription": "backends.jetstream.backend",
+    "Publication": "integration.publishing",
     "Readiness": "integration.health",
+    "admin_router": "integration.admin",
+    "asyncapi_document": "integration.asyncapi",
+    "asyncapi_router": "integration.asyncapi",
     "check_readiness": "integration.health",
     "get_broker": "integration.lifespan",
     "health_router": "integration.health",
@@ -110,6 +118,7 @@ __all__ = [
     "Payload",
     "PayloadTooLargeError",
     "PubAck",
+    "Publication",
     "PublishBatchError",
     "PublishError",
     "PublishTimeoutError",
@@ -118,8 +127,12 @@ __all__ = [
     "RequestTimeoutError",
     "Retry",
     "StreamConfigError",
+    "StreamNotFoundError",
     "Subscriber",
     "UnknownOptionError",
+    "admin_router",
+    "asyncapi_document",
+    "asyncapi_router",
     "check_readiness",
     "get_broker",
     "health_router",

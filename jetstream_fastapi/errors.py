@@ -19,6 +19,7 @@
     ├── PublishBatchError                   some messages of a ``publish_many`` failed
     ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
+    ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
     ├── DeliveryLimitError                  a delivery past ``max_deliver`` (recorded in its dead letter, never raised)
     └── NatsServerError                     the embedded ``nats-server`` is missing or did not start
@@ -148,6 +149,14 @@ class DeadLetterNotFoundError(JetStreamError, LookupError):
     def __init__(self, seq: int) -> None:
         super().__init__(f"no dead letter with sequence {seq}")
         self.seq = seq
+
+
+class StreamNotFoundError(JetStreamError, LookupError):
+    """No stream has this name on the server (asked for by name: the CLI's ``consumers STREAM``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"no stream named {stream!r} on the server")
+        self.stream = stream
 
 
 class HandlerTimeoutError(JetStreamError, TimeoutError):

@@ -129,4 +129,6 @@ def test_installs_from_a_git_url(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     installed = {path.name for path in target.iterdir()}
-    assert installed == {"jetstream_fastapi", f"jetstream_fastapi-{VERSION}.dist-info"}
+    # bin/: the console script of the command-line tool.
+    assert installed == {"jetstream_fastapi", f"jetstream_fastapi-{VERSION}.dist-info", "bin"}
+    assert (target / "bin" / "jetstream-fastapi").is_file()

@@ -64,6 +64,9 @@ class ConsumerSpec:
     subject: str
     settings: ConsumerSettings
     durable: bool
+    store_max_deliver: int = -1
+    """The store's own limit on deliveries of a message (``-1``: none). The front lifts it while it
+    dead-letters, and enforces ``settings.max_deliver`` itself (see :mod:`~jetstream_fastapi.core.processing`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,10 @@ class Backend(Protocol):
     async def stream_for(self, subject: str) -> str:
         """The stream capturing ``subject`` (a filter may hold wildcards), provisioned when allowed;
         :class:`~jetstream_fastapi.errors.NoStreamError` otherwise."""
+        ...
+
+    async def has_stream(self, name: str) -> bool:
+        """Whether stream ``name`` exists (never provisions one)."""
         ...
 
     async def ensure_dead_letter_stream(self) -> None:

@@ -14,23 +14,23 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from types import TracebackType
-from typing import Self, Unpack
+from typing import Self, TypeVar, Unpack
 
 from ..backends.base import Backend, ConsumerSpec, ConsumerState, Outgoing
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
 from ..errors import (
-    DeadLetterNotFoundError,
     InvalidArgumentError,
     JetStreamError,
+    NoStreamError,
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
     PublishTimeoutError,
 )
+from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import (
-    DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
     DeadLetter,
     dead_letter_headers,
@@ -40,7 +40,7 @@ from .deadletters import (
 from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
-from .processing import Processor, store_settings
+from .processing import Processor, store_max_deliver
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -50,6 +50,7 @@ _NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` fir
 _MSG_ID_ONLY = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID_HEADER) + 4
 # Subjects already checked: the usual app publishes to a handful, and the check costs a microsecond or two.
 _CHECKED_SUBJECTS_LIMIT = 4096
+T = TypeVar("T")
 
 
 def headers_size(headers: dict[str, str]) -> int:
@@ -292,7 +293,7 @@ class BaseBroker:
             if settings.dead_letter:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-            spec = ConsumerSpec(stream, name, subject, store_settings(settings), durable=queue is not None)
+            spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings))
             processor = Processor(handler, settings, self._store_dead_letter, self._settled.set)
             consumer = await self._backend.consume(spec, processor)
         except JetStreamError:
@@ -356,50 +357,60 @@ class BaseBroker:
             return False
         return True
 
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` messages in the dead-letter stream, with why they died."""
+    async def list_dead_letters(
+        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` messages in the dead-letter stream, with why they died; only those from the
+        original ``stream`` and terminated by ``consumer`` when given."""
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        subject = letter_filter(stream, consumer)
         self._require()
-        letters: list[DeadLetter] = []
-        seq = 1
-        try:
-            while len(letters) < limit:
-                stored = await self._backend.read(DEAD_LETTER_STREAM, seq, subject=f"{DEAD_LETTER_PREFIX}.>", next=True)
-                if stored is None:
-                    break
-                letters.append(DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time))
-                seq = stored.seq + 1
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-        return letters
+        return await self._below(scan(self._backend, limit, subject))
+
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        """Dead letter ``seq``; :class:`DeadLetterNotFoundError` if there is none."""
+        check_seq(seq)
+        self._require()
+        return await self._below(fetch(self._backend, seq))
 
     async def replay_dead_letter(self, seq: int) -> PubAck:
         """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
-        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none."""
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-            raise InvalidArgumentError(f"seq must be a positive integer, got {seq!r}")
-        self._require()
-        try:
-            stored = await self._backend.read(DEAD_LETTER_STREAM, seq)
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-        if stored is None:
-            raise DeadLetterNotFoundError(seq)
-        letter = DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time)
+        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none,
+        :class:`NoStreamError` if its original stream is gone (nothing is published then)."""
+        letter = await self.dead_letter(seq)
+        # Published to a deleted stream's subject, a replay would land in an auto-provisioned stream no
+        # consumer reads (or nowhere): refuse it instead.
+        if letter.stream and not await self._below(self._backend.has_stream(letter.stream)):
+            raise NoStreamError(
+                letter.subject, f"dead letter {seq} came from stream {letter.stream!r}, which no longer exists"
+            )
         replay = letter.replay()
         ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
+        await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
+        return ack
+
+    async def purge_dead_letters(
+        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
+    ) -> int:
+        """Delete dead letters for good: those numbered ``seqs`` (all checked first; if one is missing,
+        :class:`DeadLetterNotFoundError` and nothing is deleted), or every one (from the original ``stream``,
+        terminated by ``consumer``, when given). Returns how many were deleted."""
+        if seqs is not None and (stream is not None or consumer is not None):
+            raise InvalidArgumentError("give either seqs or the stream/consumer filter, not both")
+        subject = letter_filter(stream, consumer)
+        wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
+        self._require()
+        return await self._below(purge(self._backend, wanted, subject))
+
+    async def _below(self, call: Awaitable[T]) -> T:
+        """Await a call into the backend, turning a failure below into the library's error."""
         try:
-            await self._backend.delete(DEAD_LETTER_STREAM, seq)
+            return await call
         except JetStreamError:
             raise
         except Exception as error:
             raise self._translate(error) from error
-        return ack
 
     # -- waiting -----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Imports nothing from ``nats``: both brokers build and read dead letters with the
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -137,10 +138,22 @@ class DeadLetter:
 class DeadLetterAdmin(Protocol):
     """Inspecting and replaying dead letters; both brokers of this package have it."""
 
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
+    async def list_dead_letters(
+        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
+        ...
+
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        """Dead letter ``seq``; ``LookupError`` if none."""
         ...
 
     async def replay_dead_letter(self, seq: int) -> PubAck:
         """Publish dead letter ``seq`` again to its original subject and remove it; ``LookupError`` if none."""
+        ...
+
+    async def purge_dead_letters(
+        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
+    ) -> int:
+        """Delete the dead letters ``seqs`` (or all of them, of ``stream``/``consumer``); how many."""
         ...

@@ -7,7 +7,7 @@ help on the last attempt (a server does not redeliver past ``max_deliver``), so 
 still processing for the backend (which keeps it "in progress" on the server), its dead letter retried
 with the consumer's backoff until it is stored. A subscription that stops meanwhile gives it back (nak),
 and its next delivery is dead-lettered. For that to work the store's own delivery limit is lifted while
-dead-lettering (:func:`store_settings`) and ``max_deliver`` is enforced here instead: a delivery past it is
+dead-lettering (:func:`store_max_deliver`) and ``max_deliver`` is enforced here instead: a delivery past it is
 dead-lettered without running the handler again (its last failure could not be recorded, or its handler
 never returned).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 from collections import Counter
@@ -32,12 +31,10 @@ StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
 """Stores a message's dead letter; False when it could not be stored (the message is then held)."""
 
 
-def store_settings(settings: ConsumerSettings) -> ConsumerSettings:
-    """The settings a backend's consumer gets: while dead-lettering, no delivery limit of its own (the
-    :class:`Processor` enforces ``max_deliver``), so that a held message given back still comes back."""
-    if settings.dead_letter and settings.max_deliver != -1:
-        return dataclasses.replace(settings, max_deliver=-1)
-    return settings
+def store_max_deliver(settings: ConsumerSettings) -> int:
+    """The delivery limit of the store's consumer: none while dead-lettering (the :class:`Processor`
+    enforces ``max_deliver``), so that a held message given back still comes back."""
+    return -1 if settings.dead_letter else settings.max_deliver
 
 
 class Processor:
@@ -52,6 +49,8 @@ class Processor:
     ) -> None:
         self._handler = handler
         self._settings = settings
+        self.settings = settings
+        """The subscription's resolved consumer settings (``max_deliver`` as the handler sees it)."""
         self._store_dead_letter = store_dead_letter if settings.dead_letter else None
         self._settled = settled
         self.stopping = asyncio.Event()

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..backends.base import Consumer, ConsumerSpec
+from .handling import ConsumerSettings
 from .processing import Processor
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ class Subscription:
     def stream(self) -> str:
         """The stream it consumes from."""
         return self._spec.stream
+
+    @property
+    def settings(self) -> ConsumerSettings:
+        """Its consumer options, resolved (the broker's defaults with the subscription's options)."""
+        return self._processor.settings
 
     @property
     def consumer_name(self) -> str:

@@ -64,6 +64,8 @@ class HandlerPlan:
         self.handler = handler
         self.name = getattr(handler, "__qualname__", repr(handler))
         self.payload: str | None = None
+        self.payload_type: Any = None
+        """The payload parameter's annotation (``None`` when the handler takes the raw message)."""
         self.decoder: Decoder | None = None
         self.arguments = self._arguments(handler, top_level=True)
         # `async def h(msg: Message)` (or an unannotated single parameter) needs no wrapper at all.
@@ -136,6 +138,7 @@ class HandlerPlan:
         if annotation is inspect.Parameter.empty:
             raise InvalidHandlerError(f"handler {self.name}: annotate parameter {parameter.name!r} with its type")
         self.payload = parameter.name
+        self.payload_type = annotation
         self.decoder = decoder_for(annotation)
         return self._payload
 

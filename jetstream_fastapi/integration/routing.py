@@ -21,6 +21,7 @@ from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Subscriber
 from ..errors import InvalidArgumentError
 from .injection import HandlerPlan
+from .publishing import P, Publication
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
 
@@ -52,6 +53,28 @@ class ConsumerRouter:
         ConsumerSettings().merged(options, "ConsumerRouter()")  # unknown names and bad values raise here
         self.options = options
         self._specs: dict[tuple[str, str | None], HandlerSpec] = {}
+        self._publications: dict[str, Publication[Any]] = {}
+
+    def publisher(self, subject: str, payload: type[P], *, description: str | None = None) -> Publication[P]:
+        """Declare that this router's code publishes ``payload`` on ``subject``: the returned
+        :class:`~jetstream_fastapi.Publication` publishes it, and the AsyncAPI document lists it."""
+        publication = Publication(subject, payload, description=description)
+        self.add_publication(publication)
+        return publication
+
+    def add_publication(self, publication: Publication[Any]) -> None:
+        """Declare an existing :class:`~jetstream_fastapi.Publication` on this router."""
+        existing = self._publications.get(publication.subject)
+        if existing is not None and existing.payload is not publication.payload:
+            raise InvalidArgumentError(
+                f"subject {publication.subject!r} is already declared with payload {existing.payload!r}"
+            )
+        self._publications[publication.subject] = publication
+
+    @property
+    def publications(self) -> list[Publication[Any]]:
+        """The subjects declared as published (see :meth:`publisher`)."""
+        return list(self._publications.values())
 
     def handle(
         self, subject: str, *, queue: str | None = None, **options: Unpack[ConsumerOptions]
@@ -78,6 +101,8 @@ class ConsumerRouter:
         """Add every handler of ``router`` (with its own options) to this one."""
         for spec in router:
             self._add(HandlerSpec(spec.subject, spec.queue, spec.plan, {**self.options, **spec.options}))
+        for publication in router.publications:
+            self.add_publication(publication)
 
     def _add(self, spec: HandlerSpec) -> None:
         existing = self._specs.get(spec.key)

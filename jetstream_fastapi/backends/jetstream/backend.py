@@ -16,7 +16,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
 from ...core.broker import BaseBroker
@@ -37,6 +37,7 @@ from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
 from .idle import consumer_idle
+from .inspection import Inspector
 from .publisher import Publisher
 from .streams import StreamRegistry
 from .worker import PullWorker
@@ -90,6 +91,12 @@ class JetStreamBroker(BaseBroker):
         )
         super().__init__(backend, settings)
         self.servers = backend.servers
+        self._jetstream = backend
+
+    def inspector(self) -> Inspector:
+        """Lists every stream and consumer on the server, not only this broker's (the CLI uses it)."""
+        self._require()
+        return Inspector(self._jetstream)
 
     def __repr__(self) -> str:
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
@@ -216,6 +223,14 @@ class JetStreamBackend:
     async def stream_for(self, subject: str) -> str:
         return await self._require()[2].stream_for(subject)
 
+    async def has_stream(self, name: str) -> bool:
+        _, jsm, _, _ = self._require()
+        try:
+            await jsm.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
     async def ensure_dead_letter_stream(self) -> None:
         await self._require()[2].ensure(DEAD_LETTER_CONFIG)
 
@@ -232,7 +247,9 @@ class JetStreamBackend:
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> JetStreamConsumer:
         nc, jsm, _, _ = self._require()
-        config = consumer_config(spec.name, spec.subject, spec.settings, durable=spec.durable)
+        config = consumer_config(
+            spec.name, spec.subject, spec.settings, durable=spec.durable, max_deliver=spec.store_max_deliver
+        )
 
         async def ensure() -> None:
             await ensure_consumer(jsm, spec.stream, config)
@@ -260,10 +277,15 @@ class JetStreamBackend:
             info = await jsm.consumer_info(stream, name)
         except nats.js.errors.NotFoundError:
             return None
+        return self.state_of(stream, info)
+
+    @staticmethod
+    def state_of(stream: str, info: ConsumerInfo) -> ConsumerState:
+        """The :class:`ConsumerState` in a consumer info of ``stream``."""
         delivered, floor = info.delivered, info.ack_floor
         return ConsumerState(
             stream=stream,
-            name=name,
+            name=info.name,
             pending=info.num_pending or 0,
             ack_pending=info.num_ack_pending or 0,
             redelivered=info.num_redelivered or 0,
@@ -272,6 +294,10 @@ class JetStreamBackend:
             last_active=_parse_time(delivered.last_active) if delivered else None,
             paused=bool(info.paused),
         )
+
+    def manager(self) -> JetStreamManager:
+        """The connection's JetStream manager (for :mod:`.inspection`)."""
+        return self._require()[1]
 
     # -- stored messages ---------------------------------------------------------------------------
 

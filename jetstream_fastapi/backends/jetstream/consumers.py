@@ -7,6 +7,7 @@ server's config is compared with the wanted one, differences are logged, and the
 
 from __future__ import annotations
 
+import json
 import logging
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -19,12 +20,19 @@ from ...errors import ConsumerConfigError
 logger = logging.getLogger("jetstream_fastapi")
 
 _POLICIES = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST}
+OPTIONS_METADATA = "jetstream_fastapi.options"
+"""The consumer metadata key holding this library's handler options (JSON), for the CLI's ``consumers``.
+Written when the consumer is created or updated, not reconciled by itself: instances with different
+options would otherwise update the consumer back and forth."""
 # Fields this library sets and keeps in line on an existing consumer.
 _RECONCILED = ("filter_subject", "ack_wait", "max_deliver", "max_ack_pending", "inactive_threshold")
 
 
-def consumer_config(name: str, subject: str, settings: ConsumerSettings, *, durable: bool) -> ConsumerConfig:
-    """The config for a pull consumer named ``name`` on ``subject``: explicit ack, bounded redelivery."""
+def consumer_config(
+    name: str, subject: str, settings: ConsumerSettings, *, durable: bool, max_deliver: int
+) -> ConsumerConfig:
+    """The config for a pull consumer named ``name`` on ``subject``: explicit ack, ``max_deliver`` deliveries
+    at most on the server (see :func:`~jetstream_fastapi.core.processing.store_max_deliver`)."""
     policy = settings.deliver_policy or ("all" if durable else "new")
     return ConsumerConfig(
         name=name,
@@ -32,11 +40,25 @@ def consumer_config(name: str, subject: str, settings: ConsumerSettings, *, dura
         filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
-        max_deliver=settings.max_deliver,
+        max_deliver=max_deliver,
         max_ack_pending=settings.max_ack_pending,
         deliver_policy=_POLICIES[policy],
         inactive_threshold=None if durable else settings.inactive_threshold,
+        metadata={OPTIONS_METADATA: json.dumps(_options(settings), separators=(",", ":"))},
     )
+
+
+def _options(settings: ConsumerSettings) -> dict[str, object]:
+    """The handler options the server does not know of (it has ack_wait, max_deliver, ... itself)."""
+    return {
+        "batch_size": settings.batch_size,
+        "fetch_wait": settings.fetch_wait,
+        "concurrency": settings.concurrency,
+        "handler_timeout": settings.handler_timeout,
+        "dead_letter": settings.dead_letter,
+        "max_deliver": settings.max_deliver,
+        "backoff": {"initial": settings.backoff.initial, "maximum": settings.backoff.maximum},
+    }
 
 
 async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:

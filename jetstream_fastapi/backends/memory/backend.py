@@ -168,6 +168,10 @@ class MemoryBackend:
     async def stream_for(self, subject: str) -> str:
         return self._stream_for(subject).name
 
+    async def has_stream(self, name: str) -> bool:
+        self._require()
+        return name in self.streams
+
     async def ensure_dead_letter_stream(self) -> None:
         return None  # always there
 
@@ -220,9 +224,11 @@ class MemoryBackend:
         consumer = self.consumers.get((spec.stream, spec.name))
         if consumer is None:
             consumer = MemoryConsumer(self, stream, spec.name, spec.subject, spec.settings, durable=spec.durable)
+            consumer.max_deliver = spec.store_max_deliver
             self.consumers[(spec.stream, spec.name)] = consumer
         else:
             consumer.filter, consumer.settings = spec.subject, spec.settings  # reconciled, as on the server
+            consumer.max_deliver = spec.store_max_deliver
         member = MemoryMember(self, consumer, process, spec.settings)
         consumer.members.append(member)
         consumer.dispatch()

@@ -62,6 +62,8 @@ class MemoryConsumer:
         self.name = name
         self.filter = filter
         self.settings = settings
+        self.max_deliver = settings.max_deliver
+        """The consumer's own limit on deliveries (the spec's ``store_max_deliver``)."""
         self.durable = durable
         self.members: list[MemoryMember] = []
         self.waiting: deque[StoredMessage] = deque()  # never delivered
@@ -108,7 +110,8 @@ class MemoryConsumer:
             seq = pending.stored.seq
             if self.pending.get(seq) is not pending:
                 continue  # acked or terminated while it waited
-            if settings.max_deliver != -1 and pending.delivered >= settings.max_deliver and not pending.forced:
+            limit = self.max_deliver
+            if limit != -1 and pending.delivered >= limit and not pending.forced:
                 # As the server: past max_deliver the consumer stops delivering it (it stays in the stream).
                 del self.pending[seq]
                 self.done[seq] = pending.delivered

@@ -1,0 +1,304 @@
+"""``jetstream-fastapi``: streams, consumers and dead letters of a NATS server, and an app's AsyncAPI document.
+
+::
+
+    jetstream-fastapi streams
+    jetstream-fastapi consumers ORDERS
+    jetstream-fastapi dead-letters list --consumer order-processor
+    jetstream-fastapi dead-letters replay 12 13
+    jetstream-fastapi dead-letters purge --all --yes
+    jetstream-fastapi asyncapi example_app.app:create_app > asyncapi.json
+
+The server is ``--server`` or ``NATS_URL``; credentials come from the same variables as
+:class:`~jetstream_fastapi.BrokerSettings` (``NATS_CREDS_FILE``, ``NATS_TOKEN``, ``NATS_USER`` and
+``NATS_PASSWORD``, ``NATS_TLS_*``). ``--json`` prints JSON for scripts. Exit status: 0 done, 1 a failure
+(server unreachable, credentials refused, unknown stream or sequence, ...), 2 a usage error; the message
+says what went wrong, without a traceback. Heavy imports (nats-py, FastAPI) wait until a command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .cli_output import dead_letter_rows, emit, table
+
+if TYPE_CHECKING:
+    from .backends.jetstream.backend import JetStreamBroker
+
+T = TypeVar("T")
+
+
+class Context:
+    """The options of the command group, for the commands."""
+
+    def __init__(self, server: str | None, timeout: float, as_json: bool) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.as_json = as_json
+
+    def broker(self) -> JetStreamBroker:
+        from pydantic import ValidationError
+
+        from .errors import InvalidArgumentError
+        from .settings import BrokerSettings
+
+        try:
+            settings = BrokerSettings(url=self.server) if self.server else BrokerSettings()
+            # Never provision a stream here: the tool looks and replays, it does not shape the server.
+            return settings.broker(auto_provision=False, connect_timeout=self.timeout)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+            raise click.ClickException(f"invalid settings: {problems}") from None
+        except InvalidArgumentError as error:
+            raise click.ClickException(str(error)) from None
+
+    def run(self, work: Callable[[JetStreamBroker], Coroutine[Any, Any, T]]) -> T:
+        """Connect, run ``work``, disconnect; a library error becomes a message and exit status 1."""
+        from .errors import JetStreamError
+
+        broker = self.broker()
+
+        async def main() -> T:
+            async with broker:
+                return await work(broker)
+
+        try:
+            return asyncio.run(main())
+        except JetStreamError as error:
+            raise click.ClickException(str(error)) from None
+
+
+_pass_context = click.make_pass_decorator(Context)
+
+
+def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the group's :class:`Context`, and take ``--json`` after the command too (``streams --json``)."""
+
+    def with_json(ctx: Context, /, *args: Any, as_json: bool, **kwargs: Any) -> Any:
+        ctx.as_json = ctx.as_json or as_json
+        return func(ctx, *args, **kwargs)
+
+    functools.update_wrapper(with_json, func)
+    option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+    return option(_pass_context(with_json))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", "-s", envvar="NATS_URL", help="NATS server URL(s), comma-separated [env NATS_URL].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Connect timeout (s).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--verbose", "-v", is_flag=True, help="Log what the library and nats-py do (to stderr).")
+@click.version_option(package_name="jetstream-fastapi")
+@click.pass_context
+def main(ctx: click.Context, server: str | None, timeout: float, as_json: bool, verbose: bool) -> None:
+    """Operate jetstream-fastapi services: streams, consumers, dead letters, AsyncAPI."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        # The error message says what failed; the library's log lines (a reconnect attempt) would repeat it.
+        logging.getLogger().addHandler(logging.NullHandler())
+    ctx.obj = Context(server, timeout, as_json)
+
+
+@main.command()
+@pass_context
+def streams(ctx: Context) -> None:
+    """Every stream: subjects, messages, consumers."""
+
+    async def work(broker: JetStreamBroker) -> list[Any]:
+        return await broker.inspector().streams()
+
+    found = ctx.run(work)
+    rows = [
+        {
+            "name": s.name,
+            "subjects": s.subjects,
+            "messages": s.messages,
+            "bytes": s.bytes,
+            "first_seq": s.first_seq,
+            "last_seq": s.last_seq,
+            "consumers": s.consumers,
+            "storage": s.storage,
+            "retention": s.retention,
+        }
+        for s in found
+    ]
+    emit(ctx.as_json, rows, lambda: table(rows, ["name", "subjects", "messages", "bytes", "consumers", "retention"]))
+
+
+@main.command()
+@click.argument("stream", required=False)
+@pass_context
+def consumers(ctx: Context, stream: str | None) -> None:
+    """Consumers of STREAM (default: of every stream) with lag, ack pending, redelivered, options."""
+
+    async def work(broker: JetStreamBroker) -> list[Any]:
+        inspector = broker.inspector()
+        names = [stream] if stream else [s.name for s in await inspector.streams()]
+        return [summary for name in names for summary in await inspector.consumers(name)]
+
+    rows = []
+    for c in ctx.run(work):
+        state = c.state
+        rows.append(
+            {
+                "stream": state.stream,
+                "consumer": state.name,
+                "durable": c.durable,
+                "filter_subject": c.filter_subject,
+                "pending": state.pending,
+                "ack_pending": state.ack_pending,
+                "redelivered": state.redelivered,
+                "last_active": state.last_active.isoformat() if state.last_active else None,
+                "paused": state.paused,
+                "ack_wait": c.ack_wait,
+                "max_deliver": c.max_deliver,
+                "max_ack_pending": c.max_ack_pending,
+                "options": c.options,
+            }
+        )
+    columns = ["stream", "consumer", "filter_subject", "pending", "ack_pending", "redelivered", "last_active"]
+    emit(ctx.as_json, rows, lambda: table(rows, [*columns, "paused", "max_deliver", "options"]))
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """List, show, replay and purge dead letters."""
+
+
+def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--consumer", "-c", help="Only those terminated by this consumer.")(func)
+    return click.option("--stream", help="Only those from this original stream.")(func)
+
+
+@dead_letters.command("list")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=100, show_default=True)
+@_filters
+@pass_context
+def list_letters(ctx: Context, limit: int, stream: str | None, consumer: str | None) -> None:
+    """The oldest dead letters, with why they died."""
+
+    async def work(broker: JetStreamBroker) -> list[Any]:
+        return await broker.list_dead_letters(limit, stream=stream, consumer=consumer)
+
+    letters = [letter.as_dict() for letter in ctx.run(work)]
+    emit(
+        ctx.as_json, letters, lambda: table(dead_letter_rows(letters), ["seq", "subject", "consumer", "error", "body"])
+    )
+
+
+@dead_letters.command("show")
+@click.argument("seq", type=click.IntRange(min=1))
+@pass_context
+def show(ctx: Context, seq: int) -> None:
+    """Dead letter SEQ: its body, headers and error."""
+
+    async def work(broker: JetStreamBroker) -> Any:
+        return await broker.dead_letter(seq)
+
+    letter = ctx.run(work).as_dict()
+
+    def text() -> str:
+        lines = [f"{key}: {letter[key]}" for key in ("seq", "subject", "stream", "sequence", "consumer", "attempts")]
+        lines += [f"error: {letter['error_type']}: {letter['error']}", f"dead since: {letter['timestamp']}", "headers:"]
+        lines += [f"  {key}: {value}" for key, value in dict(letter["headers"]).items()]
+        return "\n".join([*lines, "body:", str(letter["body"])])
+
+    emit(ctx.as_json, letter, text)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{question} Not confirmed: pass --yes to confirm without a terminal.")
+    click.confirm(question, abort=True)
+
+
+def _selection(seqs: Sequence[int], every: bool, stream: str | None, consumer: str | None) -> None:
+    if seqs and (every or stream or consumer):
+        raise click.UsageError("give sequence numbers, or --all (with --stream/--consumer), not both")
+    if not seqs and not every:
+        raise click.UsageError("give the sequence numbers, or --all")
+    if (stream or consumer) and not every:
+        raise click.UsageError("--stream and --consumer select with --all")
+
+
+@dead_letters.command()
+@click.argument("seqs", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="Every dead letter (of --stream/--consumer).")
+@_filters
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
+@pass_context
+def replay(
+    ctx: Context, seqs: tuple[int, ...], every: bool, stream: str | None, consumer: str | None, yes: bool
+) -> None:
+    """Publish dead letters SEQS (or --all) again to their original subjects, and remove them."""
+    _selection(seqs, every, stream, consumer)
+    if every:
+        which = " of ".join(filter(None, ["every dead letter", consumer and f"consumer {consumer}", stream]))
+        _confirm(yes, f"Replay {which}?")
+
+    async def work(broker: JetStreamBroker) -> list[dict[str, Any]]:
+        targets = list(seqs) or [d.seq for d in await broker.list_dead_letters(10**9, stream=stream, consumer=consumer)]
+        for seq in targets:
+            await broker.dead_letter(seq)  # every one exists before the first is replayed
+        done = []
+        for seq in targets:
+            ack = await broker.replay_dead_letter(seq)
+            done.append({"seq": seq, "stream": ack.stream, "stream_seq": ack.seq, "duplicate": ack.duplicate})
+        return done
+
+    done = ctx.run(work)
+    emit(ctx.as_json, done, lambda: "\n".join(f"replayed {d['seq']} as {d['stream']} #{d['stream_seq']}" for d in done))
+
+
+@dead_letters.command()
+@click.argument("seqs", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="Every dead letter (of --stream/--consumer).")
+@_filters
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def purge(
+    ctx: Context, seqs: tuple[int, ...], every: bool, stream: str | None, consumer: str | None, yes: bool
+) -> None:
+    """Delete dead letters SEQS (or --all) for good; asks first unless --yes."""
+    _selection(seqs, every, stream, consumer)
+    if seqs:
+        _confirm(yes, f"Delete dead letters {', '.join(map(str, seqs))} for good?")
+    else:
+        which = " of ".join(filter(None, ["every dead letter", consumer and f"consumer {consumer}", stream]))
+        _confirm(yes, f"Delete {which} for good?")
+
+    async def work(broker: JetStreamBroker) -> int:
+        if seqs:
+            return await broker.purge_dead_letters(seqs)
+        return await broker.purge_dead_letters(stream=stream, consumer=consumer)
+
+    purged = ctx.run(work)
+    emit(ctx.as_json, {"purged": purged}, lambda: f"purged {purged} dead letter{'s' * (purged != 1)}")
+
+
+@main.command()
+@click.argument("app")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
+def asyncapi(app: str, output: str | None) -> None:
+    """The AsyncAPI document of APP (module:attribute: a FastAPI app including asyncapi_router(), a factory
+    of one, or a ConsumerRouter)."""
+    from .cli_apps import load_document
+
+    document = load_document(app)
+    text = json.dumps(document, indent=2) + "\n"
+    if output:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    else:
+        click.echo(text, nl=False)

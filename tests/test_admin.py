@@ -1,0 +1,165 @@
+"""The admin router's JSON endpoints and page, over httpx, on both brokers (the page in a browser: test_admin_page)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import Depends, FastAPI, Header, HTTPException
+
+from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
+from jetstream_fastapi import Broker, InvalidArgumentError, JetStreamBroker, admin_router
+from jetstream_fastapi.core.deadletters import (
+    CONSUMER,
+    ERROR,
+    ORIGINAL_SEQUENCE,
+    ORIGINAL_STREAM,
+    ORIGINAL_SUBJECT,
+    dead_letter_subject,
+)
+from jetstream_fastapi.integration.admin import PREVIEW
+
+API = "/admin/jetstream/api"
+ORDER = {"id": "o-1", "item": "book", "quantity": 1}
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
+            yield client
+
+
+async def bury(broker: Broker, body: bytes, *, stream: str = "ORDERS") -> None:
+    """Store a dead letter of ``orders.created`` as if the consumer had given up on it."""
+    headers = {
+        ORIGINAL_SUBJECT: ORDERS_CREATED,
+        ORIGINAL_STREAM: stream,
+        ORIGINAL_SEQUENCE: "1",
+        CONSUMER: ORDER_PROCESSOR,
+        ERROR: "the database was down",
+        "X-Trace": "t-1",
+    }
+    await broker.publish(dead_letter_subject(stream, ORDER_PROCESSOR), body, headers=headers)
+
+
+def test_admin_router_needs_a_decision_about_authentication() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"dependencies=\[Depends\(require_admin\)\]"):
+        admin_router()
+    with pytest.raises(InvalidArgumentError):
+        admin_router(insecure="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="prefix"):
+        admin_router(insecure=True, prefix="admin/")
+
+
+async def test_dependencies_guard_the_page_and_the_api(broker: Broker) -> None:
+    def require_admin(x_admin: str | None = Header(None)) -> None:
+        if x_admin != "yes":
+            raise HTTPException(401, "admins only")
+
+    app = FastAPI()
+    app.include_router(admin_router(dependencies=[Depends(require_admin)], broker=broker))
+    async with broker, serve(app) as client:
+        for path in ("/admin/jetstream", f"{API}/consumers", f"{API}/dead-letters"):
+            assert (await client.get(path)).status_code == 401
+            assert (await client.get(path, headers={"X-Admin": "yes"})).status_code == 200
+
+
+async def test_consumers_and_dead_letters(broker: Any) -> None:
+    app = create_app(broker)  # includes admin_router(insecure=True)
+    async with serve(app) as client:
+        page = await client.get("/admin/jetstream")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "textContent" in page.text
+
+        [consumer] = (await client.get(f"{API}/consumers")).json()
+        names = (consumer["consumer"], consumer["subject"], consumer["stream"])
+        assert names == (ORDER_PROCESSOR, ORDERS_CREATED, "ORDERS")
+        assert (consumer["pending"], consumer["ack_pending"], consumer["paused"]) == (0, 0, False)
+        assert consumer["options"]["max_deliver"] == 5
+
+        poison = b"<script>alert(1)</script>" + b"x" * (PREVIEW + 100)
+        await broker.publish(ORDERS_CREATED, poison)  # not an Order: dead-lettered with its validation error
+        await bury(broker, json.dumps(ORDER).encode())
+        await broker.wait_until_idle()
+        letters = (await client.get(f"{API}/dead-letters")).json()
+        assert len(letters) == 2
+        invalid, buried = sorted(letters, key=lambda d: d["error"] != "the database was down")[::-1]
+        assert invalid["error_type"] == "Reject"
+        assert "invalid payload" in invalid["error"]
+        assert invalid["truncated"] is True
+        assert invalid["body_size"] == len(poison)
+        assert invalid["body"] == poison[:PREVIEW].decode()
+        shown = (await client.get(f"{API}/dead-letters/{invalid['seq']}")).json()
+        assert shown["body"] == poison.decode()
+        assert shown["truncated"] is False
+        assert buried["headers"]["X-Trace"] == "t-1"
+
+        filtered = await client.get(f"{API}/dead-letters", params={"consumer": ORDER_PROCESSOR, "stream": "ORDERS"})
+        assert len(filtered.json()) == 2
+
+        replayed = await client.post(f"{API}/dead-letters/{buried['seq']}/replay")
+        assert replayed.status_code == 200
+        assert replayed.json()["stream"] == "ORDERS"
+        await broker.wait_until_idle()
+        assert (await client.get("/orders/o-1")).json()["status"] == "processed"
+
+        refused = await client.post(f"{API}/dead-letters/purge", json={"seqs": [invalid["seq"]]})
+        assert refused.status_code == 400
+        assert "confirm=true" in refused.json()["detail"]
+        purged = await client.post(f"{API}/dead-letters/purge", json={"confirm": True, "seqs": [invalid["seq"]]})
+        assert purged.json() == {"purged": 1}
+        assert (await client.get(f"{API}/dead-letters")).json() == []
+
+
+async def test_bad_input_is_a_4xx_with_a_reason(broker: Any) -> None:
+    app = create_app(broker)
+    async with serve(app) as client:
+        missing = await client.post(f"{API}/dead-letters/987654/replay")
+        assert (missing.status_code, missing.json()) == (404, {"detail": "no dead letter with sequence 987654"})
+        assert (await client.get(f"{API}/dead-letters/987654")).status_code == 404
+        assert (await client.get(f"{API}/dead-letters/0")).status_code == 400
+        bad = await client.get(f"{API}/dead-letters", params={"consumer": "a.b"})
+        assert bad.status_code == 400
+        assert "consumer must be" in bad.json()["detail"]
+        assert (await client.get(f"{API}/dead-letters", params={"limit": 0})).status_code == 422
+        unknown = await client.post(f"{API}/dead-letters/purge", json={"confirm": True, "seqs": [987654]})
+        assert unknown.status_code == 404
+        both = await client.post(f"{API}/dead-letters/purge", json={"confirm": True, "seqs": [1], "consumer": "c"})
+        assert both.status_code == 400
+
+
+async def test_replay_whose_stream_is_gone_is_409(jetstream_broker: JetStreamBroker) -> None:
+    app = create_app(jetstream_broker)
+    async with serve(app) as client:
+        await bury(jetstream_broker, b"{}", stream="GONE")
+        [letter] = (await client.get(f"{API}/dead-letters")).json()
+        response = await client.post(f"{API}/dead-letters/{letter['seq']}/replay")
+        assert response.status_code == 409
+        assert "stream 'GONE', which no longer exists" in response.json()["detail"]
+
+
+async def test_a_server_that_does_not_answer_is_503_not_500() -> None:
+    app = FastAPI()
+    app.include_router(admin_router(insecure=True, broker=JetStreamBroker("nats://127.0.0.1:1")))  # never connected
+    async with serve(app) as client:
+        for response in (
+            await client.get(f"{API}/consumers"),
+            await client.get(f"{API}/dead-letters"),
+            await client.post(f"{API}/dead-letters/1/replay"),
+        ):
+            assert response.status_code == 503
+            assert "does not answer" in response.json()["detail"]
+    bare = FastAPI()  # no jetstream_lifespan, no broker given
+    bare.include_router(admin_router(insecure=True))
+    async with serve(bare) as client:
+        response = await client.get(f"{API}/dead-letters")
+        assert response.status_code == 503
+        assert "jetstream_lifespan" in response.json()["detail"]

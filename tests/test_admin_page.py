@@ -1,0 +1,133 @@
+"""The admin page in real headless Chromium (Debian's, driven by Playwright): replay by a click, bodies as text.
+
+The example app runs under uvicorn on a nats-server of this test's own. The browser comes from the system
+packages (``.ci/run`` installs ``chromium``); without it the test fails in CI and skips only on a machine
+without ``CI`` set. ``JSF_ADMIN_SCREENSHOT=path`` saves a screenshot of the page (the README's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
+from jetstream_fastapi import JetStreamBroker
+from jetstream_fastapi.server import NatsServer
+from tests.test_admin import bury
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EVIL = '<script>document.title="pwned";window.pwned=1</script><img src=x onerror="window.pwned=2">'
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium chromium-driver)")
+    pytest.skip("no Chromium on this machine (apt-get install chromium); CI never skips", allow_module_level=True)
+
+
+@contextlib.contextmanager
+def served(url: str) -> Iterator[str]:
+    """The example app under uvicorn in a thread, on ``url``'s server; yields the app's base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(JetStreamBroker(url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:  # uvicorn sets it once the lifespan ran and the socket listens
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+async def _dead_letters(url: str) -> None:
+    async with JetStreamBroker(url) as broker:
+        await broker.publish(ORDERS_CREATED, EVIL)  # not an Order: the consumer dead-letters it
+        await bury(broker, json.dumps({"id": "o-replayed", "item": "lamp", "quantity": 2}).encode())
+        for _ in range(300):  # bounded: the consumer runs in the app's thread
+            if len(await broker.list_dead_letters()) == 2:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"dead letters: {await broker.list_dead_letters()}")
+
+
+def test_replay_by_click_and_bodies_shown_as_text(fresh_server: NatsServer) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with served(fresh_server.url) as base:
+        asyncio.run(_dead_letters(fresh_server.url))  # before Playwright's sync API runs a loop of its own
+        with sync_playwright() as playwright:
+            _check_page(playwright, base)
+
+
+def _check_page(playwright: Any, base: str) -> None:
+    from playwright.sync_api import expect
+
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        dialogs: list[str] = []
+
+        def accept(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept()
+
+        page.on("dialog", accept)
+        page.goto(f"{base}/admin/jetstream")
+        expect(page.locator("#consumers tbody tr")).to_have_count(1)
+        expect(page.locator("#consumers tbody tr td").nth(1)).to_have_text(ORDER_PROCESSOR)
+        rows = page.locator("#dead-letters tbody tr")
+        expect(rows).to_have_count(2)
+
+        # The untrusted body is shown as text: no script ran, no element was made from it.
+        evil = page.locator("#dead-letters tbody tr", has_text="<script>")
+        expect(evil.locator("pre").first).to_have_text(EVIL)
+        assert page.evaluate("window.pwned") is None
+        assert page.title() == "JetStream admin"
+        assert page.locator("#dead-letters img").count() == 0
+
+        if os.environ.get("JSF_ADMIN_SCREENSHOT"):
+            page.screenshot(path=os.environ["JSF_ADMIN_SCREENSHOT"], full_page=True)
+
+        buried = page.locator("#dead-letters tbody tr", has_text="o-replayed")
+        buried.locator("button.replay").click()
+        expect(page.locator("#status")).to_contain_text("Replayed dead letter")
+        assert dialogs and dialogs[0].startswith("Replay dead letter")
+        expect(rows).to_have_count(1)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{base}/orders/o-replayed").status_code != 200:  # the consumer processed it
+            assert time.monotonic() < deadline, "the replayed order was not processed"
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/orders/o-replayed").json()["status"] == "processed"
+
+        evil.locator("button.purge").click()
+        expect(page.locator("#status")).to_contain_text("Purged 1 dead letter")
+        expect(page.locator("#dead-letters tbody")).to_contain_text("No dead letters.")
+    finally:
+        browser.close()
