@@ -28,6 +28,7 @@ from jetstream_fastapi import (
     get_broker,
     health_router,
     jetstream_lifespan,
+    metrics_router,
 )
 
 ORDERS_CREATED = "orders.created"
@@ -225,4 +226,6 @@ def create_app(broker: Broker | None = None) -> FastAPI:
     app.include_router(router)
     # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).
     app.include_router(health_router())
+    # GET /metrics: Prometheus text format (publishes, handler runs by outcome, consumer lag, dead letters).
+    app.include_router(metrics_router())
     return app

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
     from .integration.lifespan import get_broker, jetstream_lifespan
     from .integration.routing import ConsumerRouter
+    from .observability.router import metrics_router
     from .settings import BrokerSettings
 
 # Lazily imported names and their modules.
@@ -73,6 +74,7 @@ _LAZY = {
     "get_broker": "integration.lifespan",
     "health_router": "integration.health",
     "jetstream_lifespan": "integration.lifespan",
+    "metrics_router": "observability.router",
 }
 
 __all__ = [
@@ -122,6 +124,7 @@ __all__ = [
     "get_broker",
     "health_router",
     "jetstream_lifespan",
+    "metrics_router",
 ]
 
 

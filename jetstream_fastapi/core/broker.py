@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Self, Unpack
+from typing import Any, Self, Unpack
 
 from ..backends.base import Backend, Consumer, ConsumerSpec, ConsumerState, Outgoing, Process
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
@@ -29,6 +29,8 @@ from ..errors import (
     PublishBatchError,
     PublishTimeoutError,
 )
+from ..observability.hooks import observer
+from ..observability.logs import message_extra
 from .deadletters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -73,6 +75,9 @@ class BaseBroker:
         self._checked: set[str] = set()
         self._id_prefix = f"{uuid.uuid4().hex}-"
         self._id_counter = 0
+        # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
+        self._observer = observer(settings.tracing, settings.metrics)
+        self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
 
     @property
     def publish_timeout(self) -> float:
@@ -183,12 +188,32 @@ class BaseBroker:
             raise NotConnectedError(_NOT_CONNECTED)
         outgoing = self._prepare(subject, message, msg_id, headers)
         total = self._deadline(timeout)
+        if self._observer is None:
+            return await self._store(outgoing, total)
+        watch = self._observer.publishing(outgoing)
+        try:
+            self._check_traced_size(outgoing)
+            ack = await self._store(outgoing, total)
+        except BaseException as error:
+            watch.done(None, error)
+            raise
+        watch.done(ack, None)
+        return ack
+
+    async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
         try:
             return await self._backend.store(outgoing, total)
         except JetStreamError:
             raise
         except Exception as error:
             raise self._translate(error) from error
+
+    def _check_traced_size(self, outgoing: Outgoing) -> None:
+        # The trace context joined the headers after _prepare's check: count them too.
+        if self._observer is not None and self._observer.tracing and len(outgoing.headers) > 1:
+            size = len(outgoing.body) + headers_size(outgoing.headers)
+            if size > self._backend.max_payload:
+                raise PayloadTooLargeError(outgoing.subject, size, self._backend.max_payload)
 
     async def publish_many(
         self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
@@ -205,12 +230,27 @@ class BaseBroker:
         total = self._deadline(timeout)
         self._require()
         outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
+        watches = [self._observer.publishing(out) for out in outgoing] if self._observer is not None else []
         try:
+            for out in outgoing if watches else ():
+                self._check_traced_size(out)
             results = await self._backend.store_many(outgoing, window, total)
-        except JetStreamError:
+        except JetStreamError as error:
+            for watch in watches:
+                watch.done(None, error)
             raise
-        except Exception as error:
-            raise self._translate(error) from error
+        except BaseException as error:
+            mapped = self._translate(error) if isinstance(error, Exception) else error
+            for watch in watches:
+                watch.done(None, mapped)
+            if mapped is error:
+                raise
+            raise mapped from error
+        for watch, result in zip(watches, results, strict=True):
+            if isinstance(result, PubAck):
+                watch.done(result, None)
+            else:
+                watch.done(None, result)
         acks: list[PubAck | None] = []
         errors: dict[int, BaseException] = {}
         for index, result in enumerate(results):
@@ -291,7 +331,7 @@ class BaseBroker:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
             spec = ConsumerSpec(stream, name, subject, settings, durable=queue is not None)
-            consumer = await self._backend.consume(spec, self._processor(handler, spec))
+            consumer = await self._backend.consume(spec, self._processor(handler, spec, queue))
         except JetStreamError:
             raise
         except Exception as error:
@@ -301,7 +341,7 @@ class BaseBroker:
         logger.info("consuming %s from stream %s as %s", subject, stream, name)
         return subscription
 
-    def _processor(self, handler: Handler, spec: ConsumerSpec) -> Process:
+    def _processor(self, handler: Handler, spec: ConsumerSpec, queue: str | None) -> Process:
         settings = spec.settings
         dead_letters = settings.dead_letter
         settled = self._settled
@@ -315,7 +355,26 @@ class BaseBroker:
             finally:
                 settled.set()
 
-        return process
+        if self._observer is None:
+            return process
+        watch = self._observer.consumer(spec.subject, queue)
+
+        async def observed(message: Message) -> Verdict:
+            run = watch.start(message)
+            verdict: Verdict | None = None
+            try:
+                verdict = await process(message)
+                return verdict
+            finally:
+                dead = dead_letters and verdict is not None and verdict.action is Action.TERM
+                watch.finish(run, message, verdict, dead)
+
+        return observed
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was re-established after a loss (0 on a backend without connections)."""
+        return int(getattr(self._backend, "reconnects", 0))
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -363,6 +422,7 @@ class BaseBroker:
                 delivery.sequence,
                 message.subject,
                 self._backend.describe(error),
+                extra=message_extra(message),
             )
             return Verdict(Action.NAK, delay=self.defaults.backoff.maximum, error=verdict.error)
         return verdict
