@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from common import PAYLOAD, WINDOW, Target, Timer, check_consumed, fresh_stream, prefill, rotated, spread
+from common import PAYLOAD, WINDOW, Sample, Target, Timer, check_consumed, fresh_stream, prefill, rotated, spread
 
 MODES = ("off", "api", "metrics", "tracing", "both")
 SCENARIOS = ("consume", "publish")
@@ -52,7 +52,7 @@ def _configure(mode: str) -> dict[str, bool]:
     return {"tracing": mode in ("api", "tracing", "both"), "metrics": mode in ("metrics", "both")}
 
 
-async def _consume(target: Target, n: int, options: dict[str, bool]) -> float:
+async def _consume(target: Target, n: int, options: dict[str, bool]) -> Sample:
     from jetstream_fastapi import JetStreamBroker
 
     await prefill(target, n)
@@ -72,10 +72,10 @@ async def _consume(target: Target, n: int, options: dict[str, bool]) -> float:
         await asyncio.wait_for(done.wait(), 180)
         sample = timer.stop(n)
     await check_consumed(target.url, target.stream, "bench")
-    return sample.rate
+    return sample
 
 
-async def _publish(target: Target, n: int, options: dict[str, bool]) -> float:
+async def _publish(target: Target, n: int, options: dict[str, bool]) -> Sample:
     from jetstream_fastapi import JetStreamBroker
 
     async with JetStreamBroker(target.url, **options) as broker:
@@ -83,11 +83,25 @@ async def _publish(target: Target, n: int, options: dict[str, bool]) -> float:
         timer.start()
         for start in range(0, n, WINDOW):
             await asyncio.gather(*(broker.publish(target.subject, PAYLOAD) for _ in range(min(WINDOW, n - start))))
-        return timer.stop(n).rate
+        return timer.stop(n)
 
 
-async def _child(url: str, mode: str, scenario: str, n: int) -> float:
+def _bare_spans(n: int) -> Sample:
+    """Spans per second the SDK itself makes and ends (no attributes, no library code): its own cost."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("bench")
+    timer = Timer()
+    timer.start()
+    for _ in range(n):
+        tracer.start_span("bare").end()
+    return timer.stop(n)
+
+
+async def _child(url: str, mode: str, scenario: str, n: int) -> Sample:
     options = _configure(mode)
+    if scenario == "sdk-span":
+        return _bare_spans(n)
     name = f"OBS_{uuid.uuid4().hex[:10].upper()}"
     target = Target(url, name, f"obs.{name.lower()}")
     async with fresh_stream(url, name, [target.subject]):
@@ -95,7 +109,8 @@ async def _child(url: str, mode: str, scenario: str, n: int) -> float:
         return await run(target, n, options)
 
 
-def _run_child(url: str, mode: str, scenario: str, n: int) -> float:
+def _run_child(url: str, mode: str, scenario: str, n: int) -> tuple[float, float]:
+    """One run in a fresh process: messages per second (wall) and client CPU microseconds per message."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, scenario, url, str(n)],
         capture_output=True,
@@ -103,39 +118,66 @@ def _run_child(url: str, mode: str, scenario: str, n: int) -> float:
         check=True,
         timeout=300,
     ).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["rate"])
+    result = json.loads(out.strip().splitlines()[-1])
+    return float(result["rate"]), float(result["cpu_us"])
+
+
+def _table(modes: list[str], results: dict[tuple[str, str], list[tuple[float, float]]]) -> None:
+    def rates(scenario: str, mode: str) -> list[float]:
+        return [rate for rate, _ in results[scenario, mode]]
+
+    def cpu(scenario: str, mode: str) -> list[float]:
+        return [us for _, us in results[scenario, mode]]
+
+    head = " | ".join(f"{s} msg/s | {s} CPU us/msg | {s} CPU vs off" for s in SCENARIOS)
+    print(f"| mode | {head} |")
+    print("|---" * (1 + 3 * len(SCENARIOS)) + "|")
+    for mode in modes:
+        cells = []
+        for scenario in SCENARIOS:
+            base = statistics.median(cpu(scenario, "off")) if "off" in modes else None
+            extra = statistics.median(cpu(scenario, mode)) / base - 1 if base else None
+            cells += [
+                spread(rates(scenario, mode)),
+                spread(cpu(scenario, mode), ".1f"),
+                f"{extra:+.1%}" if extra is not None else "-",
+            ]
+        print(f"| {mode} | {' | '.join(cells)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--child", nargs=4, metavar=("MODE", "SCENARIO", "URL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, scenario, url, n = args.child
-        print(json.dumps({"rate": asyncio.run(_child(url, mode, scenario, int(n)))}))
+        sample = asyncio.run(_child(url, mode, scenario, int(n)))
+        print(json.dumps({"rate": sample.rate, "cpu_us": sample.cpu_us}))
         return
+    modes = [mode for mode in MODES if mode in args.modes.split(",")]
+    if not modes:
+        parser.error(f"--modes: choose among {', '.join(MODES)}")
     from jetstream_fastapi.server import NatsServer
 
-    rates: dict[tuple[str, str], list[float]] = {(s, m): [] for s in SCENARIOS for m in MODES}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {(s, m): [] for s in SCENARIOS for m in modes}
+    bare: list[float] = []
     with NatsServer() as server:
         for rnd in range(1, args.rounds + 1):
             for scenario in SCENARIOS:
-                for mode in rotated(list(MODES), rnd):
-                    rate = _run_child(server.url, mode, scenario, args.messages)
-                    rates[scenario, mode].append(rate)
-                    print(f"round {rnd} {scenario:8} {mode:8} {rate:10,.0f} msg/s", file=sys.stderr)
-    print(f"\n{args.rounds} interleaved rounds, {args.messages} messages of {len(PAYLOAD)} bytes per run (msg/s)")
-    print("shared machine: compare medians, read the spread\n")
-    print(f"| mode | {' | '.join(SCENARIOS)} | " + " | ".join(f"{s} vs off" for s in SCENARIOS) + " |")
-    print("|---" * (1 + 2 * len(SCENARIOS)) + "|")
-    for mode in MODES:
-        cells = [spread(rates[s, mode]) for s in SCENARIOS]
-        ratios = [
-            f"{statistics.median(rates[s, mode]) / statistics.median(rates[s, 'off']) - 1:+.1%}" for s in SCENARIOS
-        ]
-        print(f"| {mode} | {' | '.join(cells)} | {' | '.join(ratios)} |")
+                for mode in rotated(modes, rnd):
+                    rate, us = _run_child(server.url, mode, scenario, args.messages)
+                    results[scenario, mode].append((rate, us))
+                    print(
+                        f"round {rnd} {scenario:8} {mode:8} {rate:10,.0f} msg/s {us:7.1f} CPU us/msg", file=sys.stderr
+                    )
+            bare.append(_run_child(server.url, "tracing", "sdk-span", args.messages)[1])
+    print(f"\n{args.rounds} interleaved rounds, {args.messages} messages of {len(PAYLOAD)} bytes per run")
+    print("median (min..max); client CPU per message is the steadier figure on a shared machine\n")
+    _table(modes, results)
+    print(f"\nthe SDK's own cost of one bare span (batch processor, dropping exporter): {spread(bare, '.1f')} CPU us")
 
 
 if __name__ == "__main__":

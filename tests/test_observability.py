@@ -36,6 +36,7 @@ from jetstream_fastapi import (
     metrics_router,
 )
 from jetstream_fastapi.backends.base import Outgoing
+from jetstream_fastapi.observability import tracing
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import BrokerFactory, eventually
 
@@ -66,6 +67,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider = TracerProvider()
         provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
+        tracing._next_look = 0.0  # the library looks for a provider once a second: look again now
     _PROCESSOR.exporter.clear()
     _PROCESSOR.armed = True
     yield _PROCESSOR.exporter
@@ -416,3 +418,45 @@ def test_metrics_router_without_prometheus_client_names_the_extra(monkeypatch: p
     monkeypatch.setattr(metrics, "PROMETHEUS", False)
     with pytest.raises(ModuleNotFoundError, match=r"jetstream-fastapi\[metrics\]"):
         metrics_router()
+
+
+async def test_a_handler_that_publishes_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    async with InMemoryBroker() as broker:
+
+        async def first(message: Message) -> None:
+            await broker.publish("chain.second", b"next")
+
+        await broker.subscribe("chain.first", first)
+        await broker.subscribe("chain.second", _noop)
+        await broker.publish("chain.first", b"start")
+        await broker.wait_until_idle()
+    by_name = {span.name: span for span in spans.get_finished_spans()}
+    assert set(by_name) == {
+        "publish chain.first",
+        "process chain.first",
+        "publish chain.second",
+        "process chain.second",
+    }
+    assert len({span.context.trace_id for span in by_name.values()}) == 1
+    second = by_name["publish chain.second"]
+    assert second.parent is not None and second.parent.span_id == by_name["process chain.first"].context.span_id
+
+
+@pytest.mark.parametrize("options", [{"tracing": False, "metrics": False}, {"tracing": True, "metrics": True}])
+async def test_publish_and_consume_on_either_path(make_broker: BrokerFactory, options: dict[str, bool]) -> None:
+    # With both off the broker takes its plain path (no observer): the same results.
+    broker = await make_broker(**options)
+    assert (broker._observer is None) is (not options["tracing"])
+    subject = f"paths.{uuid.uuid4().hex[:8]}"
+    handled: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        handled.append(message.body)
+
+    await broker.subscribe(subject, handler, queue=f"p{uuid.uuid4().hex[:8]}")
+    acks = await broker.publish_many([(subject, b"a"), (subject, b"b")])
+    ack = await broker.publish(subject, b"c")
+    await broker.wait_until_idle()
+    first = acks[0].seq
+    assert [a.seq for a in acks] + [ack.seq] == [first, first + 1, first + 2]
+    assert sorted(handled) == [b"a", b"b", b"c"]

@@ -246,7 +246,7 @@ class BaseBroker:
             if mapped is error:
                 raise
             raise mapped from error
-        for watch, result in zip(watches, results, strict=True):
+        for watch, result in zip(watches, results, strict=False):  # no watches on the plain path
             if isinstance(result, PubAck):
                 watch.done(result, None)
             else:
@@ -359,15 +359,17 @@ class BaseBroker:
             return process
         watch = self._observer.consumer(spec.subject, queue)
 
-        async def observed(message: Message) -> Verdict:
+        async def observed(message: Message) -> Verdict:  # process() again, inside a span and timed
             run = watch.start(message)
             verdict: Verdict | None = None
             try:
-                verdict = await process(message)
+                verdict = await run_handler(handler, message, settings)
+                if verdict.action is Action.TERM and dead_letters:
+                    verdict = await self._dead_letter(message, verdict)
                 return verdict
             finally:
-                dead = dead_letters and verdict is not None and verdict.action is Action.TERM
-                watch.finish(run, message, verdict, dead)
+                settled.set()
+                watch.finish(run, message, verdict, dead_letters)
 
         return observed
 

@@ -15,8 +15,6 @@ from ..core.handling import Action, Verdict
 from ..driver import Message, PubAck
 from . import metrics
 
-_OUTCOMES = {Action.ACK: "ack", Action.NAK: "nak", Action.TERM: "term"}
-
 TRACING = metrics.OPENTELEMETRY
 """Whether ``opentelemetry-api`` is importable (the ``otel`` extra)."""
 
@@ -35,9 +33,11 @@ class Observer:
 
     def publishing(self, outgoing: Outgoing) -> PublishWatch:
         """Start watching one publish: its span starts and its context goes into the message's headers."""
-        span = (
-            self._spans.start_publish(outgoing.subject, outgoing.headers, len(outgoing.body)) if self.tracing else None
-        )
+        spans = self._spans if self.tracing else None
+        if spans is not None and spans.active():
+            span = spans.start_publish(outgoing.subject, outgoing.headers, len(outgoing.body))
+        else:
+            span = None
         return PublishWatch(self, outgoing.subject, span)
 
     def consumer(self, subject: str, queue: str | None) -> ConsumerWatch:
@@ -78,20 +78,29 @@ class ConsumerWatch:
         self._spans = observer._spans if observer.tracing else None
 
     def start(self, message: Message) -> tuple[float, Any, Any]:
-        """A handler run starts: its span becomes the current one."""
-        if self._spans is None:
+        """A handler run starts: its span (if an SDK records) becomes the current one."""
+        spans = self._spans
+        if spans is None or not spans.active():
             return time.perf_counter(), None, None
-        span, token = self._spans.start_process(message, self._subject, self._queue)
+        span, token = spans.start_process(message, self._subject, self._queue)
         return time.perf_counter(), span, token
 
-    def finish(self, run: tuple[float, Any, Any], message: Message, verdict: Verdict | None, dead: bool) -> None:
-        """The run ended with ``verdict`` (``None``: it was cancelled, and the message is given back);
-        ``dead``: the message was stored in the dead-letter stream."""
+    def finish(
+        self, run: tuple[float, Any, Any], message: Message, verdict: Verdict | None, dead_letters: bool
+    ) -> None:
+        """The run ended with ``verdict`` (``None``: it was cancelled, and the message is given back); a
+        terminated message was stored in the dead-letter stream when ``dead_letters`` is on."""
         started, span, token = run
         if verdict is None:
             outcome, delay, error = "nak", 0.0, None
         else:
-            outcome = _OUTCOMES[verdict.action] if not dead else "dead_letter"
+            action = verdict.action  # compared by identity: an Enum's hash is a Python call
+            if action is Action.ACK:
+                outcome = "ack"
+            elif action is Action.NAK:
+                outcome = "nak"
+            else:
+                outcome = "dead_letter" if dead_letters else "term"
             delay, error = verdict.delay, verdict.error
         if self._meter is not None:
             self._meter.record(time.perf_counter() - started, outcome, message.attempt, error)

@@ -15,8 +15,11 @@ handled message costs a counter increment and a histogram observation.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from typing import Any
+
+from .tally import TallyHistogram
 
 
 def importable(name: str) -> bool:
@@ -55,21 +58,26 @@ class Instruments:
         self.otel: Any = _otel_instruments() if OPENTELEMETRY else None
         if not self.prometheus:
             return
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import REGISTRY, Counter, Histogram
 
-        self.operation_duration = Histogram(
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            histogram: Any = Histogram  # values in the files the workers share
+        else:
+
+            def histogram(name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]) -> Any:
+                tally = TallyHistogram(name, documentation, labelnames, buckets)
+                REGISTRY.register(tally)
+                return tally
+
+        self.operation_duration = histogram(
             "messaging_client_operation_duration_seconds",
             "Duration of a publish, until the PubAck (or the failure).",
             ["messaging_operation_name", DEST, ERROR],
             buckets=BUCKETS,
         )
-        self.sent = Counter(
-            "messaging_client_sent_messages", "Messages published (error_type set when not stored).", [DEST, ERROR]
-        )
-        self.consumed = Counter(
-            "messaging_client_consumed_messages", "Messages delivered to a handler (each delivery).", [DEST, GROUP]
-        )
-        self.process_duration = Histogram(
+        # messaging_client_sent_messages_total and messaging_client_consumed_messages_total are the counts of
+        # these two histograms, derived at scrape time (scrape.WithDerivedCounters): one instrument per message.
+        self.process_duration = histogram(
             "messaging_process_duration_seconds",
             "Duration of a handler run, by outcome: ack, nak, dead_letter or term.",
             [DEST, GROUP, "outcome"],
@@ -120,25 +128,31 @@ class PublishMeter:
     def __init__(self) -> None:
         self._instruments = instruments()
         self._subjects: set[str] = set()
+        # (subject, error type) -> (label, histogram child): a publish costs a dict lookup, not a labels() call.
+        self._children: dict[tuple[str, str], tuple[str, Any]] = {}
 
-    def _destination(self, subject: str) -> str:
-        if subject in self._subjects:
-            return subject
-        if len(self._subjects) >= DESTINATION_LIMIT:
-            return OTHER
-        self._subjects.add(subject)
-        return subject
+    def _bind(self, subject: str, error_type: str) -> tuple[str, Any]:
+        if subject in self._subjects or len(self._subjects) < DESTINATION_LIMIT:
+            self._subjects.add(subject)
+            destination = subject
+        else:
+            destination = OTHER
+        ins = self._instruments
+        child = ins.operation_duration.labels("publish", destination, error_type) if ins.prometheus else None
+        bound = (destination, child)
+        if len(self._children) < 4 * DESTINATION_LIMIT:
+            self._children[subject, error_type] = bound
+        return bound
 
     def record(self, subject: str, seconds: float, error: BaseException | None) -> None:
         """One publish of ``subject`` that took ``seconds`` and failed with ``error`` (or not)."""
-        destination = self._destination(subject)
         error_type = "" if error is None else type(error).__qualname__
-        ins = self._instruments
-        if ins.prometheus:
-            ins.operation_duration.labels("publish", destination, error_type).observe(seconds)
-            ins.sent.labels(destination, error_type).inc()
-        if ins.otel is not None:
-            ins.otel.published(destination, error_type, seconds)
+        bound = self._children.get((subject, error_type)) or self._bind(subject, error_type)
+        if bound[1] is not None:
+            bound[1].observe(seconds)
+        otel = self._instruments.otel
+        if otel is not None:
+            otel.published(bound[0], error_type, seconds)
 
 
 class ConsumerMeter:
@@ -149,7 +163,6 @@ class ConsumerMeter:
         self._labels = (subject, queue or "")
         self._prometheus = ins.prometheus
         if ins.prometheus:
-            self._consumed = ins.consumed.labels(*self._labels)
             self._redelivered = ins.redeliveries.labels(*self._labels)
             self._durations = {
                 outcome: ins.process_duration.labels(*self._labels, outcome)
@@ -160,7 +173,6 @@ class ConsumerMeter:
     def record(self, seconds: float, outcome: str, attempt: int, error: BaseException | None) -> None:
         """One handler run: ``outcome`` is ``ack``, ``nak``, ``dead_letter`` or ``term``."""
         if self._prometheus:
-            self._consumed.inc()
             self._durations[outcome].observe(seconds)
             if attempt > 1:
                 self._redelivered.inc()

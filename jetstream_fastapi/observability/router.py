@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..core.broker import BaseBroker
 from . import metrics as instruments
-from .scrape import FiguresCollector, figures_of
+from .scrape import FiguresCollector, WithDerivedCounters, figures_of
 
 __all__ = ["metrics_router"]
 
@@ -46,14 +46,13 @@ def metrics_router(*, broker: BaseBroker | None = None, path: str = "/metrics") 
 
     @router.get(path, include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        body = generate_latest(process_registry())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WithDerivedCounters(process_registry()))
         served = broker if broker is not None else getattr(request.state, "jetstream_broker", None)
         if isinstance(served, BaseBroker):
             figures = figures_of(served)
             await figures.refresh()
-            registry = CollectorRegistry(auto_describe=False)
             registry.register(FiguresCollector(figures))
-            body += generate_latest(registry)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

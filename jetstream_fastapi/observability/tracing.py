@@ -12,6 +12,7 @@ redeliveries included (they carry the same headers).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -26,6 +27,28 @@ SYSTEM = "nats"
 """``messaging.system``: the conventions register no value for NATS; ``nats`` is the one in use."""
 
 _tracer = trace.get_tracer("jetstream_fastapi", __version__)
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+_sdk_seen = False
+_next_look = 0.0
+
+
+def active() -> bool:
+    """Whether the app has set a tracer provider (an SDK): until then no span is made at all, which
+    saves the header parsing and context switching a no-op span would still cost on every message.
+
+    ``get_tracer_provider()`` reads ``os.environ`` on every call while none is set, so it is asked at most
+    once a second; the global provider can be set once per process, so once seen it stays."""
+    global _sdk_seen, _next_look
+    if _sdk_seen:
+        return True
+    now = time.monotonic()
+    if now < _next_look:
+        return False
+    _next_look = now + 1.0
+    _sdk_seen = not isinstance(trace.get_tracer_provider(), _NO_SDK)
+    return _sdk_seen
 
 
 def message_context(message: Message) -> Context:

@@ -36,6 +36,7 @@ from nats.aio.subscription import Subscription
 
 from ...core.handling import ACKED, Action, ConsumerSettings
 from ...driver import Delivery, Message
+from ...observability.logs import message_extra
 from ..base import Process
 from .flow import Slots
 from .lanes import Lanes
@@ -210,6 +211,7 @@ class PullWorker:
         slots = self._slots
         slots.in_flight += 1
         self._running[reply] = started = time.monotonic()
+        message: Message | None = None
         try:
             message = decode(msg)
             verdict = await self._process(message)
@@ -232,7 +234,8 @@ class PullWorker:
         except Exception as error:
             # The ack could not be sent (connection closed): the server redelivers after the ack wait.
             self.last_error = f"could not settle a message: {error!r}"
-            logger.warning("consumer %s: %s", self.consumer, self.last_error)
+            extra = message_extra(message) if message is not None else None
+            logger.warning("consumer %s: %s", self.consumer, self.last_error, extra=extra)
         finally:
             if reply in self._running:  # not released yet: decoding or processing raised
                 self._release(reply)
