@@ -10,11 +10,16 @@ Modes (each run in a subprocess of its own, since a process has one global trace
   ``metrics=False``.
 * ``both``: the SDK tracer provider and the metrics.
 
+Scenarios: ``consume`` (a durable consumer on a prefilled stream, no-op handler), ``publish`` (windows of 256
+publishes awaiting their PubAck), and ``hook``: the broker front's per-message call alone (the ``process``
+each backend calls, on the in-memory broker with a no-op handler), which shows the hooks' own cost without
+the network's noise.
+
 Rounds are interleaved (the mode that goes first rotates every round) and each run gets a fresh stream on
 one embedded nats-server; connections, stream creation and the prefill are not timed. The machine may be
 shared: read the spread, not one figure.
 
-    .venv/bin/python bench/observability.py [--rounds 5] [--messages 20000]
+    .venv/bin/python bench/observability.py [--rounds 5] [--messages 20000] [--modes off,metrics,...]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 from common import PAYLOAD, WINDOW, Sample, Target, Timer, check_consumed, fresh_stream, prefill, rotated, spread
 
 MODES = ("off", "api", "metrics", "tracing", "both")
-SCENARIOS = ("consume", "publish")
+SCENARIOS = ("consume", "publish", "hook")
 
 
 def _configure(mode: str) -> dict[str, bool]:
@@ -86,6 +91,26 @@ async def _publish(target: Target, n: int, options: dict[str, bool]) -> Sample:
         return timer.stop(n)
 
 
+async def _hook(n: int, options: dict[str, bool]) -> Sample:
+    """The front's per-message work alone: the ``process`` a backend calls for each message (no-op handler,
+    the in-memory broker, no I/O), ``n`` times on one message. The hooks' cost without the network's noise."""
+    from jetstream_fastapi import InMemoryBroker
+    from jetstream_fastapi.driver import Delivery, Message
+
+    async def handler(message: Message) -> None:
+        return None
+
+    async with InMemoryBroker(**options) as broker:
+        sub = await broker.subscribe("hook.x", handler, queue="hook")
+        process = broker._processor(handler, sub._spec, "hook")
+        message = Message(PAYLOAD, {"Nats-Msg-Id": "hook-1"}, "hook.x", Delivery("HOOK", 1, 1, 0, "hook"))
+        timer = Timer()
+        timer.start()
+        for _ in range(n):
+            await process(message)
+        return timer.stop(n)
+
+
 def _bare_spans(n: int) -> Sample:
     """Spans per second the SDK itself makes and ends (no attributes, no library code): its own cost."""
     from opentelemetry import trace
@@ -102,6 +127,8 @@ async def _child(url: str, mode: str, scenario: str, n: int) -> Sample:
     options = _configure(mode)
     if scenario == "sdk-span":
         return _bare_spans(n)
+    if scenario == "hook":
+        return await _hook(10 * n, options)  # far cheaper per call: more calls for a steady figure
     name = f"OBS_{uuid.uuid4().hex[:10].upper()}"
     target = Target(url, name, f"obs.{name.lower()}")
     async with fresh_stream(url, name, [target.subject]):
@@ -143,6 +170,12 @@ def _table(modes: list[str], results: dict[tuple[str, str], list[tuple[float, fl
                 f"{extra:+.1%}" if extra is not None else "-",
             ]
         print(f"| {mode} | {' | '.join(cells)} |")
+    if "off" in modes:
+        print("\nthe hooks' own CPU per message (hook minus off), as a share of a consumed message's CPU (off):")
+        consumed = statistics.median(cpu("consume", "off"))
+        for mode in modes:
+            extra = statistics.median(cpu("hook", mode)) - statistics.median(cpu("hook", "off"))
+            print(f"- {mode}: {extra:+.2f} us = {extra / consumed:+.1%}")
 
 
 def main() -> None:
