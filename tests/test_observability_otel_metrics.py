@@ -18,15 +18,7 @@ metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 
 from jetstream_fastapi import InMemoryBroker, Reject
 
-async def main():
-    async with InMemoryBroker(max_deliver=1) as broker:
-        async def handler(message):
-            if message.body == b"bad":
-                raise Reject("bad")
-        await broker.subscribe("otel.x", handler, queue="otel")
-        for body in (b"ok", b"ok", b"bad"):
-            await broker.publish("otel.x", body)
-        await broker.wait_until_idle()
+def collect():
     found = {}
     for resource in reader.get_metrics_data().resource_metrics:
         for scope in resource.scope_metrics:
@@ -37,6 +29,35 @@ async def main():
                         value = point.count
                     key = metric.name + "|" + ",".join(f"{k}={v}" for k, v in sorted(point.attributes.items()))
                     found[key] = value
+    return found
+
+async def main():
+    async with InMemoryBroker(max_deliver=1) as broker:
+        async def handler(message):
+            if message.body == b"bad":
+                raise Reject("bad")
+        await broker.subscribe("otel.x", handler, queue="otel")
+        for body in (b"ok", b"ok", b"bad"):
+            await broker.publish("otel.x", body)
+        await broker.wait_until_idle()
+        release = asyncio.Event()
+        async def blocked(message):
+            await release.wait()
+        await broker.subscribe("otel.lag", blocked, queue="lag", concurrency=1)
+        for _ in range(3):
+            await broker.publish("otel.lag", b"x")
+        # The observable gauges read the last known figures and ask for a refresh: collect until it shows.
+        wanted = {"jetstream.consumer.pending_messages": 2, "jetstream.consumer.ack_pending_messages": 1,
+                  "jetstream.handlers.in_flight": 1}
+        for _ in range(200):
+            gauges = {k.split("|")[0]: v for k, v in collect().items() if "messaging.nats.consumer=lag" in k}
+            if all(gauges.get(name) == value for name, value in wanted.items()):
+                break
+            await asyncio.sleep(0.02)
+        found = collect()
+        found["lag"] = gauges
+        release.set()
+        await broker.wait_until_idle()
     print(json.dumps(found))
 
 asyncio.run(main())
@@ -49,7 +70,7 @@ def _key(name: str, **attributes: str) -> str:
 
 def test_the_instruments_record_through_an_sdk_meter_provider() -> None:
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60).stdout
-    found: dict[str, float] = json.loads(out)
+    found: dict[str, object] = json.loads(out)
     group = {
         "messaging.system": "nats",
         "messaging.destination.name": "otel.x",
@@ -63,3 +84,11 @@ def test_the_instruments_record_through_an_sdk_meter_provider() -> None:
     assert found[_key("jetstream.dead_letters", **group, **{"error.type": "Reject"})] == 1
     sent = {"messaging.system": "nats", "messaging.destination.name": "otel.x"}
     assert found[_key("messaging.client.sent.messages", **sent)] == 3
+    # The scrape-time figures through observable instruments.
+    assert found["lag"] == {
+        "jetstream.consumer.pending_messages": 2,
+        "jetstream.consumer.ack_pending_messages": 1,
+        "jetstream.handlers.in_flight": 1,
+    }
+    assert found["jetstream.up|"] == 1
+    assert found["jetstream.connection.reconnects|"] == 0

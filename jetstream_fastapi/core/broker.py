@@ -133,6 +133,8 @@ class BaseBroker:
             except Exception as error:
                 raise self._translate(error) from error
             self._opened = True
+            if self._observer is not None:
+                self._observer.connected(self)  # the scrape-time figures, for OpenTelemetry's readers
 
     async def disconnect(self) -> None:
         """Stop every subscription (see :meth:`Subscription.unsubscribe`), then flush and close (idempotent)."""

@@ -40,6 +40,15 @@ class Observer:
             span = None
         return PublishWatch(self, outgoing.subject, span)
 
+    def connected(self, broker: Any) -> None:
+        """The broker connected: an OpenTelemetry meter provider, if the app set one, observes its
+        scrape-time figures (consumer lag, ack pending, handlers in flight, reconnects, up)."""
+        otel = metrics.instruments().otel if self._recording else None
+        if otel is not None:
+            from .scrape import figures_of
+
+            otel.observe(figures_of(broker))
+
     def consumer(self, subject: str, queue: str | None) -> ConsumerWatch:
         """The watch of one subscription's handler runs."""
         return ConsumerWatch(self, subject, queue)

@@ -7,9 +7,17 @@ Prometheus exporter of the OpenTelemetry SDK turns them into the same names :fun
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    from .scrape import BrokerFigures
 
 _BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
@@ -43,6 +51,44 @@ class OtelInstruments:
         self.dead_letters = meter.create_counter(
             "jetstream.dead_letters", unit="{message}", description="Messages stored in the dead-letter stream."
         )
+        # The scrape-time figures: each collection reads the last known ones and asks for a refresh.
+        self._figures: weakref.WeakSet[BrokerFigures] = weakref.WeakSet()
+        for name, description, read in (
+            ("jetstream.consumer.pending_messages", "Messages not yet delivered to the consumer (lag).", _pending),
+            ("jetstream.consumer.ack_pending_messages", "Messages delivered and not yet acknowledged.", _ack_pending),
+            ("jetstream.handlers.in_flight", "Handlers running now in this process.", _in_flight),
+        ):
+            meter.create_observable_gauge(name, [self._callback(read)], unit="{message}", description=description)
+        meter.create_observable_gauge(
+            "jetstream.up", [self._up], description="1 when connected and the last read of consumer states succeeded."
+        )
+        meter.create_observable_counter(
+            "jetstream.connection.reconnects", [self._reconnects], description="Times the connection came back."
+        )
+
+    def observe(self, figures: BrokerFigures) -> None:
+        """Report ``figures`` (one broker's) through the observable instruments."""
+        figures.bind()
+        self._figures.add(figures)
+
+    def _callback(self, read: Any) -> Any:
+        def callback(options: CallbackOptions) -> Iterator[Observation]:
+            for figures in list(self._figures):
+                figures.poke()
+                for labels, state, running in figures.rows():
+                    value = read(state, running)
+                    if value is not None:
+                        yield Observation(value, _attributes(labels))
+
+        return callback
+
+    def _up(self, options: CallbackOptions) -> Iterator[Observation]:
+        for figures in list(self._figures):
+            yield Observation(1 if figures.up else 0)
+
+    def _reconnects(self, options: CallbackOptions) -> Iterator[Observation]:
+        for figures in list(self._figures):
+            yield Observation(figures.reconnects)
 
     def published(self, destination: str, error_type: str, seconds: float) -> None:
         """One publish."""
@@ -68,3 +114,26 @@ class OtelInstruments:
         if outcome == "dead_letter":
             error_type = type(error).__qualname__ if error is not None else ""
             self.dead_letters.add(1, {**attributes, "error.type": error_type})
+
+
+def _attributes(labels: list[str]) -> dict[str, str]:
+    stream, consumer, subject, queue = labels
+    return {
+        "messaging.system": "nats",
+        "messaging.nats.stream": stream,
+        "messaging.nats.consumer": consumer,
+        "messaging.destination.name": subject,
+        "messaging.consumer.group.name": queue,
+    }
+
+
+def _pending(state: Any, running: int) -> int | None:
+    return None if state is None else int(state.pending)
+
+
+def _ack_pending(state: Any, running: int) -> int | None:
+    return None if state is None else int(state.ack_pending)
+
+
+def _in_flight(state: Any, running: int) -> int:
+    return running

@@ -32,6 +32,24 @@ class BrokerFigures:
         self._read_at = -CACHE_SECONDS
         self._up = False
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def poke(self) -> None:
+        """Refresh soon, on the broker's event loop (callable from any thread: OpenTelemetry's readers
+        collect from their own); the figures read now are the last known ones."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+
+    def bind(self) -> None:
+        """Note the running event loop (the broker's) for :meth:`poke`."""
+        self._loop = asyncio.get_running_loop()
 
     async def refresh(self) -> None:
         """Read the consumer states unless they were read within :data:`CACHE_SECONDS`; on failure keep the
@@ -100,8 +118,13 @@ class BrokerFigures:
 
     @property
     def up(self) -> bool:
-        """Whether the last refresh found the broker connected and answering."""
-        return self._up
+        """Whether the broker is connected and the last refresh found it answering."""
+        return self._up and self._broker.is_connected
+
+    @property
+    def reconnects(self) -> int:
+        """Times the broker's connection came back after a loss."""
+        return self._broker.reconnects
 
 
 class FiguresCollector:
