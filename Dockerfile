@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The library, installed from its own files only (what its wheel holds) with the example extra: uvicorn.
+# The library, installed from its own files only (what its wheel holds) with the example extra: uvicorn and
+# prometheus-client (the app serves /metrics).
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY jetstream_fastapi ./jetstream_fastapi

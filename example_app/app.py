@@ -30,6 +30,7 @@ from jetstream_fastapi import (
     get_broker,
     health_router,
     jetstream_lifespan,
+    metrics_router,
 )
 
 ORDERS_CREATED = "orders.created"
@@ -236,4 +237,6 @@ def create_app(broker: Broker | None = None) -> FastAPI:
     # GET /admin/jetstream: consumers and dead letters (replay, purge). insecure=True only because this is
     # an example for local use: a deployed service passes dependencies=[Depends(its_admin_check)] instead.
     app.include_router(admin_router(insecure=True))
+    # GET /metrics: Prometheus text format (publishes, handler runs by outcome, consumer lag, dead letters).
+    app.include_router(metrics_router())
     return app

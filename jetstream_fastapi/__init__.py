@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from .integration.lifespan import get_broker, jetstream_lifespan
     from .integration.publishing import Publication
     from .integration.routing import ConsumerRouter
+    from .observability.router import metrics_router
     from .settings import BrokerSettings
 
 # Lazily imported names and their modules.
@@ -82,6 +83,7 @@ _LAZY = {
     "get_broker": "integration.lifespan",
     "health_router": "integration.health",
     "jetstream_lifespan": "integration.lifespan",
+    "metrics_router": "observability.router",
 }
 
 __all__ = [
@@ -137,6 +139,7 @@ __all__ = [
     "get_broker",
     "health_router",
     "jetstream_lifespan",
+    "metrics_router",
 ]
 
 

@@ -116,6 +116,10 @@ class BrokerSettings(BaseSettings):
     """``NATS_PUBLISH_TIMEOUT``: seconds to wait for a PubAck."""
     shutdown_timeout: PositiveFloat | None = None
     """``NATS_SHUTDOWN_TIMEOUT``: seconds running handlers get to finish on unsubscribe or disconnect."""
+    tracing: bool | None = None
+    """``NATS_TRACING``: OpenTelemetry spans for publishes and handler runs (``true``/``false``)."""
+    metrics: bool | None = None
+    """``NATS_METRICS``: record the Prometheus and OpenTelemetry metrics (``true``/``false``)."""
     name: str | None = Field(default=None, min_length=1)
     """``NATS_NAME``: the connection name shown by the server's monitoring."""
 

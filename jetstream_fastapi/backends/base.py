@@ -145,6 +145,11 @@ class Backend(Protocol):
         """The largest message, headers included, the backend accepts (known once open)."""
         ...
 
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was re-established after a loss (for metrics)."""
+        ...
+
     async def open(self) -> None:
         """Connect, check that the store answers, and create or reconcile the declared streams."""
         ...

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
-from typing import Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 from ..backends.base import Backend, ConsumerSpec, ConsumerState, Outgoing
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
@@ -29,6 +29,8 @@ from ..errors import (
     PublishBatchError,
     PublishTimeoutError,
 )
+from ..observability.hooks import observer
+from ..observability.logs import message_extra
 from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import (
     DEAD_LETTER_STREAM,
@@ -76,6 +78,9 @@ class BaseBroker:
         self._checked: set[str] = set()
         self._id_prefix = f"{uuid.uuid4().hex}-"
         self._id_counter = 0
+        # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
+        self._observer = observer(settings.tracing, settings.metrics)
+        self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
 
     @property
     def publish_timeout(self) -> float:
@@ -131,6 +136,8 @@ class BaseBroker:
             except Exception as error:
                 raise self._translate(error) from error
             self._opened = True
+            if self._observer is not None:
+                self._observer.connected(self)  # the scrape-time figures, for OpenTelemetry's readers
 
     async def disconnect(self) -> None:
         """Stop every subscription (see :meth:`Subscription.unsubscribe`), then flush and close (idempotent)."""
@@ -186,12 +193,32 @@ class BaseBroker:
             raise NotConnectedError(_NOT_CONNECTED)
         outgoing = self._prepare(subject, message, msg_id, headers)
         total = self._deadline(timeout)
+        if self._observer is None:
+            return await self._store(outgoing, total)
+        watch = self._observer.publishing(outgoing)
+        try:
+            self._check_traced_size(outgoing)
+            ack = await self._store(outgoing, total)
+        except BaseException as error:
+            watch.done(None, error)
+            raise
+        watch.done(ack, None)
+        return ack
+
+    async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
         try:
             return await self._backend.store(outgoing, total)
         except JetStreamError:
             raise
         except Exception as error:
             raise self._translate(error) from error
+
+    def _check_traced_size(self, outgoing: Outgoing) -> None:
+        # The trace context joined the headers after _prepare's check: count them too.
+        if self._observer is not None and self._observer.tracing and len(outgoing.headers) > 1:
+            size = len(outgoing.body) + headers_size(outgoing.headers)
+            if size > self._backend.max_payload:
+                raise PayloadTooLargeError(outgoing.subject, size, self._backend.max_payload)
 
     async def publish_many(
         self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
@@ -208,12 +235,27 @@ class BaseBroker:
         total = self._deadline(timeout)
         self._require()
         outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
+        watches = [self._observer.publishing(out) for out in outgoing] if self._observer is not None else []
         try:
+            for out in outgoing if watches else ():
+                self._check_traced_size(out)
             results = await self._backend.store_many(outgoing, window, total)
-        except JetStreamError:
+        except JetStreamError as error:
+            for watch in watches:
+                watch.done(None, error)
             raise
-        except Exception as error:
-            raise self._translate(error) from error
+        except BaseException as error:
+            mapped = self._translate(error) if isinstance(error, Exception) else error
+            for watch in watches:
+                watch.done(None, mapped)
+            if mapped is error:
+                raise
+            raise mapped from error
+        for watch, result in zip(watches, results, strict=False):  # no watches on the plain path
+            if isinstance(result, PubAck):
+                watch.done(result, None)
+            else:
+                watch.done(None, result)
         acks: list[PubAck | None] = []
         errors: dict[int, BaseException] = {}
         for index, result in enumerate(results):
@@ -294,7 +336,8 @@ class BaseBroker:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
             spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings))
-            processor = Processor(handler, settings, self._store_dead_letter, self._settled.set)
+            watch = self._observer.consumer(subject, queue) if self._observer is not None else None
+            processor = Processor(handler, settings, self._store_dead_letter, self._settled.set, watch)
             consumer = await self._backend.consume(spec, processor)
         except JetStreamError:
             raise
@@ -304,6 +347,11 @@ class BaseBroker:
         self._subscriptions.add(subscription)
         logger.info("consuming %s from stream %s as %s", subject, stream, name)
         return subscription
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was re-established after a loss."""
+        return self._backend.reconnects
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -352,7 +400,7 @@ class BaseBroker:
                 delivery.sequence,
                 message.subject,
                 self._backend.describe(error),
-                extra={"stream": delivery.stream, "sequence": delivery.sequence, "consumer": delivery.consumer},
+                extra=message_extra(message),
             )
             return False
         return True

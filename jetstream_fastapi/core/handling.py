@@ -20,6 +20,7 @@ from typing import Literal
 
 from ..driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
 from ..errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
+from ..observability.logs import message_extra
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -170,6 +171,7 @@ def _log(level: int, what: str, message: Message, error: BaseException) -> None:
         what,
         f"{type(error).__name__}: {error}",
         exc_info=error if level >= logging.ERROR and not isinstance(error, Retry | Reject) else None,
+        extra=message_extra(message),
     )
 
 

@@ -54,6 +54,11 @@ class BrokerOptions(TypedDict, total=False):
     """Default total deadline of a publish, retries included, in seconds (default 5)."""
     shutdown_timeout: float
     """Seconds running handlers get to finish on unsubscribe or disconnect (default 10)."""
+    metrics: bool
+    """Record the Prometheus and OpenTelemetry metrics, when ``prometheus-client`` (or an OpenTelemetry SDK meter
+    provider) is installed (default True)."""
+    tracing: bool
+    """OpenTelemetry spans for publishes and handler runs, when ``opentelemetry-api`` is installed (default True)."""
 
 
 BROKER_OPTIONS = frozenset(BrokerOptions.__annotations__)
@@ -77,6 +82,8 @@ class FrontSettings:
     streams: StreamPolicy
     publish_timeout: float = 5.0
     shutdown_timeout: float = 10.0
+    tracing: bool = True
+    metrics: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], where: str = "the broker") -> FrontSettings:
@@ -116,4 +123,15 @@ class FrontSettings:
         for name, value in timeouts.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value!r}")
-        return cls(consumer, streams, float(timeouts["publish_timeout"]), float(timeouts["shutdown_timeout"]))
+        switches = {name: options.get(name, True) for name in ("tracing", "metrics")}
+        for name, value in switches.items():
+            if not isinstance(value, bool):
+                raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+        return cls(
+            consumer,
+            streams,
+            float(timeouts["publish_timeout"]),
+            float(timeouts["shutdown_timeout"]),
+            switches["tracing"],
+            switches["metrics"],
+        )

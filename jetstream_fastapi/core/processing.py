@@ -20,10 +20,14 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
 from .handling import Action, ConsumerSettings, Verdict, run_handler
+
+if TYPE_CHECKING:
+    from ..observability.hooks import ConsumerWatch
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -46,6 +50,7 @@ class Processor:
         settings: ConsumerSettings,
         store_dead_letter: StoreDeadLetter,
         settled: Callable[[], None],
+        watch: ConsumerWatch | None = None,
     ) -> None:
         self._handler = handler
         self._settings = settings
@@ -53,6 +58,7 @@ class Processor:
         """The subscription's resolved consumer settings (``max_deliver`` as the handler sees it)."""
         self._store_dead_letter = store_dead_letter if settings.dead_letter else None
         self._settled = settled
+        self._watch = watch  # spans and metrics (observability), None when both are off
         self.stopping = asyncio.Event()
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
@@ -61,13 +67,26 @@ class Processor:
         """The last message held because its dead letter could not be stored (for health probes)."""
 
     async def __call__(self, message: Message) -> Verdict:
+        watch = self._watch
+        if watch is None:
+            try:
+                return await self._decide(message)
+            finally:
+                self._settled()
+        run = watch.start(message)  # the run inside its span, and timed
+        verdict: Verdict | None = None
         try:
-            verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
-            if verdict.action is Action.TERM and self._store_dead_letter is not None:
-                verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
+            verdict = await self._decide(message)
             return verdict
         finally:
             self._settled()
+            watch.finish(run, message, verdict, self._store_dead_letter is not None)
+
+    async def _decide(self, message: Message) -> Verdict:
+        verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
+        if verdict.action is Action.TERM and self._store_dead_letter is not None:
+            verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
+        return verdict
 
     def _past_limit(self, message: Message) -> Verdict | None:
         limit = self._settings.max_deliver

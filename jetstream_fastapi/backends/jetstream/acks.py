@@ -42,6 +42,16 @@ def decode(msg: Msg) -> Message:
     return Message(msg.data, msg.headers or {}, msg.subject, delivery)
 
 
+def reply_fields(reply: str) -> dict[str, object]:
+    """The log-record fields of a message known by its ``$JS.ACK`` reply subject (as the front's records have)."""
+    tokens = reply.split(".")
+    fields = tokens[2:8] if len(tokens) == 9 else tokens[4:10] if len(tokens) >= 10 else []
+    if len(fields) < 6:
+        return {}
+    stream, consumer, attempt, sequence = fields[0], fields[1], fields[2], fields[3]
+    return {"stream": stream, "consumer": consumer, "attempt": int(attempt), "sequence": int(sequence)}
+
+
 def where(reply: str) -> str:
     """``<stream>#<sequence>`` of a message, from its ``$JS.ACK`` reply subject (for log lines)."""
     tokens = reply.split(".")

@@ -142,6 +142,8 @@ class JetStreamBackend:
         self._registry: StreamRegistry | None = None
         self._publisher: Publisher | None = None
         self._workers: set[PullWorker] = set()
+        self.reconnects = 0
+        """Times the connection was re-established after a loss (the ``jetstream_connection_reconnects`` metric)."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class JetStreamBackend:
             worker.connection_lost()
 
     def _connection_restored(self) -> None:
+        self.reconnects += 1
         for worker in self._workers:
             worker.connection_restored()
 

@@ -41,7 +41,7 @@ from nats.aio.subscription import Subscription
 
 from ...core.handling import ACKED, Action, ConsumerSettings
 from ..base import Process
-from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, where
+from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
 from .flow import Slots
 from .lanes import Lanes
 from .recovery import Recovery, no_responders_subject, one_line
@@ -286,7 +286,14 @@ class PullWorker:
         self.last_error = f"{what}{about}: {one_line(repr(error))}"
         expected = isinstance(error, SEND_ERRORS)
         level = logging.WARNING if expected else logging.ERROR
-        logger.log(level, "consumer %s: %s", self.consumer, self.last_error, exc_info=None if expected else error)
+        logger.log(
+            level,
+            "consumer %s: %s",
+            self.consumer,
+            self.last_error,
+            exc_info=None if expected else error,
+            extra=reply_fields(reply) if reply else None,
+        )
 
     # -- watchdog, reconnects, recreation ----------------------------------------------------------
 

@@ -153,6 +153,10 @@ class MemoryBackend:
     def max_payload(self) -> int:
         return self._max_payload
 
+    @property
+    def reconnects(self) -> int:
+        return self.faults.restored  # each faults.restore_connection() after a drop
+
     async def open(self) -> None:
         self._open = True
 

@@ -50,6 +50,8 @@ class Faults:
         self._dropped = False
         self._outbox: list[Callable[[], None]] = []  # acks, naks, terms, in-progress held while dropped
         self._held: list[_Held] = []
+        self.restored = 0
+        """Times :meth:`restore_connection` ended a drop (the memory broker's reconnect count)."""
 
     # -- the faults ----------------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class Faults:
         if not self._dropped:
             return
         self._dropped = False
+        self.restored += 1
         outbox, self._outbox = self._outbox, []
         for answer in outbox:
             answer()
