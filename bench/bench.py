@@ -55,12 +55,13 @@ from common import (
     rotated,
     run_on,
 )
-from http_route import FAST, PLAIN, http_run
+from http_route import FAST, GENERATOR, PLAIN, http_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
 from report import Results, report
 from slow_handler import CONCURRENCY, ours_slow, raw_slow
 from throughput import SCENARIOS, Runner
+from wrk_load import WRK
 
 from jetstream_fastapi.server import NatsServer, find_nats_server
 
@@ -76,8 +77,8 @@ class Sizes:
     slow: int  # messages through the 10 ms handler
     drain: int  # backlog drained in the memory measurement
     publish: int  # publishes in the memory measurement
-    http_requests: int
-    http_warmup: int
+    http_seconds: int  # measured load per HTTP run
+    http_warmup: int  # seconds of load before it
     http_fast: bool  # also serve with uvloop + httptools (when installed)
 
 
@@ -86,8 +87,8 @@ FULL = Sizes(
     slow=20_000,
     drain=200_000,
     publish=1_000_000,
-    http_requests=10_000,
-    http_warmup=1_000,
+    http_seconds=5,
+    http_warmup=2,
     http_fast=True,
 )
 SMOKE = Sizes(
@@ -95,8 +96,8 @@ SMOKE = Sizes(
     slow=500,
     drain=2_000,
     publish=5_000,
-    http_requests=200,
-    http_warmup=50,
+    http_seconds=1,
+    http_warmup=0,
     http_fast=False,  # each HTTP run starts two processes (~1 s): the smoke serves asyncio + h11 only
 )
 
@@ -165,10 +166,13 @@ async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -
         results.http_configs.append(FAST)
     else:
         results.http_skipped.append((FAST.label, NOT_INSTALLED))
+    if not WRK:
+        progress("warning: wrk is not installed (apt-get install wrk): HTTP load from bench/loadgen.py instead")
+    results.http_generator = GENERATOR
     for rnd in range(1, results.rounds + 1):
         for config in results.http_configs:
             for impl in rotated(impls, rnd):
-                sample = await http_run(url, impl, config, rnd, sizes.http_requests, sizes.http_warmup)
+                sample = await http_run(url, impl, config, rnd, sizes.http_seconds, sizes.http_warmup)
                 results.http.setdefault((config.label, impl), []).append(sample)
                 progress(
                     f"HTTP {config.label} round {rnd} {impl}: {sample.rate:,.0f} req/s, p99 {sample.p99_ms:.1f} ms"

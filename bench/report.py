@@ -45,6 +45,7 @@ class Results:
     http: dict[tuple[str, str], list[HttpSample]] = field(default_factory=dict)
     http_configs: list[ServerConfig] = field(default_factory=list)
     http_skipped: list[tuple[str, str]] = field(default_factory=list)  # server config, why
+    http_generator: str = ""
     drain: MemoryResult | None = None
     publish: MemoryResult | None = None
 
@@ -137,8 +138,9 @@ def lifecycle_table(r: Results) -> str:
 
 def http_table(r: Results) -> str:
     lines = [
-        "| server | route | requests | rounds | req/s median (min..max) | vs raw | p50 ms | p99 ms | p99 vs raw "
-        "| server CPU µs/req |",
+        f"README route `POST /orders` (`Depends(get_broker)`), load from {r.http_generator}\n",
+        "| server | route | requests (1st run) | rounds | req/s median (min..max) | vs raw | p50 ms | p99 ms "
+        "| p99 vs raw | server CPU µs/req |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config in r.http_configs:
