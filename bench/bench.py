@@ -124,8 +124,8 @@ async def run_throughput(url: str, results: Results, impls: list[str], only: Col
         if sc.key not in only:
             continue
         n = results.sizes[sc.key]
-        available = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream}
-        runners: dict[str, Runner] = {impl: fn for impl in impls if (fn := available[impl]) is not None}
+        available = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream, "ceiling": sc.ceiling}
+        runners: dict[str, Runner] = {impl: fn for impl in [*impls, "ceiling"] if (fn := available[impl]) is not None}
         runs: dict[str, list[Sample]] = {impl: [] for impl in runners}
         for rnd in range(1, results.rounds + 1):
             for impl in rotated(list(runs), rnd):

@@ -96,7 +96,8 @@ class PullWorker:
         api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
-        self._publish = fastpath.publisher(nc)
+        # nats-py's publish(subject, payload, reply, headers) itself on the public API: no wrapper coroutine.
+        self._publish = fastpath.publisher(nc) if fastpath.ENABLED else nc.publish
         self.stream = stream
         self.consumer = consumer
         self._handler = handler
