@@ -22,7 +22,7 @@ from common import BENCH_DIR, Target, fresh_stream
 from wrk_load import WRK, wrk_run
 
 CONNECTIONS = 32
-GENERATOR = f"wrk -t2 -c{CONNECTIONS}" if WRK else f"bench/loadgen.py, {CONNECTIONS} connections (wrk not installed)"
+GENERATOR = f"wrk -t2 -c{CONNECTIONS}" if WRK else f"bench/loadgen.py, {CONNECTIONS} connections (not wrk)"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 40.0  # above nats-py's 30 s drain timeout
 

@@ -6,6 +6,7 @@ whose numbers were measured.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from common import NOT_INSTALLED, Sample, ratio, spread
 from http_route import HttpSample, ServerConfig
 from lifecycle import LifecycleSample
 from memory import MemoryResult
+from scaleout import ScaleSample
 from slow_handler import CONCURRENCY, HANDLER_SLEEP, IDEAL_RATE, SlowSample
 from throughput import SCENARIOS
 
@@ -46,6 +48,7 @@ class Results:
     http_configs: list[ServerConfig] = field(default_factory=list)
     http_skipped: list[tuple[str, str]] = field(default_factory=list)  # server config, why
     http_generator: str = ""
+    scale: dict[tuple[str, int], list[ScaleSample]] = field(default_factory=dict)  # (handler, processes)
     drain: MemoryResult | None = None
     publish: MemoryResult | None = None
 
@@ -173,6 +176,29 @@ def http_table(r: Results) -> str:
     return "\n".join(lines)
 
 
+def scale_table(r: Results) -> str:
+    """Aggregate msg/s by handler and process count, with where the CPU went."""
+    cores = os.cpu_count() or 1
+    lines = [
+        f"| scale-out handler | consumer processes | N | rounds | aggregate msg/s median (min..max) | vs 1 process "
+        f"| consumers CPU µs/msg | nats-server CPU µs/msg | cores busy (consumers + server, of {cores}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (handler, processes), samples in sorted(r.scale.items(), key=lambda item: (item[0][0] != "noop", item[0][1])):
+        one = r.scale.get((handler, 1))
+        consumers = statistics.median(s.client_cpu / s.seconds for s in samples)
+        server = statistics.median(s.server_cpu / s.seconds for s in samples)
+        bound = f" (bounded by the {cores} cores)" if processes >= cores else ""
+        title = "no-op" if handler == "noop" else "1 ms sleep"
+        lines.append(
+            f"| {title} | {processes} | {samples[0].messages} | {len(samples)} "
+            f"| {spread([s.rate for s in samples])} | {ratio(median_rate(samples), median_rate(one)) if one else '-'} "
+            f"| {median_cpu(samples):.1f} | {statistics.median(s.server_us for s in samples):.1f} "
+            f"| {consumers + server:.2f} = {consumers:.2f} + {server:.2f}{bound} |"
+        )
+    return "\n".join(lines)
+
+
 def throughput_targets(r: Results) -> list[Row]:
     """Targets on the sequential publish, publish_many and consume scenarios, those that ran."""
     rows: list[Row] = []
@@ -296,6 +322,7 @@ def report(r: Results) -> str:
         (bool(r.slow), slow_table),
         (bool(r.lifecycle), lifecycle_table),
         (bool(r.http_configs), http_table),
+        (bool(r.scale), scale_table),
         (r.drain is not None or r.publish is not None, memory_table),
     ]
     sections = [table(r) for did_run, table in ran if did_run]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 from common import ORDER_BODY, proc_cpu_seconds
 
-WRK = shutil.which("wrk")
+# BENCH_LOADGEN=python forces the fallback generator (the smoke test covers both).
+WRK = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
 THREADS = 2
 
 SCRIPT = """
