@@ -68,6 +68,7 @@ from slow_handler import CONCURRENCY, ours_slow, raw_slow
 from throughput import SCENARIOS, Runner
 from wrk_load import WRK
 
+from jetstream_fastapi import fastpath
 from jetstream_fastapi.server import NatsServer, find_nats_server
 
 T = TypeVar("T")
@@ -115,6 +116,8 @@ SMOKE = Sizes(
     scale_handlers=("noop",),
 )
 
+
+SCALE_ROUNDS = 3  # at most: each round is 6 runs of 1-4 processes, ~1 min in all
 
 STARTED = time.monotonic()
 
@@ -199,7 +202,7 @@ async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -
 async def run_scale(url: str, server_pid: int, results: Results, sizes: Sizes, loop: str) -> None:
     """The scale-out runs, in interleaved rounds (the process counts rotate)."""
     counts = [str(p) for p in sizes.scale_processes]
-    for rnd in range(1, results.rounds + 1):
+    for rnd in range(1, min(results.rounds, SCALE_ROUNDS) + 1):
         for handler in sizes.scale_handlers:
             for processes in rotated(counts, rnd):
                 sample = await scale_run(url, server_pid, int(processes), handler, sizes.scale, rnd, loop)
@@ -255,6 +258,7 @@ def machine(loop: str) -> str:
         f"nproc {os.cpu_count()}, Python {platform.python_version()}, {server.stdout.strip()}, "
         + ", ".join(versions)
         + f", event loop: {loop_label(loop)}"
+        + f", nats-py shortcuts (fastpath): {'on' if fastpath.ENABLED else 'off, public API only'}"
     )
 
 

@@ -1,4 +1,4 @@
-"""The markdown tables ``bench.py`` prints, and the issue #5 targets judged from the numbers.
+"""The markdown tables ``bench.py`` prints, and the targets of issues #5 and #11 judged from the numbers.
 
 Only what ran is reported (``bench.py --only``): a table per section that has results, and the targets
 whose numbers were measured.
@@ -303,12 +303,12 @@ def lifecycle_targets(r: Results) -> list[Row]:
 
 
 def targets(r: Results) -> str | None:
-    """The issue #5 targets whose numbers were measured, with verdicts; None if no target covers what ran."""
+    """The targets whose numbers were measured, with verdicts; None if no target covers what ran."""
     rows = throughput_targets(r) + slow_targets(r) + http_targets(r) + memory_targets(r) + lifecycle_targets(r)
     if not rows:
         return None
     verdict = {True: "met", False: "**unmet**", None: "not measured"}
-    lines = ["| issue #5 target | measured (medians) | |", "|---|---:|---|"]
+    lines = ["| target (issues #5, #11) | measured (medians) | |", "|---|---:|---|"]
     if r.smoke:
         lines.insert(0, "--smoke: one round of tiny sizes; the verdicts below mean nothing.\n")
     lines += [f"| {name} | {measured} | {verdict[ok]} |" for name, measured, ok in rows]
