@@ -320,7 +320,7 @@ def main() -> None:
         if args.messages < 1:
             parser.error("--messages must be at least 1")
         counts = dict.fromkeys(counts, args.messages)
-    results = Results(sizes=counts, rounds=rounds, faststream=HAVE_FASTSTREAM, smoke=args.smoke)
+    results = Results(sizes=counts, rounds=rounds, faststream=HAVE_FASTSTREAM, smoke=args.smoke, loop=args.loop)
     before = load()
     with NatsServer() as server:
         print(f"nats-server at {server.url}", file=sys.stderr, flush=True)
