@@ -22,6 +22,8 @@ test: lint
 ## Benchmark against raw nats-py (see bench/README.md).
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,example,bench]'
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk) \
+		|| echo "warning: could not install wrk: the HTTP scenario falls back to bench/loadgen.py" >&2
 	$(BIN)/python bench/bench.py --rounds 5
 
 lint: $(VENV)/.installed

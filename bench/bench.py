@@ -8,11 +8,15 @@ Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this
 ``--only`` takes in brackets):
 
 * throughput (``throughput.py``): sequential publish [seq], pipelined publish [pipe], publish_many
-  [many], consume with a no-op handler [consume]; raw, ours and FastStream in interleaved rounds (the
-  starting implementation rotates);
+  [many], consume with a no-op handler [consume]; raw, ours and FastStream (and for consume the
+  "ceiling", a nats.go-style loop with the handler inline) in interleaved rounds (the starting
+  implementation rotates);
 * a 10 ms handler at concurrency 256 (``slow_handler.py``) [slow]: msg/s and the server's max ack pending;
 * app startup/shutdown under ``jetstream_lifespan`` (``lifecycle.py``) [lifecycle];
-* an HTTP publish route under uvicorn (``http_route.py``) [http]: req/s, p50/p99 latency, server CPU;
+* the README's HTTP publish route under uvicorn (``http_route.py``) [http]: req/s, p50/p99 latency,
+  server CPU, load from ``wrk`` (or ``loadgen.py`` when wrk is missing);
+* scale-out (``scaleout.py``) [scale]: 1, 2 and 4 consumer processes on one queue draining one backlog,
+  no-op and 1 ms handlers: aggregate msg/s, consumers' and nats-server's CPU;
 * memory (``memory.py``, once, in subprocesses) [memory]: peak RSS draining a backlog, RSS across
   publish_many.
 
@@ -55,19 +59,21 @@ from common import (
     rotated,
     run_on,
 )
-from http_route import FAST, PLAIN, http_run
+from http_route import FAST, GENERATOR, PLAIN, http_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
 from report import Results, report
+from scaleout import HANDLERS, PROCESSES, scale_run
 from slow_handler import CONCURRENCY, ours_slow, raw_slow
 from throughput import SCENARIOS, Runner
+from wrk_load import WRK
 
 from jetstream_fastapi.server import NatsServer, find_nats_server
 
 T = TypeVar("T")
 
 THROUGHPUT = tuple(sc.key for sc in SCENARIOS)
-SECTIONS = (*THROUGHPUT, "slow", "lifecycle", "http", "memory")  # what --only chooses from, in run order
+SECTIONS = (*THROUGHPUT, "slow", "lifecycle", "http", "scale", "memory")  # what --only chooses from, in run order
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,12 @@ class Sizes:
     slow: int  # messages through the 10 ms handler
     drain: int  # backlog drained in the memory measurement
     publish: int  # publishes in the memory measurement
-    http_requests: int
-    http_warmup: int
+    http_seconds: int  # measured load per HTTP run
+    http_warmup: int  # seconds of load before it
     http_fast: bool  # also serve with uvloop + httptools (when installed)
+    scale: int  # backlog drained by 1, 2 and 4 consumer processes
+    scale_processes: tuple[int, ...]
+    scale_handlers: tuple[str, ...]
 
 
 FULL = Sizes(
@@ -86,20 +95,28 @@ FULL = Sizes(
     slow=20_000,
     drain=200_000,
     publish=1_000_000,
-    http_requests=10_000,
-    http_warmup=1_000,
+    http_seconds=5,
+    http_warmup=2,
     http_fast=True,
+    scale=100_000,
+    scale_processes=PROCESSES,
+    scale_handlers=HANDLERS,
 )
 SMOKE = Sizes(
     throughput=dict.fromkeys((sc.key for sc in SCENARIOS), 500),
     slow=500,
     drain=2_000,
     publish=5_000,
-    http_requests=200,
-    http_warmup=50,
+    http_seconds=1,
+    http_warmup=0,
     http_fast=False,  # each HTTP run starts two processes (~1 s): the smoke serves asyncio + h11 only
+    scale=1_000,
+    scale_processes=(1, 2),  # each process takes ~0.5 s to start
+    scale_handlers=("noop",),
 )
 
+
+SCALE_ROUNDS = 3  # at most: each round is 6 runs of 1-4 processes, ~1 min in all
 
 STARTED = time.monotonic()
 
@@ -123,8 +140,8 @@ async def run_throughput(url: str, results: Results, impls: list[str], only: Col
         if sc.key not in only:
             continue
         n = results.sizes[sc.key]
-        available = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream}
-        runners: dict[str, Runner] = {impl: fn for impl in impls if (fn := available[impl]) is not None}
+        available = {"raw": sc.raw, "ours": sc.ours, "faststream": sc.faststream, "ceiling": sc.ceiling}
+        runners: dict[str, Runner] = {impl: fn for impl in [*impls, "ceiling"] if (fn := available[impl]) is not None}
         runs: dict[str, list[Sample]] = {impl: [] for impl in runners}
         for rnd in range(1, results.rounds + 1):
             for impl in rotated(list(runs), rnd):
@@ -165,13 +182,33 @@ async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -
         results.http_configs.append(FAST)
     else:
         results.http_skipped.append((FAST.label, NOT_INSTALLED))
+    if not WRK:
+        progress(
+            "warning: not using wrk (not installed: apt-get install wrk; or BENCH_LOADGEN=python): "
+            "HTTP load from bench/loadgen.py"
+        )
+    results.http_generator = GENERATOR
     for rnd in range(1, results.rounds + 1):
         for config in results.http_configs:
             for impl in rotated(impls, rnd):
-                sample = await http_run(url, impl, config, rnd, sizes.http_requests, sizes.http_warmup)
+                sample = await http_run(url, impl, config, rnd, sizes.http_seconds, sizes.http_warmup)
                 results.http.setdefault((config.label, impl), []).append(sample)
                 progress(
                     f"HTTP {config.label} round {rnd} {impl}: {sample.rate:,.0f} req/s, p99 {sample.p99_ms:.1f} ms"
+                )
+
+
+async def run_scale(url: str, server_pid: int, results: Results, sizes: Sizes, loop: str) -> None:
+    """The scale-out runs, in interleaved rounds (the process counts rotate)."""
+    counts = [str(p) for p in sizes.scale_processes]
+    for rnd in range(1, min(results.rounds, SCALE_ROUNDS) + 1):
+        for handler in sizes.scale_handlers:
+            for processes in rotated(counts, rnd):
+                sample = await scale_run(url, server_pid, int(processes), handler, sizes.scale, rnd, loop)
+                results.scale.setdefault((handler, sample.processes), []).append(sample)
+                progress(
+                    f"scale-out {handler} x{processes} round {rnd}: {sample.rate:,.0f} msg/s, "
+                    f"{sample.cores_busy:.2f} cores busy"
                 )
 
 
@@ -186,7 +223,7 @@ async def run_memory(url: str, results: Results, sizes: Sizes, loop: str) -> Non
     )
 
 
-async def run(url: str, results: Results, sizes: Sizes, only: Collection[str], loop: str) -> None:
+async def run(url: str, server_pid: int, results: Results, sizes: Sizes, only: Collection[str], loop: str) -> None:
     """The sections named in ``only``, in ``SECTIONS`` order."""
     impls = ["raw", "ours"] + (["faststream"] if results.faststream else [])
     await run_throughput(url, results, impls, only)
@@ -196,6 +233,8 @@ async def run(url: str, results: Results, sizes: Sizes, only: Collection[str], l
         await run_lifecycle(url, results)
     if "http" in only:
         await run_http(url, results, impls, sizes)
+    if "scale" in only:
+        await run_scale(url, server_pid, results, sizes, loop)
     if "memory" in only:
         await run_memory(url, results, sizes, loop)
 
@@ -279,11 +318,13 @@ def main() -> None:
         if args.messages < 1:
             parser.error("--messages must be at least 1")
         counts = dict.fromkeys(counts, args.messages)
-    results = Results(sizes=counts, rounds=rounds, faststream=HAVE_FASTSTREAM, smoke=args.smoke)
+    results = Results(sizes=counts, rounds=rounds, faststream=HAVE_FASTSTREAM, smoke=args.smoke, loop=args.loop)
     before = load()
     with NatsServer() as server:
         print(f"nats-server at {server.url}", file=sys.stderr, flush=True)
-        run_on(args.loop, run(server.url, results, sizes, only, args.loop))
+        # The server's pid, for its CPU time in /proc (NatsServer keeps its process private).
+        assert server._process is not None
+        run_on(args.loop, run(server.url, server._process.pid, results, sizes, only, args.loop))
     print(f"{machine(args.loop)}; load average (1/5/15 min) {before} at the start, {load()} at the end\n")
     print(report(results))
 

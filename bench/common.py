@@ -23,6 +23,9 @@ from nats.js.api import StreamConfig
 
 BENCH_DIR = Path(__file__).resolve().parent
 PAYLOAD = b"x" * 256
+# The HTTP route's request body: an ``Order`` of the README (``{"id": ..., "quantity": 1}``), 256 bytes as
+# it arrives and as the route republishes it (``model_dump_json()`` writes the same compact JSON).
+ORDER_BODY = b'{"id":"' + b"o" * 234 + b'","quantity":1}'
 WINDOW = 256  # publishes in flight in the pipelined scenarios
 BATCH = 100  # pull batch in the consume scenarios
 RUN_TIMEOUT = 180.0  # bound on one timed run, seconds

@@ -1,9 +1,10 @@
-"""HTTP publish route under uvicorn: ours vs raw nats-py vs FastStream, req/s and latency.
+"""The README's HTTP publish route under uvicorn: ours vs raw nats-py vs FastStream, req/s and latency.
 
 For every run: a fresh stream, a uvicorn process serving one implementation of the route
-(``http_app.py``, one worker, the given event loop and HTTP parser), then a load generator process
-(``loadgen.py``, 32 keep-alive connections) that warms up, sends the measured requests, and reports.
-Server startup is not timed; the server's CPU time over the measured requests is read from ``/proc``.
+(``http_app.py``, one worker, the given event loop and HTTP parser), then the load: ``wrk`` (2 threads,
+32 keep-alive connections; ``wrk_load.py``) when installed, else the Python generator ``loadgen.py``
+(with a warning), warming up and then measuring for a fixed time. Server startup is not timed; the
+server's CPU time over the measured part is read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from common import BENCH_DIR, Target, fresh_stream
+from wrk_load import WRK, wrk_run
 
 CONNECTIONS = 32
-MAX_SECONDS = 30.0
+GENERATOR = f"wrk -t2 -c{CONNECTIONS}" if WRK else f"bench/loadgen.py, {CONNECTIONS} connections (not wrk)"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 40.0  # above nats-py's 30 s drain timeout
 
@@ -88,7 +91,30 @@ async def stop(server: asyncio.subprocess.Process) -> None:
         raise RuntimeError(f"the HTTP server did not stop within {STOP_TIMEOUT:g} s of SIGINT") from None
 
 
-async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, requests: int, warmup: int) -> HttpSample:
+async def python_load(port: int, seconds: int, warmup: int, server_pid: int) -> dict[str, Any]:
+    """The fallback generator, in its own process."""
+    load = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH_DIR / "loadgen.py"),
+        str(port),
+        str(seconds),
+        str(CONNECTIONS),
+        str(warmup),
+        str(server_pid),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, _ = await asyncio.wait_for(load.communicate(), timeout=seconds + warmup + STARTUP_TIMEOUT)
+    except TimeoutError:
+        load.kill()
+        raise
+    if load.returncode != 0:
+        raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, seconds: int, warmup: int) -> HttpSample:
     key = f"{config.loop}_{impl}_r{rnd}"
     target = Target(url, f"BENCH_HTTP_{key.upper()}", f"bench.http.{key}")
     port = free_port()
@@ -106,27 +132,13 @@ async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, requests
         )
         try:
             await wait_listening(port, server)
-            load = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(BENCH_DIR / "loadgen.py"),
-                str(port),
-                str(requests),
-                str(CONNECTIONS),
-                str(MAX_SECONDS),
-                str(warmup),
-                str(server.pid),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            try:
-                out, _ = await asyncio.wait_for(load.communicate(), timeout=2 * MAX_SECONDS + STARTUP_TIMEOUT)
-            except TimeoutError:
-                load.kill()
-                raise
-            if load.returncode != 0:
-                raise RuntimeError(f"the load generator failed with exit code {load.returncode}")
+            if WRK:
+                result = await wrk_run(port, seconds, CONNECTIONS, warmup, server.pid)
+            else:
+                result = await python_load(port, seconds, warmup, server.pid)
         finally:
             await stop(server)
-    sample = HttpSample(**json.loads(out))
+    sample = HttpSample(**result)
     if sample.errors:
         raise RuntimeError(f"{impl} ({config.label}): {sample.errors} requests did not answer 202")
     return sample

@@ -1,17 +1,18 @@
-"""HTTP load generator: keep-alive connections on loopback, each sending ``POST /publish`` back to back.
+"""Fallback HTTP load generator (when ``wrk`` is not installed): keep-alive connections on loopback, each
+sending ``POST /orders`` back to back.
 
 Usage (``bench/http_route.py`` starts it, in its own process)::
 
-    loadgen.py PORT REQUESTS CONNECTIONS MAX_SECONDS WARMUP SERVER_PID
+    loadgen.py PORT SECONDS CONNECTIONS WARMUP_SECONDS SERVER_PID
 
 A minimal HTTP/1.1 client on asyncio streams (uvloop when installed) rather than httpx: on a 2-core
 machine the client shares the CPUs with the server under test, and ``httpx.AsyncClient`` (0.28, 32
 connections) managed only ~450-490 req/s at ~2 ms of client CPU per request against the same server
 where this loop does 2.7-3.5k req/s at 45-60 µs: with httpx the benchmark would measure httpx.
 
-``WARMUP`` requests go first (not counted); then ``REQUESTS`` are sent, stopping early after
-``MAX_SECONDS``. Prints one JSON object: requests answered, seconds, errors, latency percentiles (ms),
-and the server's CPU seconds over the measured part (``/proc/<SERVER_PID>/stat``).
+Requests go for ``WARMUP_SECONDS`` first (not counted), then for ``SECONDS``. Prints one JSON object:
+requests answered, seconds, errors, latency percentiles (ms), and the server's CPU seconds over the
+measured part (``/proc/<SERVER_PID>/stat``), the same fields as ``wrk_load.py``.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import statistics
 import sys
 import time
 
-from common import HAVE_UVLOOP, PAYLOAD, proc_cpu_seconds
+from common import HAVE_UVLOOP, ORDER_BODY, proc_cpu_seconds
 
 HOST = "127.0.0.1"
+UNBOUNDED = 10**12  # requests: each run is bounded by its duration
 
 
 class Load:
     def __init__(self, port: int) -> None:
         self.request = (
-            f"POST /publish HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {len(PAYLOAD)}\r\n\r\n"
-        ).encode() + PAYLOAD
+            f"POST /orders HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(ORDER_BODY)}\r\n\r\n"
+        ).encode() + ORDER_BODY
         self.port = port
         self.remaining = 0
         self.deadline = 0.0
@@ -70,12 +72,13 @@ class Load:
 
 
 async def main(argv: list[str]) -> None:
-    port, requests, connections = int(argv[0]), int(argv[1]), int(argv[2])
-    max_seconds, warmup, server_pid = float(argv[3]), int(argv[4]), int(argv[5])
+    port, seconds, connections = int(argv[0]), float(argv[1]), int(argv[2])
+    warmup, server_pid = float(argv[3]), int(argv[4])
     load = Load(port)
-    await load.run(warmup, connections, max_seconds)
+    if warmup > 0:
+        await load.run(UNBOUNDED, connections, warmup)
     cpu = proc_cpu_seconds(server_pid)
-    seconds = await load.run(requests, connections, max_seconds)
+    seconds = await load.run(UNBOUNDED, connections, seconds)
     cpu = proc_cpu_seconds(server_pid) - cpu
     quantiles = statistics.quantiles(load.latencies, n=100, method="inclusive")
     result = {

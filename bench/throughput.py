@@ -15,6 +15,7 @@ from typing import Any
 import nats
 import nats.errors
 from common import BATCH, PAYLOAD, WINDOW, Sample, Target, Timer, check_consumed, prefill
+from nats.aio.msg import Msg
 
 from jetstream_fastapi import JetStreamBroker
 from jetstream_fastapi.driver import Message
@@ -149,6 +150,58 @@ async def raw_consume(target: Target, n: int) -> Sample:
     return sample
 
 
+async def ceiling_consume(target: Target, n: int) -> Sample:
+    """The ceiling: a nats.go-style pull loop on nats-py's public API with the handler inline.
+
+    One inbox subscription (``subscribe(cb=...)``); pull requests to the consumer's ``MSG.NEXT`` subject
+    that keep ``BATCH`` messages asked for: a new one, for what was delivered, when fewer than half of
+    them are outstanding (nats.go's ``Consume`` rule, so at most ``BATCH`` unacked as for ours); each
+    message is handled inside the callback and acked with ``publish(reply, b"+ACK")``. No handler tasks,
+    no slot accounting, no status handling: what the library's worker could reach at most on this API.
+    """
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    await prefill(target, n)
+    nc = await nats.connect(target.url)
+    try:
+        counter = Counter(n)
+        inbox = nc.new_inbox()
+        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{target.stream}.bench"
+        requests = {batch: b'{"batch": %d, "expires": 5000000000}' % batch for batch in range(1, BATCH + 1)}
+        outstanding = 0
+
+        def handler(data: bytes) -> None:
+            counter.hit()
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal outstanding
+            if not msg.reply:  # a status message: a request ended with this many of its messages undelivered
+                outstanding = max(0, outstanding - int((msg.headers or {}).get("Nats-Pending-Messages", 0)))
+            else:
+                outstanding -= 1
+                handler(msg.data)
+                await nc.publish(msg.reply, b"+ACK")
+            if outstanding < BATCH // 2 and counter.count < n:
+                batch = BATCH - outstanding
+                outstanding = BATCH
+                await nc.publish(pull_subject, requests[batch], reply=inbox)
+
+        timer = Timer()
+        timer.start()
+        await nc.jsm().add_consumer(target.stream, ConsumerConfig(durable_name="bench", ack_policy=AckPolicy.EXPLICIT))
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        outstanding = BATCH
+        await nc.publish(pull_subject, requests[BATCH], reply=inbox)
+        await counter.done.wait()
+        sample = timer.stop(counter.count)
+        await nc.flush()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    await check_consumed(target.url, target.stream, "bench")
+    return sample
+
+
 class Counter:
     """Counts handled messages; ``done`` is set at the ``n``-th."""
 
@@ -220,6 +273,7 @@ class Scenario:
     ours: Runner
     faststream: Runner | None
     default_n: int
+    ceiling: Runner | None = None
 
 
 SCENARIOS = [
@@ -244,5 +298,6 @@ SCENARIOS = [
         ours_consume,
         faststream_consume,
         20000,
+        ceiling_consume,
     ),
 ]

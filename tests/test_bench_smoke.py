@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``bench/bench.py --smoke`` with ``args``, its output captured."""
     return subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", *args],
@@ -18,6 +19,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
         cwd=ROOT,
+        env=None if env is None else dict(os.environ, **env),
     )
 
 
@@ -26,6 +28,19 @@ def test_bench_smoke_runs_and_prints_a_table() -> None:
     assert result.returncode == 0, result.stderr
     assert "ours/raw" in result.stdout
     assert "consume" in result.stdout
+    assert "ours/ceiling" in result.stdout
+    assert "consume no-op >= 0.9x the ceiling" in result.stdout
+    assert "README route `POST /orders`" in result.stdout
+    assert "| scale-out handler | consumer processes |" in result.stdout
+    assert "| no-op | 2 |" in result.stdout
+
+
+def test_bench_http_falls_back_to_the_python_load_generator() -> None:
+    result = bench("--only", "http", env={"BENCH_LOADGEN": "python"})
+    assert result.returncode == 0, result.stderr
+    assert "warning: not using wrk" in result.stderr
+    assert "load from bench/loadgen.py" in result.stdout
+    assert "| asyncio + h11 | ours |" in result.stdout
 
 
 def test_bench_only_runs_the_chosen_sections() -> None:
@@ -36,3 +51,4 @@ def test_bench_only_runs_the_chosen_sections() -> None:
     assert "consume" not in result.stdout  # neither the other scenarios' rows nor their targets
     assert "req/s" not in result.stdout  # no HTTP table
     assert "lifespan" not in result.stdout
+    assert "scale-out" not in result.stdout

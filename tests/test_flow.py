@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 
 from jetstream_fastapi import JetStreamBroker, Message
 from jetstream_fastapi.backends.jetstream.flow import Slots
-from jetstream_fastapi.backends.jetstream.lanes import Lanes
+from jetstream_fastapi.backends.jetstream.lanes import INLINE_AFTER, Lanes
 from jetstream_fastapi.backends.jetstream.worker import decode
 from tests.conftest import WAIT
 
@@ -151,3 +151,123 @@ async def test_lanes_never_exceed_the_limit_and_close_returns_what_was_not_taken
     await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)  # each finished its item and ended
     assert peak == limit
     assert lanes.ready == deque()
+
+
+async def _warm_up(lanes: Lanes[int], done: asyncio.Event) -> None:
+    """Push INLINE_AFTER items that return without suspending, and wait until lanes ran them."""
+    for item in range(INLINE_AFTER):
+        lanes.push(-1 - item)
+    await asyncio.wait_for(done.wait(), WAIT)
+
+
+async def test_offer_runs_handlers_that_never_suspend_on_the_callers_task_once_proven() -> None:
+    seen: list[tuple[int, asyncio.Task[object] | None]] = []
+    warm = asyncio.Event()
+
+    async def handle(item: int) -> None:  # never suspends
+        seen.append((item, asyncio.current_task()))
+        if len(seen) == 1 + INLINE_AFTER:  # item 0, then the warm-up
+            warm.set()
+
+    lanes: Lanes[int] = Lanes(10, handle, "test")
+    await lanes.offer(0)  # not proven yet: a lane runs it
+    assert not lanes.inline
+    assert seen == []
+    seen.clear()
+    await _warm_up(lanes, warm)
+    assert lanes.inline
+    lane_tasks = set(lanes.tasks)
+    seen.clear()
+    for item in range(50):
+        await lanes.offer(item)
+    assert seen == [(item, asyncio.current_task()) for item in range(50)]
+    assert lanes.tasks == lane_tasks  # no lane was woken or started for them
+    assert lanes.close() == []
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)
+
+
+async def test_offer_hands_everything_to_lanes_for_good_after_a_handler_suspends_inline() -> None:
+    limit = 4
+    warm = asyncio.Event()
+    release = asyncio.Event()
+    count = 0
+    total = INLINE_AFTER + 1 + limit + 2 * INLINE_AFTER
+    all_done = asyncio.Event()
+    waiting: list[int] = []
+    all_waiting = asyncio.Event()
+
+    async def handle(item: int) -> None:
+        nonlocal count
+        count += 1
+        if count == INLINE_AFTER:
+            warm.set()
+        if count == total:
+            all_done.set()
+        if item == 0:
+            await asyncio.sleep(0)  # suspends briefly, on the caller's task
+        elif item > 0:
+            waiting.append(item)
+            if len(waiting) == limit:
+                all_waiting.set()
+            await release.wait()  # items 1.. must wait side by side on lanes, not one after another
+
+    lanes: Lanes[int] = Lanes(limit, handle, "test")
+    await _warm_up(lanes, warm)
+    assert lanes.inline
+    await lanes.offer(0)
+    assert not lanes.inline
+    for item in range(1, 1 + limit):
+        await lanes.offer(item)  # returns at once: pushed to a lane
+    await asyncio.wait_for(all_waiting.wait(), WAIT)
+    release.set()
+    for item in range(limit + 1, limit + 1 + 2 * INLINE_AFTER):
+        lanes.push(-item)  # a long streak again: offer must not go back to running items inline
+    await asyncio.wait_for(all_done.wait(), WAIT)
+    assert not lanes.inline
+    lanes.close()
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)
+
+
+async def test_handlers_that_wait_for_each_other_never_run_inline() -> None:
+    # 8 handlers that each wait until all 8 are inside: inline, the first would hold up the rest forever.
+    inside = 0
+    all_inside = asyncio.Event()
+
+    async def handle(item: int) -> None:
+        nonlocal inside
+        inside += 1
+        if inside == 8:
+            all_inside.set()
+        await all_inside.wait()
+
+    lanes: Lanes[int] = Lanes(8, handle, "test")
+    for item in range(8):
+        await lanes.offer(item)
+    await asyncio.wait_for(all_inside.wait(), WAIT)
+    assert not lanes.inline
+    lanes.close()
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)
+
+
+async def test_offer_queues_behind_waiting_items_and_after_close() -> None:
+    release = asyncio.Event()
+    order: list[int] = []
+
+    async def handle(item: int) -> None:
+        order.append(item)
+        if item == 0:
+            await release.wait()
+
+    lanes: Lanes[int] = Lanes(1, handle, "test")
+    lanes.push(0)  # a lane takes it on the next turn and waits
+    lanes.push(1)  # waits for that lane
+    await lanes.offer(2)  # must not jump the queue
+    assert order == []
+    assert list(lanes.ready) == [0, 1, 2]
+    await asyncio.sleep(0)
+    assert order == [0]
+    assert lanes.close() == [1, 2]
+    await lanes.offer(3)  # closed: never run
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*lanes.tasks), WAIT)
+    assert order == [0]

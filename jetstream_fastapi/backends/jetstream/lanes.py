@@ -7,6 +7,16 @@ on their way: a burst for slow handlers fans out to every lane in a few event-lo
 fast handlers (which finish without suspending) the first lane runs the whole burst and the two it woke
 find nothing (three wake-ups per burst instead of one per message).
 
+:meth:`Lanes.offer` saves the hop to a lane for a caller that is itself a task handing over items one by
+one (nats-py's subscription task, on its public API). A parked lane runs only on the next event-loop
+turn, and with fast handlers a consumer's pull cycle is a few turns long (server → reader → subscription
+task → lane → flusher → server): one turn fewer gave ~20% more messages per second at the same CPU
+(bench/, uvloop, no-op handler: ~0.75 → ~0.95 of a nats.go-style loop with the handler inline). So once
+:data:`INLINE_AFTER` handlers in a row have returned without suspending, ``offer`` runs the item right
+there on the caller's task. The first handler that suspends there (it awaited something not ready) ends
+that for good, and every item goes to a lane again, so handlers that wait for I/O run side by side; the
+caller's later items waited for that one handler, once.
+
 Pure asyncio, no ``nats`` import.
 """
 
@@ -18,6 +28,9 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+INLINE_AFTER = 256
+"""Handlers in a row that returned without suspending before :meth:`Lanes.offer` runs items inline."""
 
 
 class Lanes(Generic[T]):
@@ -33,12 +46,45 @@ class Lanes(Generic[T]):
         self._parked: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # lanes woken (or started) that have not taken an item yet
         self._open = True
+        self._streak = 0  # handlers in a row that returned without suspending
+        self._may_inline = True  # False once a handler run by offer() suspended
+        self._turns = 0  # event-loop turns counted by _count_turn
+        self._counting = False  # a _count_turn callback is scheduled
 
     def push(self, item: T) -> None:
         """Queue ``item`` for the next free lane."""
         self.ready.append(item)
         if self._waking == 0:  # otherwise a lane is about to run, and it wakes more if needed
             self._wake()
+
+    @property
+    def inline(self) -> bool:
+        """Whether :meth:`offer` runs items on the caller's task now."""
+        return self._may_inline and self._streak >= INLINE_AFTER
+
+    async def offer(self, item: T) -> None:
+        """Run ``item`` on the caller's task when handlers have not been suspending (see the module
+        docstring) and no item is waiting; otherwise :meth:`push` it."""
+        if self._streak < INLINE_AFTER or not self._may_inline or self.ready or not self._open:
+            self.push(item)
+            return
+        turns = self._watch_turns()
+        await self._handle(item)
+        if self._turns != turns:
+            self._may_inline = False
+            self._streak = 0
+
+    def _watch_turns(self) -> int:
+        # _count_turn runs on the loop's next turn; a handler that suspends resumes on that turn at the
+        # earliest, and after it (callbacks run in order): the count moves only if the handler suspended.
+        if not self._counting:
+            self._counting = True
+            asyncio.get_running_loop().call_soon(self._count_turn)
+        return self._turns
+
+    def _count_turn(self) -> None:
+        self._counting = False
+        self._turns += 1
 
     def close(self) -> list[T]:
         """Stop taking items: parked lanes end, running ones end after their item; returns the items
@@ -79,7 +125,9 @@ class Lanes(Generic[T]):
                     woken = False
                     if len(ready) > self._waking and self._wake() and len(ready) > self._waking:
                         self._wake()
+                turns = self._watch_turns()
                 await self._handle(item)
+                self._streak = self._streak + 1 if self._turns == turns else 0
             else:
                 parked: asyncio.Future[None] = loop.create_future()
                 self._parked.append(parked)

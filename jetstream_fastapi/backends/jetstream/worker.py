@@ -170,7 +170,11 @@ class PullWorker:
             self._last_activity = time.monotonic()
             await self._on_status(msg.headers or {})
         elif self.state is WorkerState.RUNNING:
-            self._accept(msg)
+            # On nats-py's subscription task (public API): once handlers have proven not to suspend, they
+            # run right here, an event-loop turn sooner than on a lane (see Lanes.offer).
+            self._last_activity = time.monotonic()
+            self._slots.delivered()
+            await self._lanes.offer(msg)
         else:
             self._slots.delivered()
             await self._give_back(msg)
