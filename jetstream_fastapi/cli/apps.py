@@ -15,8 +15,8 @@ import click
 def load_document(target: str) -> dict[str, Any]:
     """The document of ``target``: a FastAPI app including ``asyncapi_router()``, a function returning one
     (called without arguments), or a :class:`~jetstream_fastapi.ConsumerRouter`."""
-    from .integration.asyncapi import OPENAPI_MARK, asyncapi_document
-    from .integration.routing import ConsumerRouter
+    from ..integration.asyncapi import OPENAPI_MARK, asyncapi_document
+    from ..integration.routing import ConsumerRouter
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:

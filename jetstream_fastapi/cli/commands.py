@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .cli_output import dead_letter_rows, emit, table
+from .output import dead_letter_rows, emit, table
 
 if TYPE_CHECKING:
-    from .backends.jetstream.backend import JetStreamBroker
+    from ..backends.jetstream.backend import JetStreamBroker
 
 T = TypeVar("T")
 
@@ -47,8 +47,8 @@ class Context:
     def broker(self) -> JetStreamBroker:
         from pydantic import ValidationError
 
-        from .errors import InvalidArgumentError
-        from .settings import BrokerSettings
+        from ..errors import InvalidArgumentError
+        from ..settings import BrokerSettings
 
         try:
             settings = BrokerSettings(url=self.server) if self.server else BrokerSettings()
@@ -62,7 +62,7 @@ class Context:
 
     def run(self, work: Callable[[JetStreamBroker], Coroutine[Any, Any, T]]) -> T:
         """Connect, run ``work``, disconnect; a library error becomes a message and exit status 1."""
-        from .errors import JetStreamError
+        from ..errors import JetStreamError
 
         broker = self.broker()
 
@@ -293,7 +293,7 @@ def purge(
 def asyncapi(app: str, output: str | None) -> None:
     """The AsyncAPI document of APP (module:attribute: a FastAPI app including asyncapi_router(), a factory
     of one, or a ConsumerRouter)."""
-    from .cli_apps import load_document
+    from .apps import load_document
 
     document = load_document(app)
     text = json.dumps(document, indent=2) + "\n"
