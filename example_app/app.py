@@ -109,8 +109,8 @@ class OrderStore:
         return OrderStatus(id=order_id, status=record.status, attempts=record.attempts)
 
 
-def get_orders(request: Request) -> OrderStore:
-    """FastAPI dependency: the app's :class:`OrderStore`."""
+async def get_orders(request: Request) -> OrderStore:
+    """FastAPI dependency: the app's :class:`OrderStore` (``async``, so FastAPI does not hop to its thread pool)."""
     orders: OrderStore = request.app.state.orders
     return orders
 
@@ -189,7 +189,7 @@ async def replay_dead_letter(seq: int, broker: BrokerDep) -> dict[str, Any]:
     return {"stream": ack.stream, "seq": ack.seq}
 
 
-def order_store(state: State) -> OrderStore:
+async def order_store(state: State) -> OrderStore:
     """Dependency of the consumer: the app's :class:`OrderStore`, from the lifespan state."""
     orders: OrderStore = state.orders
     return orders
