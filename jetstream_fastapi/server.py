@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -141,10 +142,21 @@ class NatsServer:
             self._process.kill()
             self._process.wait()
 
-    def pause(self) -> None:
-        """SIGSTOP the process: it stops answering without closing connections."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP the process: it stops answering without closing connections.
+
+        Returns once the process is stopped (on Linux, where ``/proc`` tells): a signal is delivered
+        asynchronously, and a server still running on another core would answer one more request."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self._process.pid}/stat")
+        deadline = time.monotonic() + timeout
+        while stat.exists() and time.monotonic() < deadline:
+            # The state is the field after the parenthesised command name: "T" once stopped.
+            if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
+                return
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""
