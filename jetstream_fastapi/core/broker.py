@@ -39,6 +39,7 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
+from .exclusive import check_exclusive
 from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
@@ -313,6 +314,7 @@ class BaseBroker:
         handler: Handler,
         *,
         queue: str | None = None,
+        exclusive: bool = False,
         **options: Unpack[ConsumerOptions],
     ) -> Subscription:
         """Start a consumer running ``handler`` for each message on ``subject``.
@@ -320,10 +322,13 @@ class BaseBroker:
         With ``queue``, a durable consumer of that name is shared by every instance using it (load
         balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
         every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
+        With ``exclusive=True`` (needs ``queue``), one instance of the queue handles messages at a time and
+        the others stand by (see :mod:`~jetstream_fastapi.core.exclusive`).
         """
         check_subject(subject, wildcards=True)
         if queue is not None:
             check_queue(queue)
+        check_exclusive(exclusive, queue)
         check_handler(handler)
         settings = self.defaults.merged(options)
         self._require()
@@ -335,7 +340,9 @@ class BaseBroker:
             if settings.dead_letter:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-            spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings))
+            spec = ConsumerSpec(
+                stream, name, subject, settings, queue is not None, store_max_deliver(settings), exclusive
+            )
             watch = self._observer.consumer(subject, queue) if self._observer is not None else None
             processor = Processor(handler, settings, self._store_dead_letter, self._settled.set, watch)
             consumer = await self._backend.consume(spec, processor)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
+from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Subscriber
@@ -34,6 +35,8 @@ class HandlerSpec:
     queue: str | None
     plan: HandlerPlan
     options: ConsumerOptions = field(default_factory=lambda: ConsumerOptions())
+    exclusive: bool = False
+    """One instance of the queue handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
 
     @property
     def handler(self) -> Callable[..., Awaitable[None]]:
@@ -77,22 +80,29 @@ class ConsumerRouter:
         return list(self._publications.values())
 
     def handle(
-        self, subject: str, *, queue: str | None = None, **options: Unpack[ConsumerOptions]
+        self,
+        subject: str,
+        *,
+        queue: str | None = None,
+        exclusive: bool = False,
+        **options: Unpack[ConsumerOptions],
     ) -> Callable[[HandlerT], HandlerT]:
         """Register the decorated ``async`` function for ``subject``; returns it unchanged.
 
         ``queue`` names a durable consumer shared by every instance (load balancing); without it each
-        instance gets every message. ``options`` override the router's and the broker's defaults.
+        instance gets every message. ``exclusive=True`` (with a queue): one instance at a time handles
+        them, the others stand by. ``options`` override the router's and the broker's defaults.
         """
         check_subject(subject, wildcards=True)
         if queue is not None:
             check_queue(queue)
+        check_exclusive(exclusive, queue)
         merged: ConsumerOptions = {**self.options, **options}
         ConsumerSettings().merged(merged, "ConsumerRouter.handle()")
 
         def decorator(handler: HandlerT) -> HandlerT:
             check_handler(handler)
-            self._add(HandlerSpec(subject, queue, HandlerPlan(handler), merged))
+            self._add(HandlerSpec(subject, queue, HandlerPlan(handler), merged, exclusive))
             return handler
 
         return decorator
@@ -100,7 +110,8 @@ class ConsumerRouter:
     def include_router(self, router: ConsumerRouter) -> None:
         """Add every handler of ``router`` (with its own options) to this one."""
         for spec in router:
-            self._add(HandlerSpec(spec.subject, spec.queue, spec.plan, {**self.options, **spec.options}))
+            options: ConsumerOptions = {**self.options, **spec.options}
+            self._add(HandlerSpec(spec.subject, spec.queue, spec.plan, options, spec.exclusive))
         for publication in router.publications:
             self.add_publication(publication)
 
@@ -121,7 +132,11 @@ class ConsumerRouter:
         try:
             for spec in self:
                 handler = spec.plan.bind(broker, state)
-                subscribers.append(await broker.subscribe(spec.subject, handler, queue=spec.queue, **spec.options))
+                subscribers.append(
+                    await broker.subscribe(
+                        spec.subject, handler, queue=spec.queue, exclusive=spec.exclusive, **spec.options
+                    )
+                )
         except BaseException:
             await asyncio.gather(*(sub.unsubscribe() for sub in subscribers))
             raise
