@@ -1,6 +1,7 @@
 """Several worker processes of one app (issue #15): a handler without a queue is warned about at startup
-when this process is one of several; a real ``uvicorn --workers 2`` shows the warning once per worker,
-for the queue-less handler only."""
+when this process is one of several; a real ``uvicorn --workers 4`` shows the warning in each worker,
+for the queue-less handler only; four workers share a queue, and a SIGTERM to one of them under load
+loses nothing and handles nothing twice."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from jetstream_fastapi import ConsumerRouter, InMemoryBroker, Message, jetstream_lifespan
+from jetstream_fastapi import ConsumerRouter, InMemoryBroker, JetStreamBroker, Message, jetstream_lifespan
 from jetstream_fastapi.integration.workers import several_processes
 from jetstream_fastapi.server import NatsServer
 
 ROOT = Path(__file__).parent.parent
-BOUND = 30.0
+BOUND = 60.0
+WORKERS = 4
 
 
 @pytest.mark.parametrize(
@@ -68,16 +72,18 @@ def _free_port() -> int:
         return port
 
 
-async def test_uvicorn_workers_each_warn_about_the_handler_without_a_queue(
+async def test_four_uvicorn_workers_share_a_queue_and_one_stops_gracefully(
     nats_server: NatsServer, prefix: str
 ) -> None:
+    # Each worker warns about the queue-less handler; the queue's messages are shared by the workers; a
+    # SIGTERM to one worker mid-load (uvicorn starts another) loses nothing and handles nothing twice.
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "uvicorn",
         "tests.workers_app:app",
         "--workers",
-        "2",
+        str(WORKERS),
         "--host",
         "127.0.0.1",
         "--port",
@@ -88,18 +94,51 @@ async def test_uvicorn_workers_each_warn_about_the_handler_without_a_queue(
         stderr=asyncio.subprocess.STDOUT,
     )
     lines: list[str] = []
-    try:
+    changed = asyncio.Condition()
+
+    async def read() -> None:
         assert process.stdout is not None
-        async with asyncio.timeout(BOUND):
-            while sum("Application startup complete" in line for line in lines) < 2:
-                raw = await process.stdout.readline()
-                assert raw, f"uvicorn ended early: {lines}"
+        async for raw in process.stdout:
+            async with changed:
                 lines.append(raw.decode())
+                changed.notify_all()
+
+    def count(word: str) -> int:
+        return sum(word in line for line in lines)
+
+    def done() -> list[list[str]]:
+        return [line.split() for line in lines if line.startswith("DONE ")]
+
+    async def until(check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(BOUND), changed:
+            await changed.wait_for(check)
+
+    reader = asyncio.ensure_future(read())
+    publisher = JetStreamBroker(nats_server.url)
+    try:
+        await until(lambda: count("Application startup complete") >= WORKERS)
+        await publisher.connect()
+        total = 600
+        await publisher.publish_many((f"{prefix}.shared", str(n)) for n in range(total))
+        await until(lambda: len({words[1] for words in done()}) >= 2 and len(done()) >= 100)
+        stopped = done()[-1][1]
+        os.kill(int(stopped), signal.SIGTERM)
+        await until(lambda: len({words[2] for words in done()}) >= total)
     finally:
         process.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.wait_for(process.communicate(), BOUND)
-        lines += rest.decode().splitlines()
+        await asyncio.wait_for(process.wait(), BOUND)
+        await reader
+        await publisher.disconnect()
     warned = [line for line in lines if "has no queue" in line]
-    print("\n" + "".join(warned))
-    assert len(warned) == 2, lines
-    assert all(line.startswith(f"{prefix}.each has no queue") and "--workers 2" in line for line in warned)
+    handled = Counter(words[2] for words in done())
+    by_worker = Counter(words[1] for words in done())
+    duplicates = sum(n - 1 for n in handled.values())
+    lost = total - len(handled)
+    print(
+        f"\n{WORKERS} workers: {total} published, handled per worker {dict(by_worker)}; SIGTERM to {stopped}; "
+        f"lost {lost}, duplicates {duplicates}; {len(warned)} warnings for the handler without a queue"
+    )
+    assert len(warned) >= WORKERS
+    assert all(line.startswith(f"{prefix}.each has no queue") and f"--workers {WORKERS}" in line for line in warned)
+    assert lost == 0 and duplicates == 0
+    assert len(by_worker) > 1
