@@ -311,6 +311,8 @@ class Broker(Protocol):
         *,
         queue: str | None = None,
         exclusive: bool = False,
+        key_order: bool = False,
+        partitions: int | None = None,
         **options: Unpack[ConsumerOptions],
     ) -> Subscriber:
         """Start a pull worker that runs ``handler`` for each message on ``subject``."""
