@@ -259,6 +259,11 @@ class Subscriber(Protocol):
         """The last problem it met (a refused pull, a failed consumer recreate), or ``None``."""
         ...
 
+    @property
+    def active(self) -> bool | None:
+        """With ``exclusive=True``: whether this instance handles the queue now; ``None`` otherwise."""
+        ...
+
     async def unsubscribe(self) -> None:
         """Stop pulling at once, let running handlers finish, give back the rest. Durables stay."""
         ...
@@ -305,6 +310,9 @@ class Broker(Protocol):
         handler: Handler,
         *,
         queue: str | None = None,
+        exclusive: bool = False,
+        key_order: bool = False,
+        partitions: int | None = None,
         **options: Unpack[ConsumerOptions],
     ) -> Subscriber:
         """Start a pull worker that runs ``handler`` for each message on ``subject``."""

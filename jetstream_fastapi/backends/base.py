@@ -67,6 +67,8 @@ class ConsumerSpec:
     store_max_deliver: int = -1
     """The store's own limit on deliveries of a message (``-1``: none). The front lifts it while it
     dead-letters, and enforces ``settings.max_deliver`` itself (see :mod:`~jetstream_fastapi.core.processing`)."""
+    exclusive: bool = False
+    """At most one member handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,11 @@ class Consumer(Protocol):
     @property
     def last_error(self) -> str | None:
         """The last problem met (a refused pull, a failed recreate), or ``None``."""
+        ...
+
+    @property
+    def active(self) -> bool | None:
+        """For an exclusive consumer, whether this member is the one handling messages; ``None`` otherwise."""
         ...
 
     @property

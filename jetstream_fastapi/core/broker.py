@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
 from ..backends.base import Backend, ConsumerSpec, ConsumerState, Outgoing
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
@@ -39,7 +39,9 @@ from .deadletters import (
     dead_letter_msg_id,
     dead_letter_subject,
 )
+from .exclusive import check_exclusive
 from .handling import Verdict, check_handler, check_one_filter
+from .keyorder import PartitionedSubscription, check_key_order, subscribe_partitioned
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
 from .processing import Processor, store_max_deliver
@@ -307,26 +309,79 @@ class BaseBroker:
 
     # -- subscribe ---------------------------------------------------------------------------------
 
+    @overload
     async def subscribe(
         self,
         subject: str,
         handler: Handler,
         *,
         queue: str | None = None,
+        exclusive: bool = False,
+        key_order: Literal[False] = False,
+        partitions: None = None,
         **options: Unpack[ConsumerOptions],
-    ) -> Subscription:
+    ) -> Subscription: ...
+
+    @overload
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        exclusive: bool = False,
+        key_order: Literal[True],
+        partitions: int | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> PartitionedSubscription: ...
+
+    @overload
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        exclusive: bool = False,
+        key_order: bool = False,
+        partitions: int | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> Subscription | PartitionedSubscription: ...
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        exclusive: bool = False,
+        key_order: bool = False,
+        partitions: int | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> Subscription | PartitionedSubscription:
         """Start a consumer running ``handler`` for each message on ``subject``.
 
         With ``queue``, a durable consumer of that name is shared by every instance using it (load
         balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
         every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
+        With ``exclusive=True`` (needs ``queue``), one instance of the queue handles messages at a time and
+        the others stand by (see :mod:`~jetstream_fastapi.core.exclusive`). With ``key_order=True`` (needs
+        ``queue``), the messages of one key (the subject's ``*`` tokens) are handled one at a time in stream
+        order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.keyorder`).
         """
         check_subject(subject, wildcards=True)
         if queue is not None:
             check_queue(queue)
+        check_exclusive(exclusive, queue)
+        count = check_key_order(key_order, partitions, queue, subject, options)
+        if count and exclusive:
+            raise InvalidArgumentError("key_order=True and exclusive=True do not go together")
         check_handler(handler)
         settings = self.defaults.merged(options)
         self._require()
+        if count:
+            assert queue is not None
+            return await self._below(subscribe_partitioned(self, subject, handler, queue, count, dict(options)))
         try:
             stream = await self._backend.stream_for(subject)
             if queue is not None:
@@ -335,7 +390,9 @@ class BaseBroker:
             if settings.dead_letter:
                 await self._backend.ensure_dead_letter_stream()
             name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-            spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings))
+            spec = ConsumerSpec(
+                stream, name, subject, settings, queue is not None, store_max_deliver(settings), exclusive
+            )
             watch = self._observer.consumer(subject, queue) if self._observer is not None else None
             processor = Processor(handler, settings, self._store_dead_letter, self._settled.set, watch)
             consumer = await self._backend.consume(spec, processor)

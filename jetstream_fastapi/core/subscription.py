@@ -66,6 +66,12 @@ class Subscription:
         return self.consumer.in_flight
 
     @property
+    def active(self) -> bool | None:
+        """With ``exclusive=True``: whether this instance is the one handling the queue's messages now
+        (the others stand by); ``None`` for a subscription that is not exclusive."""
+        return self.consumer.active
+
+    @property
     def last_error(self) -> str | None:
         """The last problem the consumer met (a refused pull, a failed recreate), or ``None``."""
         return self.consumer.last_error or self._processor.last_error

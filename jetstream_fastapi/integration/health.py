@@ -58,6 +58,9 @@ class ConsumerHealth(BaseModel):
     """Handlers running now."""
     last_error: str | None
     """The last problem the worker met (a refused pull, a failed consumer recreate), or ``None``."""
+    active: bool | None = None
+    """With ``exclusive=True``: whether this instance is the queue's active one (the others stand by);
+    ``None`` for a subscription that is not exclusive."""
 
 
 class Readiness(BaseModel):
@@ -82,6 +85,7 @@ def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
         state=subscription.state,
         in_flight=subscription.in_flight,
         last_error=subscription.last_error,
+        active=subscription.active,
     )
 
 

@@ -8,9 +8,10 @@
     async def create(order: Order, broker: Broker = Depends(get_broker)) -> dict[str, object]: ...
 
 Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
-enter the app's own lifespan, then subscribe every handler of every router. Shutdown runs in reverse:
-stop the consumers (in-flight handlers finish, the rest is given back), leave the app's lifespan (its
-resources outlive the handlers that use them), then drain and close the connection.
+enter the app's own lifespan, then subscribe every handler of every router (warning about a handler
+without a queue when this is one of several worker processes: :mod:`~jetstream_fastapi.integration.workers`).
+Shutdown runs in reverse: stop the consumers (in-flight handlers finish, the rest is given back), leave
+the app's lifespan (its resources outlive the handlers that use them), then drain and close the connection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.requests import HTTPConnection
 
 from ..driver import Broker, Subscriber
 from .routing import ConsumerRouter
+from .workers import warn_fan_out
 
 STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
@@ -52,6 +54,7 @@ def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLi
                 stack.push_async_callback(_stop, subscribers)
                 for router in routers:
                     subscribers += await router.start(broker, state)
+                warn_fan_out(subscribers)
                 yield state
         finally:
             await broker.disconnect()

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
+from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
+from ..core.keyorder import check_key_order
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Subscriber
 from ..errors import InvalidArgumentError
@@ -34,6 +36,11 @@ class HandlerSpec:
     queue: str | None
     plan: HandlerPlan
     options: ConsumerOptions = field(default_factory=lambda: ConsumerOptions())
+    exclusive: bool = False
+    """One instance of the queue handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
+    key_order: bool = False
+    """One message per key at a time, in stream order (see :mod:`~jetstream_fastapi.core.keyorder`)."""
+    partitions: int | None = None
 
     @property
     def handler(self) -> Callable[..., Awaitable[None]]:
@@ -77,22 +84,35 @@ class ConsumerRouter:
         return list(self._publications.values())
 
     def handle(
-        self, subject: str, *, queue: str | None = None, **options: Unpack[ConsumerOptions]
+        self,
+        subject: str,
+        *,
+        queue: str | None = None,
+        exclusive: bool = False,
+        key_order: bool = False,
+        partitions: int | None = None,
+        **options: Unpack[ConsumerOptions],
     ) -> Callable[[HandlerT], HandlerT]:
         """Register the decorated ``async`` function for ``subject``; returns it unchanged.
 
         ``queue`` names a durable consumer shared by every instance (load balancing); without it each
-        instance gets every message. ``options`` override the router's and the broker's defaults.
+        instance gets every message. ``exclusive=True`` (with a queue): one instance at a time handles
+        them, the others stand by. ``key_order=True`` (with a queue): the messages of one key (the
+        subject's ``*`` tokens) one at a time in stream order, over ``partitions`` partitions. ``options``
+        override the router's and the broker's defaults.
         """
         check_subject(subject, wildcards=True)
         if queue is not None:
             check_queue(queue)
+        check_exclusive(exclusive, queue)
         merged: ConsumerOptions = {**self.options, **options}
+        if check_key_order(key_order, partitions, queue, subject, merged) and exclusive:
+            raise InvalidArgumentError("key_order=True and exclusive=True do not go together")
         ConsumerSettings().merged(merged, "ConsumerRouter.handle()")
 
         def decorator(handler: HandlerT) -> HandlerT:
             check_handler(handler)
-            self._add(HandlerSpec(subject, queue, HandlerPlan(handler), merged))
+            self._add(HandlerSpec(subject, queue, HandlerPlan(handler), merged, exclusive, key_order, partitions))
             return handler
 
         return decorator
@@ -100,7 +120,12 @@ class ConsumerRouter:
     def include_router(self, router: ConsumerRouter) -> None:
         """Add every handler of ``router`` (with its own options) to this one."""
         for spec in router:
-            self._add(HandlerSpec(spec.subject, spec.queue, spec.plan, {**self.options, **spec.options}))
+            options: ConsumerOptions = {**self.options, **spec.options}
+            self._add(
+                HandlerSpec(
+                    spec.subject, spec.queue, spec.plan, options, spec.exclusive, spec.key_order, spec.partitions
+                )
+            )
         for publication in router.publications:
             self.add_publication(publication)
 
@@ -121,7 +146,17 @@ class ConsumerRouter:
         try:
             for spec in self:
                 handler = spec.plan.bind(broker, state)
-                subscribers.append(await broker.subscribe(spec.subject, handler, queue=spec.queue, **spec.options))
+                subscribers.append(
+                    await broker.subscribe(
+                        spec.subject,
+                        handler,
+                        queue=spec.queue,
+                        exclusive=spec.exclusive,
+                        key_order=spec.key_order,
+                        partitions=spec.partitions,
+                        **spec.options,
+                    )
+                )
         except BaseException:
             await asyncio.gather(*(sub.unsubscribe() for sub in subscribers))
             raise

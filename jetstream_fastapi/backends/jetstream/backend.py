@@ -20,6 +20,7 @@ from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
 from ...core.broker import BaseBroker
+from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
 from ...core.payloads import parse_headers
 from ...core.subscription import Subscription
@@ -250,12 +251,15 @@ class JetStreamBackend:
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> JetStreamConsumer:
         nc, jsm, _, _ = self._require()
+        if spec.exclusive:
+            version = nc.connected_server_version
+            require_priority_groups((version.major, version.minor, version.patch))
         config = consumer_config(
             spec.name, spec.subject, spec.settings, durable=spec.durable, max_deliver=spec.store_max_deliver
         )
 
         async def ensure() -> None:
-            await ensure_consumer(jsm, spec.stream, config)
+            await ensure_consumer(nc, spec.stream, config, exclusive=spec.exclusive)
 
         await ensure()
         worker = PullWorker(
@@ -265,6 +269,7 @@ class JetStreamBackend:
             process=process,
             settings=spec.settings,
             ensure_consumer=ensure,
+            group=GROUP if spec.exclusive else None,
         )
         self._workers.add(worker)
         try:
@@ -376,6 +381,10 @@ class JetStreamConsumer:
     @property
     def in_flight(self) -> int:
         return self.worker.in_flight
+
+    @property
+    def active(self) -> bool | None:
+        return self.worker.active
 
     @property
     def last_error(self) -> str | None:

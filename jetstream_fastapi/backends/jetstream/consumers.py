@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
-from nats.js.manager import JetStreamManager
+from nats.js.errors import APIError
 
+from ...core.exclusive import GROUP, LEASE
 from ...core.handling import ConsumerSettings
 from ...errors import ConsumerConfigError
 
@@ -61,29 +63,54 @@ def _options(settings: ConsumerSettings) -> dict[str, object]:
     }
 
 
-async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:
-    """Create the consumer, or update it when the server's config differs from ``config``."""
+def priority_fields(exclusive: bool) -> dict[str, object]:
+    """The priority-group fields of a consumer (ADR-42; nats-py's ConsumerConfig lacks them): a pinned
+    client group for an exclusive one, none otherwise."""
+    if not exclusive:
+        return {"priority_policy": "none"}
+    return {"priority_groups": [GROUP], "priority_policy": "pinned_client", "priority_timeout": int(LEASE * 1e9)}
+
+
+async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig, *, exclusive: bool = False) -> None:
+    """Create the consumer, or update it when the server's config differs from ``config`` and
+    :func:`priority_fields` (raw JSON requests: nats-py's API would drop the priority fields)."""
     assert config.name is not None
-    try:
-        info = await jsm.consumer_info(stream, config.name)
-    except NotFoundError:
-        info = None
-    if info is not None:
+    have = await _request(nc, f"$JS.API.CONSUMER.INFO.{stream}.{config.name}", b"", missing_ok=True)
+    extra = priority_fields(exclusive)
+    if have is not None:
+        raw: dict[str, Any] = have.get("config", {})
+        server = ConsumerConfig.from_response(dict(raw))
         differences = {
-            field: (getattr(config, field), getattr(info.config, field))
+            field: (getattr(config, field), getattr(server, field))
             for field in _RECONCILED
-            if not _same(getattr(config, field), getattr(info.config, field))
+            if not _same(getattr(config, field), getattr(server, field))
         }
+        for key, want in extra.items():
+            if raw.get(key, "none" if key == "priority_policy" else None) != want:
+                differences[key] = (want, raw.get(key))
         if not differences:
             return
         logger.warning("consumer %s on stream %s differs, updating: %s", config.name, stream, differences)
+    body = json.dumps({"stream_name": stream, "config": {**config.as_dict(), **extra}}).encode()
     try:
-        await jsm.add_consumer(stream, config)
+        await _request(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{config.name}", body)
     except APIError as error:
-        action = "update" if info is not None else "create"
+        action = "update" if have is not None else "create"
         raise ConsumerConfigError(
             f"could not {action} consumer {config.name!r} on stream {stream!r}: {error.description}"
         ) from None
+
+
+async def _request(nc: NATS, subject: str, body: bytes, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """A JetStream API request; its JSON answer, ``None`` for a consumer not found (with ``missing_ok``)."""
+    reply = await nc.request(subject, body, timeout=5.0)
+    answer: dict[str, Any] = json.loads(reply.data)
+    error = answer.get("error")
+    if error is not None:
+        if missing_ok and error.get("code") == 404:  # no such consumer (or stream: the create says which)
+            return None
+        APIError.from_error(error)  # raises the APIError subclass for the code
+    return answer
 
 
 def _same(want: object, have: object) -> bool:

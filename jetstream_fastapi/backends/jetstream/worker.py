@@ -18,6 +18,8 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 * a 503 "no responders" or a 409 "Consumer Deleted" starts a check (:mod:`~jetstream_fastapi.recovery`):
   the consumer is recreated only if the server says it is gone, and acks that may have been lost to a
   server restart are resent once it answers (after a reconnect too);
+* with a priority ``group`` (``exclusive=True``), pulls carry the group and the pin id, and the pin is
+  renewed and given up as :mod:`~jetstream_fastapi.backends.jetstream.pinning` says;
 * a message whose dead letter cannot be stored is held, kept "in progress", until it can
   (:mod:`~jetstream_fastapi.terminating`).
 
@@ -44,6 +46,7 @@ from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
 from .flow import Slots
 from .lanes import Lanes
+from .pinning import WRONG_PIN, Pin
 from .recovery import Recovery, no_responders_subject, one_line
 
 logger = logging.getLogger("jetstream_fastapi")
@@ -76,6 +79,7 @@ class PullWorker:
         settings: ConsumerSettings,
         ensure_consumer: Callable[[], Awaitable[object]],
         api_prefix: str = "$JS.API",
+        group: str | None = None,
     ) -> None:
         self._nc = nc
         self._publish = nc.publish  # (subject, payload, reply, headers)
@@ -88,6 +92,7 @@ class PullWorker:
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
         self._slots = Slots(settings.concurrency, settings.batch_size)
         self._requests: dict[int, bytes] = {}
+        self._pin = None if group is None else Pin(nc, group, stream=stream, consumer=consumer, api_prefix=api_prefix)
         self._inbox = ""
         self._sub: Subscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -103,7 +108,7 @@ class PullWorker:
         self.counters: Counter[str] = Counter()
         """How often each rare path was taken, for metrics: every failure the worker survives is counted.
         Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
-        status replies: ``pull_refused``,
+        status replies: ``pull_refused``, ``pin_lost`` (exclusive: another instance holds the pin),
         ``no_responders``, ``consumer_deleted``; recovery: ``check_retried``, ``recreated``,
         ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
         self._recovery = Recovery(
@@ -118,6 +123,11 @@ class PullWorker:
         self._recent_acks = self._recovery.recent_acks
 
     @property
+    def active(self) -> bool | None:
+        """With a priority group: whether this worker holds the pin; ``None`` without one."""
+        return None if self._pin is None else self._pin.id is not None
+
+    @property
     def in_flight(self) -> int:
         """Handlers running now."""
         return self._slots.in_flight
@@ -128,6 +138,8 @@ class PullWorker:
             return
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        if self._pin is not None:
+            await self._pin.start(self._inbox)
         self.state = WorkerState.RUNNING
         self._last_activity = time.monotonic()
         self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-watchdog-{self.consumer}")
@@ -137,12 +149,14 @@ class PullWorker:
 
     def _request(self, batch: int) -> bytes:
         body = self._requests.get(batch)
-        if body is None:
+        if body is None or self._pin is not None:
+            fields = {} if self._pin is None else self._pin.fields()
             body = json.dumps(
                 {
                     "batch": batch,
                     "expires": int(self._settings.fetch_wait * 1e9),
                     "idle_heartbeat": int(self._heartbeat * 1e9),
+                    **fields,
                 }
             ).encode()
             self._requests[batch] = body
@@ -170,6 +184,8 @@ class PullWorker:
             self._last_activity = time.monotonic()
             await self._on_status(msg.headers or {})
         elif self.state is WorkerState.RUNNING:
+            if self._pin is not None:
+                self._pin.seen(msg.headers)
             # On nats-py's subscription task (public API): once handlers have proven not to suspend, they
             # run right here, an event-loop turn sooner than on a lane (see Lanes.offer).
             self._last_activity = time.monotonic()
@@ -210,7 +226,12 @@ class PullWorker:
             slots.outstanding = 0
             self._schedule_check("consumer deleted")
             return
-        if status == "409" and "Leadership Change" in description:
+        if status == WRONG_PIN:  # the pin moved on (it expired, or was given up): pull again as a standby
+            self.counters["pin_lost"] += 1
+            if self._pin is not None:
+                self._pin.lost()
+            slots.outstanding = 0
+        elif status == "409" and "Leadership Change" in description:
             slots.outstanding = 0
         elif status not in ("404", "408", "409"):
             self.last_error = f"pull request refused: {status} {one_line(description)}"
@@ -305,6 +326,8 @@ class PullWorker:
         # An eighth of the ack wait: "in progress" goes out between 1/2 and 5/8 of it, and one that failed
         # is sent again at the next tick, still well before the server's ack timer runs out.
         tick = min(self._heartbeat, self._settings.ack_wait / 8)
+        if self._pin is not None:
+            tick = min(tick, self._pin.interval / 2)
         while self.state is WorkerState.RUNNING:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -312,6 +335,8 @@ class PullWorker:
                 await self._refresh_long_handlers(now)
             if self._paused or self._checking is not None:
                 continue
+            if self._pin is not None:
+                await self._pin.keep_alive(now)
             if self._slots.outstanding and now - self._last_activity > 2 * self._heartbeat:
                 logger.warning("consumer %s: missed heartbeats, pulling again", self.consumer)
                 self._slots.outstanding = 0
@@ -414,4 +439,6 @@ class PullWorker:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+        if self._pin is not None:
+            await self._pin.release()
         self.state = WorkerState.STOPPED

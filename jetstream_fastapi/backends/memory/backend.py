@@ -233,6 +233,7 @@ class MemoryBackend:
         else:
             consumer.filter, consumer.settings = spec.subject, spec.settings  # reconciled, as on the server
             consumer.max_deliver = spec.store_max_deliver
+        consumer.exclusive = spec.exclusive
         member = MemoryMember(self, consumer, process, spec.settings)
         consumer.members.append(member)
         consumer.dispatch()

@@ -9,6 +9,8 @@ The model follows what nats-server 2.15 does, as measured by ``tests/test_contra
   next attempt number to a free member; past ``max_deliver`` deliveries the consumer gives up on it;
 * in-progress restarts the ack wait. Like the JetStream worker, a subscriber sends it for a handler
   still running at half the ack wait, so a slow handler keeps its message;
+* an exclusive consumer hands messages to its longest-subscribed member only; a member that stops
+  stays the active one until its handlers are done, then the next one takes over;
 * acks, naks and terms apply to the message (its stream sequence), whichever delivery they answer: a late
   ack of a message redelivered meanwhile acks it, a late nak redelivers it once more at once.
 
@@ -65,6 +67,8 @@ class MemoryConsumer:
         self.max_deliver = settings.max_deliver
         """The consumer's own limit on deliveries (the spec's ``store_max_deliver``)."""
         self.durable = durable
+        self.exclusive = False
+        """One member at a time gets messages: ``members[0]`` (see :mod:`~jetstream_fastapi.core.exclusive`)."""
         self.members: list[MemoryMember] = []
         self.waiting: deque[StoredMessage] = deque()  # never delivered
         self.pending: dict[int, _Pending] = {}  # stream sequence -> delivered, not yet acked or terminated
@@ -125,6 +129,9 @@ class MemoryConsumer:
         return None
 
     def _free_member(self) -> MemoryMember | None:
+        if self.exclusive:
+            active = self.members[0] if self.members else None
+            return active if active is not None and active.has_room() else None
         count = len(self.members)
         for offset in range(count):
             member = self.members[(self._next_member + offset) % count]
@@ -236,6 +243,11 @@ class MemoryMember:
         return len(self._tasks)
 
     @property
+    def active(self) -> bool | None:
+        consumer = self._consumer
+        return (bool(consumer.members) and consumer.members[0] is self) if consumer.exclusive else None
+
+    @property
     def last_error(self) -> str | None:
         return None  # no network to fail: handler errors are the message's fate, not the consumer's
 
@@ -291,12 +303,15 @@ class MemoryMember:
             return
         self.running = False
         consumer = self._consumer
-        consumer.members.remove(self)
+        if not consumer.exclusive:
+            consumer.members.remove(self)
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if consumer.exclusive:  # the active member hands over only once its handlers are done
+            consumer.members.remove(self)
         if not consumer.durable and not consumer.members:
             self._backend.consumers.pop((consumer.stream.name, consumer.name), None)
         consumer.dispatch()
