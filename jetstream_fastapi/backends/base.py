@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.handling import ConsumerSettings, Verdict
+from ..core.publish_options import PublishConditions
 from ..driver import Message, PubAck
 from ..errors import JetStreamError
 
@@ -40,6 +41,8 @@ class Outgoing:
     subject: str
     body: bytes
     headers: dict[str, str]
+    conditions: PublishConditions | None = None
+    """A TTL and expectations (checked by the front); each backend gives them their meaning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,11 @@ class Backend(Protocol):
     @property
     def reconnects(self) -> int:
         """Times the connection was re-established after a loss (for metrics)."""
+        ...
+
+    @property
+    def server_version(self) -> tuple[int, int, int] | None:
+        """The connected server's version, for the feature checks (``None``: unknown or not a server)."""
         ...
 
     async def open(self) -> None:

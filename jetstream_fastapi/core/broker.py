@@ -27,6 +27,7 @@ from ..errors import (
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
+    PublishConflictError,
     PublishTimeoutError,
 )
 from ..observability.hooks import observer
@@ -43,6 +44,7 @@ from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
 from .processing import Processor, store_max_deliver
+from .publish_options import check_server_version, publish_conditions, stored_before
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -181,6 +183,11 @@ class BaseBroker:
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
+        expected_stream: str | None = None,
+        expected_last_sequence: int | None = None,
+        expected_last_subject_sequence: int | None = None,
+        expected_last_msg_id: str | None = None,
     ) -> PubAck:
         """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
 
@@ -188,10 +195,25 @@ class BaseBroker:
         retries of a transient failure are stored once. ``timeout`` (default ``publish_timeout``) is the
         total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
         may still have been stored: retry with the same ``msg_id``.
+
+        ``ttl`` (seconds, at least 1) has the stream remove the message after that time (the stream must
+        allow it: :class:`StreamFlagError` otherwise). The ``expected_*`` conditions make the publish
+        optimistic: if one does not hold, nothing is stored and :class:`PublishConflictError` says the
+        current sequence (see :mod:`~jetstream_fastapi.core.publish_options`).
         """
         if not self._opened:
             raise NotConnectedError(_NOT_CONNECTED)
+        conditions = publish_conditions(
+            ttl=ttl,
+            expected_stream=expected_stream,
+            expected_last_sequence=expected_last_sequence,
+            expected_last_subject_sequence=expected_last_subject_sequence,
+            expected_last_msg_id=expected_last_msg_id,
+        )
         outgoing = self._prepare(subject, message, msg_id, headers)
+        if conditions is not None:
+            check_server_version(conditions.features, self._backend.server_version)
+            outgoing.conditions = conditions
         total = self._deadline(timeout)
         if self._observer is None:
             return await self._store(outgoing, total)
@@ -208,6 +230,11 @@ class BaseBroker:
     async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
         try:
             return await self._backend.store(outgoing, total)
+        except PublishConflictError as conflict:
+            ack = await stored_before(self._backend, conflict, outgoing)
+            if ack is None:
+                raise
+            return ack
         except JetStreamError:
             raise
         except Exception as error:

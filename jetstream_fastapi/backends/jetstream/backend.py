@@ -33,6 +33,7 @@ from ...errors import (
     UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from .conditions import with_wire_headers
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
@@ -155,6 +156,13 @@ class JetStreamBackend:
     def max_payload(self) -> int:
         return self._nc.max_payload if self._nc is not None else _DEFAULT_MAX_PAYLOAD
 
+    @property
+    def server_version(self) -> tuple[int, int, int] | None:
+        if self._nc is None:
+            return None
+        version = self._nc.connected_server_version
+        return (version.major, version.minor, version.patch)
+
     def _require(self) -> tuple[NATS, JetStreamManager, StreamRegistry, Publisher]:
         if self._nc is None or self._jsm is None or self._registry is None or self._publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
@@ -241,7 +249,7 @@ class JetStreamBackend:
         publisher = self._publisher
         if publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return await publisher.send(message, timeout)
+        return await publisher.send(with_wire_headers(message, self.max_payload), timeout)
 
     async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
         return await self._require()[3].send_many(messages, window, timeout)

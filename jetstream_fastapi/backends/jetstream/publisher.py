@@ -17,8 +17,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ...driver import MSG_ID_HEADER, PubAck
-from ...errors import NotConnectedError, PublishError, PublishTimeoutError
+from ...errors import NotConnectedError, PublishTimeoutError
 from ..base import Outgoing
+from .conditions import publish_error
 from .pipeline import NoResponders, Pipeline
 from .replies import Replies, is_no_responders
 from .streams import StreamRegistry
@@ -96,9 +97,8 @@ class Publisher:
                 no_responders += 1
                 continue
             response = json.loads(reply.data)
-            error = response.get("error")
-            if error is not None:
-                raise PublishError(subject, error.get("description", str(error)), error.get("code"))
+            if response.get("error") is not None:
+                raise publish_error(subject, response)
             stream = response["stream"]
             if registry.cached(subject) is None:
                 registry.remember(subject, stream)

@@ -134,7 +134,10 @@ class StreamRegistry:
 
     async def _provision(self, subject: str) -> str:
         name, subjects = stream_to_provision(subject, auto_provision=self._auto_provision)
-        config = StreamConfig(name=name, subjects=subjects, retention=RetentionPolicy.LIMITS, storage=StorageType.FILE)
+        # Per-message TTLs allowed: a publish with ``ttl=`` to an auto-provisioned stream just works.
+        config = StreamConfig(
+            name=name, subjects=subjects, retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, allow_msg_ttl=True
+        )
         try:
             await self._jsm.add_stream(config)
         except APIError as error:

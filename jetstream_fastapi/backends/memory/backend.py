@@ -33,6 +33,7 @@ from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from .conditions import check_conditions, expire_later
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 
@@ -44,7 +45,8 @@ class InMemoryBroker(BaseBroker):
 
     Besides the broker options: ``duplicate_window`` (seconds a ``msg_id`` is remembered, 120 as on a
     server), ``max_payload`` (bytes, headers included, 1 MiB as on a server) and ``clock`` (default: real
-    monotonic time) that drives every timer. ``faults`` injects network and server faults::
+    monotonic time) that drives every timer, ``server_version`` (a ``(major, minor, patch)`` to behave as, for
+    testing the feature checks; default: every feature). ``faults`` injects network and server faults::
 
         broker = InMemoryBroker(backoff=Backoff(initial=0.01))
         async with broker:
@@ -59,11 +61,16 @@ class InMemoryBroker(BaseBroker):
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
+        server_version: tuple[int, int, int] | None = None,
         **options: Unpack[BrokerOptions],
     ) -> None:
         settings = FrontSettings.from_options(options, "InMemoryBroker()")
         backend = MemoryBackend(
-            settings.streams, duplicate_window=duplicate_window, max_payload=max_payload, clock=clock
+            settings.streams,
+            duplicate_window=duplicate_window,
+            max_payload=max_payload,
+            clock=clock,
+            server_version=server_version,
         )
         super().__init__(backend, settings)
         self._memory = backend
@@ -107,6 +114,7 @@ class MemoryStream:
     messages: list[StoredMessage] = field(default_factory=list)
     dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
     deleted: set[int] = field(default_factory=set)
+    allow_msg_ttl: bool = False
 
 
 class MemoryBackend:
@@ -122,6 +130,7 @@ class MemoryBackend:
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
+        server_version: tuple[int, int, int] | None = None,
     ) -> None:
         if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
             raise InvalidArgumentError(f"duplicate_window must be positive, got {duplicate_window!r}")
@@ -134,7 +143,9 @@ class MemoryBackend:
             name, subjects = getattr(declared, "name", None), getattr(declared, "subjects", None)
             if not name or not subjects:
                 raise InvalidArgumentError(f"streams must have a name and subjects: {declared!r}")
-            self.streams[name] = MemoryStream(name, list(subjects))
+            self.streams[name] = MemoryStream(
+                name, list(subjects), allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False))
+            )
         self.auto_provision = streams.auto_provision
         self.duplicate_window = duplicate_window
         self._max_payload = max_payload
@@ -142,6 +153,8 @@ class MemoryBackend:
         self.faults = Faults(self)
         self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
         self._open = False
+        self.server_version = server_version
+        """The nats-server version to behave as for the feature checks (``None``: every feature)."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -197,6 +210,9 @@ class MemoryBackend:
     def _store(self, message: Outgoing) -> PubAck:
         stream = self._stream_for(message.subject)
         msg_id = message.headers[MSG_ID_HEADER]
+        conditions = message.conditions
+        if conditions is not None:
+            check_conditions(stream, message.subject, conditions)  # before the duplicate window, as the server
         now = self.clock.now()
         seen = stream.dedupe.get(msg_id)
         if seen is not None and now - seen[1] < self.duplicate_window:
@@ -204,6 +220,8 @@ class MemoryBackend:
         stored = StoredMessage(len(stream.messages) + 1, message.subject, message.body, message.headers, time.time_ns())
         stream.messages.append(stored)
         stream.dedupe[msg_id] = (stored.seq, now)
+        if conditions is not None and conditions.ttl is not None:
+            expire_later(self, stream, stored, conditions.ttl)
         for consumer in self.consumers.values():
             if consumer.stream is stream and subject_matches(consumer.filter, message.subject):
                 consumer.enqueue(stored)
@@ -217,7 +235,9 @@ class MemoryBackend:
         name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
         if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        stream = self.streams[name] = MemoryStream(name, subjects)
+        stream = self.streams[name] = MemoryStream(
+            name, subjects, allow_msg_ttl=True
+        )  # as auto-provisioned on a server
         return stream
 
     # -- consuming ---------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Publish conditions in memory: the expectations and the per-message TTL, as nats-server 2.15 applies them.
+
+Measured on the server (see :mod:`~jetstream_fastapi.backends.jetstream.conditions`): the expectations are
+checked before the duplicate window; the stream's last sequence counts deleted messages, the subject's does
+not; a TTL needs the stream's ``allow_msg_ttl``. An expired message is removed from the stream and from the
+consumers that have not delivered it yet, on the backend's clock.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...core.publish_options import PublishConditions
+from ...driver import MSG_ID_HEADER
+from ...errors import PublishConflictError, StreamFlagError
+
+if TYPE_CHECKING:
+    from .backend import MemoryBackend, MemoryStream, StoredMessage
+
+
+def check_conditions(stream: MemoryStream, subject: str, conditions: PublishConditions) -> None:
+    """Raise what the server answers when ``conditions`` do not hold for a message to ``subject``."""
+    if conditions.ttl is not None and not stream.allow_msg_ttl:
+        raise StreamFlagError(subject, stream.name, "per-message TTLs", "allow_msg_ttl", 400)
+    if conditions.expected_stream is not None and conditions.expected_stream != stream.name:
+        raise PublishConflictError(subject, "expected stream does not match", 400, stream=stream.name)
+    last = len(stream.messages)
+    if conditions.expected_last_sequence is not None and conditions.expected_last_sequence != last:
+        raise PublishConflictError(
+            subject, f"wrong last sequence: {last}", 400, current_sequence=last, stream=stream.name
+        )
+    if conditions.expected_last_msg_id is not None:
+        last_id = stream.messages[-1].headers.get(MSG_ID_HEADER, "") if stream.messages else ""
+        if conditions.expected_last_msg_id != last_id:
+            raise PublishConflictError(subject, f"wrong last msg ID: {last_id}", 400, stream=stream.name)
+    if conditions.expected_last_subject_sequence is not None:
+        on_subject = last_subject_sequence(stream, subject)
+        if conditions.expected_last_subject_sequence != on_subject:
+            raise PublishConflictError(
+                subject, f"wrong last sequence: {on_subject}", 400, current_sequence=on_subject, stream=stream.name
+            )
+
+
+def last_subject_sequence(stream: MemoryStream, subject: str) -> int:
+    """The sequence of the last message still in ``stream`` on ``subject``; 0 if none."""
+    for message in reversed(stream.messages):
+        if message.subject == subject and message.seq not in stream.deleted:
+            return message.seq
+    return 0
+
+
+def expire_later(backend: MemoryBackend, stream: MemoryStream, stored: StoredMessage, ttl: float) -> None:
+    """Remove ``stored`` from ``stream`` after ``ttl`` seconds of the backend's clock."""
+
+    def expire() -> None:
+        stream.deleted.add(stored.seq)
+        for consumer in backend.consumers.values():
+            if consumer.stream is stream and stored in consumer.waiting:
+                consumer.waiting.remove(stored)
+
+    backend.clock.call_later(ttl, expire)
