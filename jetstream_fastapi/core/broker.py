@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -44,7 +45,7 @@ from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
 from .payloads import check_msg_id, coerce_message
 from .processing import Processor, store_max_deliver
-from .publish_options import check_server_version, publish_conditions, stored_before
+from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -188,6 +189,8 @@ class BaseBroker:
         expected_last_sequence: int | None = None,
         expected_last_subject_sequence: int | None = None,
         expected_last_msg_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> PubAck:
         """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
 
@@ -199,7 +202,10 @@ class BaseBroker:
         ``ttl`` (seconds, at least 1) has the stream remove the message after that time (the stream must
         allow it: :class:`StreamFlagError` otherwise). The ``expected_*`` conditions make the publish
         optimistic: if one does not hold, nothing is stored and :class:`PublishConflictError` says the
-        current sequence (see :mod:`~jetstream_fastapi.core.publish_options`).
+        current sequence (see :mod:`~jetstream_fastapi.core.publish_options`). With ``delay`` (seconds or a
+        ``timedelta``) or ``at`` (an aware ``datetime``) the message is kept by the server and delivered
+        to ``subject`` at that time (see :mod:`~jetstream_fastapi.core.schedules`); the PubAck is the
+        stored schedule's.
         """
         if not self._opened:
             raise NotConnectedError(_NOT_CONNECTED)
@@ -209,6 +215,8 @@ class BaseBroker:
             expected_last_sequence=expected_last_sequence,
             expected_last_subject_sequence=expected_last_subject_sequence,
             expected_last_msg_id=expected_last_msg_id,
+            delay=delay,
+            at=at,
         )
         outgoing = self._prepare(subject, message, msg_id, headers)
         if conditions is not None:
@@ -248,10 +256,15 @@ class BaseBroker:
                 raise PayloadTooLargeError(outgoing.subject, size, self._backend.max_payload)
 
     async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+        self,
+        messages: Iterable[tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]],
+        *,
+        window: int = 256,
+        timeout: float | None = None,
     ) -> list[PubAck]:
         """Publish ``(subject, message)`` pairs with up to ``window`` awaiting their PubAck at once, and
-        return every PubAck in order.
+        return every PubAck in order. A third element ``{"delay": ...}`` or ``{"at": ...}`` delays that
+        message as :meth:`publish` does.
 
         Every message is checked before the first is sent. Each gets a fresh msg id and ``timeout`` (default
         ``publish_timeout``) to be acknowledged. If any failed, :class:`PublishBatchError` says which, with
@@ -261,7 +274,7 @@ class BaseBroker:
             raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
         total = self._deadline(timeout)
         self._require()
-        outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
+        outgoing = [self._prepare_item(item) for item in messages]
         watches = [self._observer.publishing(out) for out in outgoing] if self._observer is not None else []
         try:
             for out in outgoing if watches else ():
@@ -302,6 +315,16 @@ class BaseBroker:
         if errors:
             raise PublishBatchError(acks, errors)
         return [ack for ack in acks if ack is not None]
+
+    def _prepare_item(self, item: tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]) -> Outgoing:
+        """One ``publish_many`` item, with its delay if it has one."""
+        subject, message, options = item if len(item) == 3 else (*item, None)
+        conditions = None if options is None else item_conditions(options)
+        outgoing = self._prepare(subject, message, None, None)
+        if conditions is not None:
+            check_server_version(conditions.features, self._backend.server_version)
+            outgoing.conditions = conditions
+        return outgoing
 
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:

@@ -1,4 +1,4 @@
-"""The options of one publish beyond its body and headers: a per-message TTL and optimistic concurrency.
+"""The options of one publish beyond its body and headers: a TTL, optimistic concurrency, a delay.
 
 Checked here, once, for both backends, before anything is sent; each backend gives them their meaning
 (the JetStream backend as ``Nats-TTL`` and ``Nats-Expected-*`` headers, the memory backend on its clock).
@@ -8,13 +8,16 @@ A server too old for a feature is refused with :class:`~jetstream_fastapi.errors
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..driver import MSG_ID_HEADER, PubAck
-from ..errors import InvalidArgumentError, PublishConflictError, ServerVersionError
+from ..errors import InvalidArgumentError, PublishConflictError, ServerVersionError, UnknownOptionError
 from .payloads import check_msg_id
+from .schedules import due
 
 if TYPE_CHECKING:
     from ..backends.base import Backend, Outgoing
@@ -24,6 +27,7 @@ MIN_TTL = 1.0
 
 MIN_SERVER_VERSION: dict[str, tuple[int, int, int]] = {
     "per-message TTL": (2, 11, 0),
+    "message schedules": (2, 12, 0),
 }
 """The first nats-server release with each feature."""
 
@@ -42,11 +46,16 @@ class PublishConditions:
     """The sequence of the last message on this subject must be this (``0``: none yet)."""
     expected_last_msg_id: str | None = None
     """The msg id of the stream's last message must be this."""
+    deliver_at: _dt.datetime | None = None
+    """When a delayed message is due (UTC), delivered by the server's message schedules."""
+    delay: float | None = None
+    """The same as seconds from the publish (what the memory backend's clock counts)."""
 
     @property
     def features(self) -> list[str]:
         """The features of :data:`MIN_SERVER_VERSION` these conditions use."""
-        return ["per-message TTL"] if self.ttl is not None else []
+        features = ["per-message TTL"] if self.ttl is not None else []
+        return [*features, "message schedules"] if self.deliver_at is not None else features
 
 
 def publish_conditions(
@@ -56,8 +65,16 @@ def publish_conditions(
     expected_last_sequence: int | None = None,
     expected_last_subject_sequence: int | None = None,
     expected_last_msg_id: str | None = None,
+    delay: float | _dt.timedelta | None = None,
+    at: _dt.datetime | None = None,
 ) -> PublishConditions | None:
     """Check the options of a publish; ``None`` when none is given (the usual, cheapest case)."""
+    when = due(delay, at, _dt.datetime.now(_dt.UTC))
+    if when is not None:
+        others = (ttl, expected_stream, expected_last_sequence, expected_last_subject_sequence, expected_last_msg_id)
+        if any(value is not None for value in others):
+            raise InvalidArgumentError("delay/at cannot be combined with ttl or expected_* on one publish")
+        return PublishConditions(deliver_at=when[0], delay=when[1])
     if (
         ttl is None
         and expected_stream is None
@@ -85,6 +102,19 @@ def publish_conditions(
     return PublishConditions(
         ttl, expected_stream, expected_last_sequence, expected_last_subject_sequence, expected_last_msg_id
     )
+
+
+_ITEM_OPTIONS = ("delay", "at")
+
+
+def item_conditions(options: object) -> PublishConditions | None:
+    """The options of one ``publish_many`` item: a mapping with ``delay`` or ``at``."""
+    if not isinstance(options, Mapping):
+        raise InvalidArgumentError(f"a publish_many item's third element must be a dict of options, got {options!r}")
+    for name in options:
+        if name not in _ITEM_OPTIONS:
+            raise UnknownOptionError("publish_many()", str(name), _ITEM_OPTIONS)
+    return publish_conditions(delay=options.get("delay"), at=options.get("at"))
 
 
 def check_stream_name(name: object, what: str) -> None:

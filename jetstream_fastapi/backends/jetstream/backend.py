@@ -33,7 +33,7 @@ from ...errors import (
     UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
-from .conditions import with_wire_headers
+from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
@@ -249,10 +249,20 @@ class JetStreamBackend:
         publisher = self._publisher
         if publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return await publisher.send(with_wire_headers(message, self.max_payload), timeout)
+        return await publisher.send(await self._wire(message), timeout)
 
     async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
-        return await self._require()[3].send_many(messages, window, timeout)
+        publisher = self._require()[3]
+        if any(message.conditions is not None for message in messages):
+            messages = [await self._wire(message) for message in messages]
+        return await publisher.send_many(messages, window, timeout)
+
+    async def _wire(self, message: Outgoing) -> Outgoing:
+        """``message`` with its conditions as headers (a delayed one as its schedule)."""
+        conditions = message.conditions
+        if conditions is not None and conditions.deliver_at is not None:
+            return await scheduled(message, self._require()[2], self.max_payload)
+        return with_wire_headers(message, self.max_payload)
 
     # -- consuming ---------------------------------------------------------------------------------
 

@@ -10,14 +10,20 @@ checked before the duplicate window: a retry of a stored message with an expecta
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from ...core.broker import headers_size
 from ...core.publish_options import PublishConditions
+from ...core.schedules import schedule_subject, unschedulable
 from ...errors import PayloadTooLargeError, PublishConflictError, PublishError, StreamFlagError
 from ..base import Outgoing
+from .streams import StreamRegistry
 
 _TTL_DISABLED = 10166
+_SCHEDULES_DISABLED = 10188
+SCHEDULE_HEADER = "Nats-Schedule"
+SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
 _WRONG_LAST_SEQUENCE = 10071
 _WRONG_LAST_MSG_ID = 10070
 _WRONG_STREAM = 10060
@@ -25,7 +31,7 @@ _CURRENT = re.compile(r"wrong last sequence: (\d+)")
 
 
 def wire_headers(conditions: PublishConditions) -> dict[str, str]:
-    """The headers that ask the server for ``conditions``."""
+    """The headers that ask the server for ``conditions`` (for a schedule, see :func:`scheduled`)."""
     headers: dict[str, str] = {}
     if conditions.ttl is not None:
         headers["Nats-TTL"] = f"{round(conditions.ttl * 1000)}ms"
@@ -44,7 +50,7 @@ def with_wire_headers(message: Outgoing, max_payload: int) -> Outgoing:
     """``message`` with the headers of its conditions (itself if it has none), checked against the limit
     again: the front counted the headers it knew of."""
     conditions = message.conditions
-    if conditions is None:
+    if conditions is None or conditions.deliver_at is not None:
         return message
     headers = {**message.headers, **wire_headers(conditions)}
     size = len(message.body) + headers_size(headers)
@@ -61,6 +67,9 @@ def publish_error(subject: str, response: dict[str, Any]) -> PublishError:
     err_code = error.get("err_code")
     if err_code == _TTL_DISABLED:
         return StreamFlagError(subject, str(response.get("stream", "?")), "per-message TTLs", "allow_msg_ttl", code)
+    if err_code == _SCHEDULES_DISABLED:
+        name = str(response.get("stream", "?"))
+        return StreamFlagError(subject, name, "message schedules", "allow_msg_schedules", code)
     if err_code in (_WRONG_LAST_SEQUENCE, _WRONG_LAST_MSG_ID, _WRONG_STREAM):
         found = _CURRENT.search(description)
         current = int(found.group(1)) if found else None
@@ -69,3 +78,29 @@ def publish_error(subject: str, response: dict[str, Any]) -> PublishError:
             subject, description, code, current_sequence=current, stream=stream if isinstance(stream, str) else None
         )
     return PublishError(subject, description, code)
+
+
+async def scheduled(message: Outgoing, registry: StreamRegistry, max_payload: int) -> Outgoing:
+    """``message`` as the schedule that delivers it at its time: on a subject of its own in the target's
+    stream, with the ``Nats-Schedule: @at <time>`` and ``Nats-Schedule-Target`` headers (ADR-51)."""
+    conditions = message.conditions
+    assert conditions is not None and conditions.deliver_at is not None
+    stream = await registry.stream_for(message.subject)
+    config = await registry.config_of(stream)
+    if not config.allow_msg_schedules:
+        raise StreamFlagError(message.subject, stream, "message schedules", "allow_msg_schedules")
+    subject = schedule_subject(config.subjects or [], uuid.uuid4().hex)
+    if subject is None:
+        raise unschedulable(message.subject, stream)
+    when = conditions.deliver_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    headers = {**message.headers, SCHEDULE_HEADER: f"@at {when}", SCHEDULE_TARGET_HEADER: message.subject}
+    size = len(message.body) + headers_size(headers)
+    if size > max_payload:
+        raise PayloadTooLargeError(message.subject, size, max_payload)
+    return Outgoing(subject, message.body, headers, None)
+
+
+def is_schedule(headers: dict[str, str] | None) -> bool:
+    """Whether a delivered message is a schedule (kept on a subject a wildcard consumer also sees), not a
+    message for the handler: the server delivers its target's copy at its time."""
+    return headers is not None and SCHEDULE_HEADER in headers

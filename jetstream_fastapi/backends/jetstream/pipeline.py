@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from ...driver import PubAck
 from ...errors import PublishError
 from ..base import Outgoing
-from .conditions import publish_error
+from .conditions import SCHEDULE_TARGET_HEADER, publish_error
 from .replies import is_no_responders
 
 
@@ -88,6 +88,7 @@ class Pipeline:
             return
         response = json.loads(msg.data)
         if response.get("error") is not None:
-            self.results[index] = publish_error(self._messages[index].subject, response)
+            message = self._messages[index]
+            self.results[index] = publish_error(message.headers.get(SCHEDULE_TARGET_HEADER, message.subject), response)
         else:
             self.results[index] = PubAck(response["stream"], response["seq"], response.get("duplicate", False))

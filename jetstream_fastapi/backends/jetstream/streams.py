@@ -72,6 +72,7 @@ class StreamRegistry:
         self._auto_provision = auto_provision
         self._on_mismatch = on_mismatch
         self._by_subject: dict[str, str] = {}
+        self._configs: dict[str, StreamConfig] = {}
         self._lock = asyncio.Lock()
 
     async def declare_all(self) -> None:
@@ -134,9 +135,14 @@ class StreamRegistry:
 
     async def _provision(self, subject: str) -> str:
         name, subjects = stream_to_provision(subject, auto_provision=self._auto_provision)
-        # Per-message TTLs allowed: a publish with ``ttl=`` to an auto-provisioned stream just works.
+        # Per-message TTLs and schedules allowed: ``ttl=`` and ``delay=`` on an auto-provisioned stream just work.
         config = StreamConfig(
-            name=name, subjects=subjects, retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, allow_msg_ttl=True
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            allow_msg_ttl=True,
+            allow_msg_schedules=True,
         )
         try:
             await self._jsm.add_stream(config)
@@ -148,6 +154,14 @@ class StreamRegistry:
         self._by_subject[subject] = name
         return name
 
+    async def config_of(self, stream: str) -> StreamConfig:
+        """The configuration of ``stream`` on the server, asked once (its subjects and flags)."""
+        config = self._configs.get(stream)
+        if config is None:
+            config = self._configs[stream] = (await self._jsm.stream_info(stream)).config
+        return config
+
     def forget(self) -> None:
         """Drop every cached lookup (after a stream was deleted, for instance)."""
         self._by_subject.clear()
+        self._configs.clear()

@@ -33,7 +33,7 @@ from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
-from .conditions import check_conditions, expire_later
+from .conditions import check_conditions, expire_later, schedule
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 
@@ -114,7 +114,9 @@ class MemoryStream:
     messages: list[StoredMessage] = field(default_factory=list)
     dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
     deleted: set[int] = field(default_factory=set)
+    schedules: set[int] = field(default_factory=set)  # delayed messages kept until due: never delivered
     allow_msg_ttl: bool = False
+    allow_msg_schedules: bool = False
 
 
 class MemoryBackend:
@@ -144,7 +146,10 @@ class MemoryBackend:
             if not name or not subjects:
                 raise InvalidArgumentError(f"streams must have a name and subjects: {declared!r}")
             self.streams[name] = MemoryStream(
-                name, list(subjects), allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False))
+                name,
+                list(subjects),
+                allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False)),
+                allow_msg_schedules=bool(getattr(declared, "allow_msg_schedules", False)),
             )
         self.auto_provision = streams.auto_provision
         self.duplicate_window = duplicate_window
@@ -217,15 +222,25 @@ class MemoryBackend:
         seen = stream.dedupe.get(msg_id)
         if seen is not None and now - seen[1] < self.duplicate_window:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
-        stored = StoredMessage(len(stream.messages) + 1, message.subject, message.body, message.headers, time.time_ns())
-        stream.messages.append(stored)
+        if conditions is not None and conditions.delay is not None:
+            stored = schedule(self, stream, message, conditions.delay)  # kept aside, delivered at its time
+        else:
+            stored = self.append(stream, message.subject, message.body, message.headers)
         stream.dedupe[msg_id] = (stored.seq, now)
         if conditions is not None and conditions.ttl is not None:
             expire_later(self, stream, stored, conditions.ttl)
-        for consumer in self.consumers.values():
-            if consumer.stream is stream and subject_matches(consumer.filter, message.subject):
-                consumer.enqueue(stored)
         return PubAck(stream=stream.name, seq=stored.seq)
+
+    def append(
+        self, stream: MemoryStream, subject: str, body: bytes, headers: dict[str, str], *, deliver: bool = True
+    ) -> StoredMessage:
+        """Store a message at the end of ``stream`` and hand it to the consumers on its subject."""
+        stored = StoredMessage(len(stream.messages) + 1, subject, body, headers, time.time_ns())
+        stream.messages.append(stored)
+        for consumer in self.consumers.values() if deliver else ():
+            if consumer.stream is stream and subject_matches(consumer.filter, subject):
+                consumer.enqueue(stored)
+        return stored
 
     def _stream_for(self, subject: str) -> MemoryStream:
         """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
@@ -235,9 +250,8 @@ class MemoryBackend:
         name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
         if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        stream = self.streams[name] = MemoryStream(
-            name, subjects, allow_msg_ttl=True
-        )  # as auto-provisioned on a server
+        # TTLs and schedules allowed, as on a stream the JetStream backend auto-provisions.
+        stream = self.streams[name] = MemoryStream(name, subjects, allow_msg_ttl=True, allow_msg_schedules=True)
         return stream
 
     # -- consuming ---------------------------------------------------------------------------------

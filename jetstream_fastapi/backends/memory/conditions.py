@@ -8,18 +8,23 @@ consumers that have not delivered it yet, on the backend's clock.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from ...core.publish_options import PublishConditions
+from ...core.schedules import schedule_subject, unschedulable
 from ...driver import MSG_ID_HEADER
 from ...errors import PublishConflictError, StreamFlagError
 
 if TYPE_CHECKING:
+    from ..base import Outgoing
     from .backend import MemoryBackend, MemoryStream, StoredMessage
 
 
 def check_conditions(stream: MemoryStream, subject: str, conditions: PublishConditions) -> None:
     """Raise what the server answers when ``conditions`` do not hold for a message to ``subject``."""
+    if conditions.delay is not None and not stream.allow_msg_schedules:
+        raise StreamFlagError(subject, stream.name, "message schedules", "allow_msg_schedules", 400)
     if conditions.ttl is not None and not stream.allow_msg_ttl:
         raise StreamFlagError(subject, stream.name, "per-message TTLs", "allow_msg_ttl", 400)
     if conditions.expected_stream is not None and conditions.expected_stream != stream.name:
@@ -59,3 +64,24 @@ def expire_later(backend: MemoryBackend, stream: MemoryStream, stored: StoredMes
                 consumer.waiting.remove(stored)
 
     backend.clock.call_later(ttl, expire)
+
+
+def schedule(backend: MemoryBackend, stream: MemoryStream, message: Outgoing, delay: float) -> StoredMessage:
+    """Keep ``message`` as a schedule in ``stream`` (with a sequence, as on a server; no consumer sees
+    it) and, ``delay`` seconds later on the backend's clock, purge it and store its copy on the target
+    subject: without its msg id, with the ``Nats-Scheduler`` header naming the schedule, as the server."""
+    subject = schedule_subject(stream.subjects, uuid.uuid4().hex)
+    if subject is None:
+        raise unschedulable(message.subject, stream.name)
+    held = backend.append(stream, subject, message.body, message.headers, deliver=False)
+    stream.schedules.add(held.seq)
+
+    def fire() -> None:
+        stream.schedules.discard(held.seq)
+        stream.deleted.add(held.seq)
+        headers = {key: value for key, value in message.headers.items() if key != MSG_ID_HEADER}
+        headers.update({"Nats-Scheduler": subject, "Nats-Schedule-Next": "purge"})
+        backend.append(stream, message.subject, message.body, headers)
+
+    backend.clock.call_later(delay, fire)
+    return held

@@ -75,8 +75,12 @@ class MemoryConsumer:
         self.last_active: _dt.datetime | None = None
         self._next_member = 0
         policy = settings.deliver_policy or ("all" if durable else "new")
-        # Deleted (or expired) messages are gone from the stream, as on a server.
-        backlog = [m for m in stream.messages if m.seq not in stream.deleted and subject_matches(filter, m.subject)]
+        # Deleted (or expired) messages are gone from the stream, as on a server; schedules are not for handlers.
+        backlog = [
+            m
+            for m in stream.messages
+            if m.seq not in stream.deleted and m.seq not in stream.schedules and subject_matches(filter, m.subject)
+        ]
         self.waiting.extend(backlog[-1:] if policy == "last" else backlog if policy == "all" else [])
 
     # -- delivering --------------------------------------------------------------------------------
