@@ -27,6 +27,7 @@ from .driver import (
     Subscriber,
 )
 from .errors import (
+    BatchStoredError,
     ConnectError,
     ConsumerConfigError,
     DeadLetterNotFoundError,
@@ -91,6 +92,7 @@ _LAZY = {
 
 __all__ = [
     "Backoff",
+    "BatchStoredError",
     "Broker",
     "BrokerSettings",
     "ConnectError",

@@ -20,6 +20,7 @@
     │   └── StreamFlagError                 the stream does not allow the feature (``allow_msg_ttl``, ...)
     ├── ServerVersionError                  the server is older than a feature needs
     ├── PublishBatchError                   some messages of a ``publish_many`` failed
+    ├── BatchStoredError                    a ``publish_batch`` retried with the batch id of a stored batch
     ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
     ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
@@ -241,6 +242,16 @@ class PublishBatchError(JetStreamError):
         super().__init__(f"{len(errors)} of {len(acks)} publishes failed; message {first}: {errors[first]}")
         self.acks = acks
         self.errors = dict(errors)
+
+
+class BatchStoredError(JetStreamError):
+    """A ``publish_batch`` with the ``batch_id`` of a batch the server already stored (a retry after a
+    lost answer): nothing was stored twice."""
+
+    def __init__(self, batch_id: str, stream: str) -> None:
+        super().__init__(f"batch {batch_id!r} was stored in stream {stream!r} already; nothing stored twice")
+        self.batch_id = batch_id
+        self.stream = stream
 
 
 class NatsServerError(JetStreamError):

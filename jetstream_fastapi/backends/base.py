@@ -191,6 +191,13 @@ class Backend(Protocol):
         """Store ``messages`` with up to ``window`` awaiting their PubAck; by index, a PubAck or the error."""
         ...
 
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        """Store ``messages`` (all captured by ``stream``) as one atomic batch: every PubAck, or an error and
+        nothing stored (:class:`~jetstream_fastapi.errors.BatchStoredError` if it was stored before)."""
+        ...
+
     async def consume(self, spec: ConsumerSpec, process: Process) -> Consumer:
         """Create or update the consumer and start delivering its messages to ``process``."""
         ...

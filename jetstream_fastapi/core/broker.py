@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..observability.hooks import observer
 from ..observability.logs import message_extra
+from .batches import BatchItem, batch_id_of, batch_items, one_stream
 from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import (
     DEAD_LETTER_STREAM,
@@ -315,6 +316,29 @@ class BaseBroker:
         if errors:
             raise PublishBatchError(acks, errors)
         return [ack for ack in acks if ack is not None]
+
+    async def publish_batch(
+        self, messages: Iterable[BatchItem], *, batch_id: str | None = None, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Store ``(subject, message)`` pairs as one atomic batch: all of them or none, and every PubAck in
+        order (see :mod:`~jetstream_fastapi.core.batches`). A third element ``{"expected_...": ...}`` makes
+        a message conditional; if one fails, nothing is stored. Retried with the same ``batch_id`` after a
+        timeout, a batch already stored raises :class:`BatchStoredError` instead of being stored twice.
+        """
+        total = self._deadline(timeout)
+        batch = batch_id_of(batch_id)
+        items = batch_items(messages)
+        self._require()
+        check_server_version(["atomic batch publish"], self._backend.server_version)
+        outgoing: list[Outgoing] = []
+        for index, (subject, message, conditions) in enumerate(items, 1):
+            out = self._prepare(subject, message, f"{batch}-{index}", None)
+            out.conditions = conditions
+            outgoing.append(out)
+        streams = {
+            subject: await self._below(self._backend.stream_for(subject)) for subject in {o.subject for o in outgoing}
+        }
+        return await self._below(self._backend.store_batch(one_stream(streams), batch, outgoing, total))
 
     def _prepare_item(self, item: tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]) -> Outgoing:
         """One ``publish_many`` item, with its delay if it has one."""

@@ -33,6 +33,7 @@ from ...errors import (
     UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
@@ -256,6 +257,12 @@ class JetStreamBackend:
         if any(message.conditions is not None for message in messages):
             messages = [await self._wire(message) for message in messages]
         return await publisher.send_many(messages, window, timeout)
+
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        nc, _, registry, _ = self._require()
+        return await send_batch(nc, registry, stream, batch_id, messages, self.max_payload, timeout)
 
     async def _wire(self, message: Outgoing) -> Outgoing:
         """``message`` with its conditions as headers (a delayed one as its schedule)."""

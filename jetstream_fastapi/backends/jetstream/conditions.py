@@ -22,6 +22,7 @@ from .streams import StreamRegistry
 
 _TTL_DISABLED = 10166
 _SCHEDULES_DISABLED = 10188
+_ATOMIC_DISABLED = 10174
 SCHEDULE_HEADER = "Nats-Schedule"
 SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
 _WRONG_LAST_SEQUENCE = 10071
@@ -70,6 +71,8 @@ def publish_error(subject: str, response: dict[str, Any]) -> PublishError:
     if err_code == _SCHEDULES_DISABLED:
         name = str(response.get("stream", "?"))
         return StreamFlagError(subject, name, "message schedules", "allow_msg_schedules", code)
+    if err_code == _ATOMIC_DISABLED:
+        return StreamFlagError(subject, str(response.get("stream", "?")), "atomic batches", "allow_atomic", code)
     if err_code in (_WRONG_LAST_SEQUENCE, _WRONG_LAST_MSG_ID, _WRONG_STREAM):
         found = _CURRENT.search(description)
         current = int(found.group(1)) if found else None

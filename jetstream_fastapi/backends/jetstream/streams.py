@@ -135,7 +135,7 @@ class StreamRegistry:
 
     async def _provision(self, subject: str) -> str:
         name, subjects = stream_to_provision(subject, auto_provision=self._auto_provision)
-        # Per-message TTLs and schedules allowed: ``ttl=`` and ``delay=`` on an auto-provisioned stream just work.
+        # TTLs, schedules and atomic batches allowed: ``ttl=``, ``delay=``, ``publish_batch`` on it just work.
         config = StreamConfig(
             name=name,
             subjects=subjects,
@@ -143,6 +143,7 @@ class StreamRegistry:
             storage=StorageType.FILE,
             allow_msg_ttl=True,
             allow_msg_schedules=True,
+            allow_atomic=True,
         )
         try:
             await self._jsm.add_stream(config)

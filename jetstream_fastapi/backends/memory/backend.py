@@ -31,9 +31,9 @@ from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
-from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
+from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError, PublishTimeoutError
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
-from .conditions import check_conditions, expire_later, schedule
+from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 
@@ -117,6 +117,7 @@ class MemoryStream:
     schedules: set[int] = field(default_factory=set)  # delayed messages kept until due: never delivered
     allow_msg_ttl: bool = False
     allow_msg_schedules: bool = False
+    allow_atomic: bool = False
 
 
 class MemoryBackend:
@@ -150,6 +151,7 @@ class MemoryBackend:
                 list(subjects),
                 allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False)),
                 allow_msg_schedules=bool(getattr(declared, "allow_msg_schedules", False)),
+                allow_atomic=bool(getattr(declared, "allow_atomic", False)),
             )
         self.auto_provision = streams.auto_provision
         self.duplicate_window = duplicate_window
@@ -234,13 +236,26 @@ class MemoryBackend:
     def append(
         self, stream: MemoryStream, subject: str, body: bytes, headers: dict[str, str], *, deliver: bool = True
     ) -> StoredMessage:
-        """Store a message at the end of ``stream`` and hand it to the consumers on its subject."""
+        """Store a message at the end of ``stream`` and (with ``deliver``) hand it to the consumers on its subject."""
         stored = StoredMessage(len(stream.messages) + 1, subject, body, headers, time.time_ns())
         stream.messages.append(stored)
-        for consumer in self.consumers.values() if deliver else ():
-            if consumer.stream is stream and subject_matches(consumer.filter, subject):
-                consumer.enqueue(stored)
+        if deliver:
+            self.deliver(stream, stored)
         return stored
+
+    def deliver(self, stream: MemoryStream, stored: StoredMessage) -> None:
+        """Hand a stored message to the consumers of ``stream`` on its subject."""
+        for consumer in self.consumers.values():
+            if consumer.stream is stream and subject_matches(consumer.filter, stored.subject):
+                consumer.enqueue(stored)
+
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        self._require()
+        if self.faults.connection_dropped:  # the commit's answer would not come back in time
+            raise PublishTimeoutError(messages[-1].subject, timeout, batch_id)
+        return store_batch(self, self.streams[stream], batch_id, messages)
 
     def _stream_for(self, subject: str) -> MemoryStream:
         """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
@@ -250,8 +265,10 @@ class MemoryBackend:
         name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
         if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        # TTLs and schedules allowed, as on a stream the JetStream backend auto-provisions.
-        stream = self.streams[name] = MemoryStream(name, subjects, allow_msg_ttl=True, allow_msg_schedules=True)
+        # TTLs, schedules and batches allowed, as on a stream the JetStream backend auto-provisions.
+        stream = self.streams[name] = MemoryStream(
+            name, subjects, allow_msg_ttl=True, allow_msg_schedules=True, allow_atomic=True
+        )
         return stream
 
     # -- consuming ---------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ consumers that have not delivered it yet, on the backend's clock.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ...core.publish_options import PublishConditions
 from ...core.schedules import schedule_subject, unschedulable
-from ...driver import MSG_ID_HEADER
-from ...errors import PublishConflictError, StreamFlagError
+from ...driver import MSG_ID_HEADER, PubAck
+from ...errors import BatchStoredError, JetStreamError, PublishConflictError, StreamFlagError
 
 if TYPE_CHECKING:
     from ..base import Outgoing
@@ -85,3 +86,32 @@ def schedule(backend: MemoryBackend, stream: MemoryStream, message: Outgoing, de
 
     backend.clock.call_later(delay, fire)
     return held
+
+
+def store_batch(
+    backend: MemoryBackend, stream: MemoryStream, batch_id: str, messages: Sequence[Outgoing]
+) -> list[PubAck]:
+    """Store ``messages`` all together or not at all, as the server commits an atomic batch: each message's
+    expectations see the batch's earlier messages; a msg id stored before means a retried batch."""
+    if not stream.allow_atomic:
+        raise StreamFlagError(messages[0].subject, stream.name, "atomic batches", "allow_atomic", 400)
+    now = backend.clock.now()
+    for message in messages:
+        seen = stream.dedupe.get(message.headers[MSG_ID_HEADER])
+        if seen is not None and now - seen[1] < backend.duplicate_window:
+            raise BatchStoredError(batch_id, stream.name)
+    start = len(stream.messages)
+    try:
+        for message in messages:
+            if message.conditions is not None:
+                check_conditions(stream, message.subject, message.conditions)
+            backend.append(stream, message.subject, message.body, message.headers, deliver=False)
+    except JetStreamError:
+        del stream.messages[start:]  # nothing of the batch is stored
+        raise
+    acks: list[PubAck] = []
+    for stored in stream.messages[start:]:
+        stream.dedupe[stored.headers[MSG_ID_HEADER]] = (stored.seq, now)
+        backend.deliver(stream, stored)
+        acks.append(PubAck(stream=stream.name, seq=stored.seq))
+    return acks
