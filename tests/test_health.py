@@ -68,7 +68,14 @@ def app_with(broker: Broker, router: ConsumerRouter | None = None, **health: Any
 
 
 def running(subject: str, queue: str | None, in_flight: int = 0) -> dict[str, Any]:
-    return {"subject": subject, "queue": queue, "state": "running", "in_flight": in_flight, "last_error": None}
+    return {
+        "subject": subject,
+        "queue": queue,
+        "state": "running",
+        "in_flight": in_flight,
+        "last_error": None,
+        "paused_until": None,
+    }
 
 
 # -- without a broker ----------------------------------------------------------------------------------

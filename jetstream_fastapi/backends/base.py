@@ -91,6 +91,8 @@ class ConsumerState:
     last_active: _dt.datetime | None = None
     """When it last delivered a message."""
     paused: bool = False
+    paused_until: _dt.datetime | None = None
+    """Until when the consumer is paused on the server (``broker.pause``), or ``None``."""
 
 
 Process = Callable[[Message], Awaitable[Verdict]]
@@ -200,6 +202,11 @@ class Backend(Protocol):
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> Consumer:
         """Create or update the consumer and start delivering its messages to ``process``."""
+        ...
+
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        """Pause consumer ``name`` of ``stream`` until ``until`` (UTC), or resume it (``None``);
+        :class:`~jetstream_fastapi.errors.ConsumerConfigError` if there is no such consumer."""
         ...
 
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:

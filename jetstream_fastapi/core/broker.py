@@ -44,6 +44,7 @@ from .deadletters import (
 )
 from .handling import Verdict, check_handler, check_one_filter
 from .options import FrontSettings
+from .pausing import consumer_of, pause_until
 from .payloads import check_msg_id, coerce_message
 from .processing import Processor, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
@@ -452,6 +453,25 @@ class BaseBroker:
         except Exception as error:
             raise self._translate(error) from error
         return states
+
+    async def pause(self, queue: str, *, until: datetime, stream: str | None = None) -> None:
+        """Pause the durable consumer ``queue`` on the server until ``until`` (an aware ``datetime``): no
+        instance receives its messages meanwhile (see :mod:`~jetstream_fastapi.core.pausing`). ``stream``
+        defaults to the stream of this broker's subscription with that queue."""
+        when = pause_until(until)
+        target = consumer_of(queue, stream, self._subscriptions)
+        self._require()
+        check_server_version(["consumer pause"], self._backend.server_version)
+        await self._below(self._backend.pause(*target, when))
+        logger.info("paused consumer %s on stream %s until %s", queue, target[0], when.isoformat())
+
+    async def resume(self, queue: str, *, stream: str | None = None) -> None:
+        """End a pause of the durable consumer ``queue`` now (nothing happens if it is not paused)."""
+        target = consumer_of(queue, stream, self._subscriptions)
+        self._require()
+        check_server_version(["consumer pause"], self._backend.server_version)
+        await self._below(self._backend.pause(*target, None))
+        logger.info("resumed consumer %s on stream %s", queue, target[0])
 
     # -- dead letters ------------------------------------------------------------------------------
 

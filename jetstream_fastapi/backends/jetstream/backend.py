@@ -26,6 +26,7 @@ from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
+    ConsumerConfigError,
     InvalidArgumentError,
     JetStreamError,
     NotConnectedError,
@@ -299,6 +300,16 @@ class JetStreamBackend:
             raise
         return JetStreamConsumer(self, spec, worker, nc, jsm)
 
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        jsm = self._require()[1]
+        try:
+            if until is None:
+                await jsm.resume_consumer(stream, name)
+            else:
+                await jsm.pause_consumer(stream, name, until.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        except nats.js.errors.NotFoundError:
+            raise ConsumerConfigError(f"no consumer {name!r} on stream {stream!r} to pause or resume") from None
+
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         _, jsm, _, _ = self._require()
         try:
@@ -321,6 +332,7 @@ class JetStreamBackend:
             ack_floor_stream_seq=(floor.stream_seq or 0) if floor else 0,
             last_active=_parse_time(delivered.last_active) if delivered else None,
             paused=bool(info.paused),
+            paused_until=_parse_time(info.config.pause_until) if info.paused and info.config else None,
         )
 
     def manager(self) -> JetStreamManager:

@@ -31,7 +31,14 @@ from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
-from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError, PublishTimeoutError
+from ...errors import (
+    ConsumerConfigError,
+    InvalidArgumentError,
+    JetStreamError,
+    NoStreamError,
+    NotConnectedError,
+    PublishTimeoutError,
+)
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
 from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
@@ -295,6 +302,13 @@ class MemoryBackend:
 
     def notify(self) -> None:
         """Something changed (a dispatch, a restored connection): nothing listens here, the front polls."""
+
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        self._require()
+        consumer = self.consumers.get((stream, name))
+        if consumer is None:
+            raise ConsumerConfigError(f"no consumer {name!r} on stream {stream!r} to pause or resume")
+        consumer.pause(until)
 
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         consumer = self.consumers.get((stream, name))
