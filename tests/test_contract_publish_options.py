@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -196,3 +197,16 @@ async def test_a_ttl_message_lives_its_ttl_on_the_server(brokers: Any, admin: Je
 
         await eventually(gone, timeout=10.0)
         print(f"TTL 1 s message gone after {time.monotonic() - started:.2f} s")
+
+
+async def test_a_held_conditional_publish_that_no_longer_holds_fails_alone_on_restore(prefix: str) -> None:
+    async with InMemoryBroker() as broker:
+        subject = f"{prefix}.a"
+        broker.faults.drop_connection()
+        other = asyncio.ensure_future(broker.publish(subject, b"other"))
+        held = asyncio.ensure_future(broker.publish(subject, b"held", expected_last_subject_sequence=0))
+        await asyncio.sleep(0)  # one loop turn: both publishes reach the held queue (no time passes)
+        broker.faults.restore_connection()  # "held" is stored after "other": its condition fails, alone
+        with pytest.raises(PublishConflictError):
+            await held
+        assert (await other).seq == 1
