@@ -27,6 +27,7 @@ from .driver import (
     Subscriber,
 )
 from .errors import (
+    BatchStoredError,
     ConnectError,
     ConsumerConfigError,
     DeadLetterNotFoundError,
@@ -42,10 +43,13 @@ from .errors import (
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
+    PublishConflictError,
     PublishError,
     PublishTimeoutError,
     RequestTimeoutError,
+    ServerVersionError,
     StreamConfigError,
+    StreamFlagError,
     StreamNotFoundError,
     UnknownOptionError,
 )
@@ -88,6 +92,7 @@ _LAZY = {
 
 __all__ = [
     "Backoff",
+    "BatchStoredError",
     "Broker",
     "BrokerSettings",
     "ConnectError",
@@ -122,13 +127,16 @@ __all__ = [
     "PubAck",
     "Publication",
     "PublishBatchError",
+    "PublishConflictError",
     "PublishError",
     "PublishTimeoutError",
     "Readiness",
     "Reject",
     "RequestTimeoutError",
     "Retry",
+    "ServerVersionError",
     "StreamConfigError",
+    "StreamFlagError",
     "StreamNotFoundError",
     "Subscriber",
     "UnknownOptionError",

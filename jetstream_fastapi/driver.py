@@ -294,8 +294,13 @@ class Broker(Protocol):
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
+        expected_stream: str | None = None,
+        expected_last_sequence: int | None = None,
+        expected_last_subject_sequence: int | None = None,
+        expected_last_msg_id: str | None = None,
     ) -> PubAck:
-        """Store a message and wait for the server's acknowledgement."""
+        """Store a message and wait for the server's acknowledgement (with a TTL, or on conditions)."""
         ...
 
     async def publish_many(

@@ -15,8 +15,12 @@
     ├── StreamConfigError                   a declared stream differs from the server's and may not be updated
     ├── ConsumerConfigError                 the server refused to create or update a consumer
     ├── PublishError                        the server refused the message (or the client could not send it)
-    │   └── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
+    │   ├── PublishTimeoutError (TimeoutError)  no PubAck within the publish deadline
+    │   ├── PublishConflictError            an ``expected_*`` condition did not hold (carries the current sequence)
+    │   └── StreamFlagError                 the stream does not allow the feature (``allow_msg_ttl``, ...)
+    ├── ServerVersionError                  the server is older than a feature needs
     ├── PublishBatchError                   some messages of a ``publish_many`` failed
+    ├── BatchStoredError                    a ``publish_batch`` retried with the batch id of a stored batch
     ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
     ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
@@ -143,6 +147,51 @@ class PublishTimeoutError(PublishError, TimeoutError):
         self.msg_id = msg_id
 
 
+class PublishConflictError(PublishError):
+    """An ``expected_*`` condition of a publish did not hold: another writer came first. Never retried.
+
+    ``current_sequence`` is the sequence the server reported (the stream's last one for
+    ``expected_last_sequence``, the subject's last one for ``expected_last_subject_sequence``; ``None``
+    when the server says none, as for ``expected_last_msg_id`` and ``expected_stream``); ``stream`` the
+    stream that refused it.
+    """
+
+    def __init__(
+        self,
+        subject: str,
+        description: str,
+        code: int | None = None,
+        *,
+        current_sequence: int | None = None,
+        stream: str | None = None,
+    ) -> None:
+        super().__init__(subject, description, code)
+        self.current_sequence = current_sequence
+        self.stream = stream
+
+
+class StreamFlagError(PublishError):
+    """The stream capturing the subject does not allow a feature the publish uses; ``flag`` is the stream
+    setting that would (``allow_msg_ttl`` for a ``ttl``)."""
+
+    def __init__(self, subject: str, stream: str, feature: str, flag: str, code: int | None = None) -> None:
+        super().__init__(subject, f"stream {stream!r} does not allow {feature}: create it with {flag}=True", code)
+        self.stream = stream
+        self.feature = feature
+        self.flag = flag
+
+
+class ServerVersionError(JetStreamError):
+    """The connected nats-server is older than a feature needs; says the feature and the first version."""
+
+    def __init__(self, feature: str, minimum: tuple[int, int, int], version: tuple[int, int, int]) -> None:
+        need, have = ".".join(map(str, minimum)), ".".join(map(str, version))
+        super().__init__(f"{feature} needs nats-server {need} or later; the server is {have}")
+        self.feature = feature
+        self.minimum = need
+        self.version = have
+
+
 class DeadLetterNotFoundError(JetStreamError, LookupError):
     """No dead letter has this sequence (never stored, replayed or purged already)."""
 
@@ -193,6 +242,16 @@ class PublishBatchError(JetStreamError):
         super().__init__(f"{len(errors)} of {len(acks)} publishes failed; message {first}: {errors[first]}")
         self.acks = acks
         self.errors = dict(errors)
+
+
+class BatchStoredError(JetStreamError):
+    """A ``publish_batch`` with the ``batch_id`` of a batch the server already stored (a retry after a
+    lost answer): nothing was stored twice."""
+
+    def __init__(self, batch_id: str, stream: str) -> None:
+        super().__init__(f"batch {batch_id!r} was stored in stream {stream!r} already; nothing stored twice")
+        self.batch_id = batch_id
+        self.stream = stream
 
 
 class NatsServerError(JetStreamError):

@@ -75,6 +75,7 @@ def running(subject: str, queue: str | None, in_flight: int = 0) -> dict[str, An
         "in_flight": in_flight,
         "last_error": None,
         "active": None,
+        "paused_until": None,
     }
 
 

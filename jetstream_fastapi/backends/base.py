@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.handling import ConsumerSettings, Verdict
+from ..core.publish_options import PublishConditions
 from ..driver import Message, PubAck
 from ..errors import JetStreamError
 
@@ -40,6 +41,8 @@ class Outgoing:
     subject: str
     body: bytes
     headers: dict[str, str]
+    conditions: PublishConditions | None = None
+    """A TTL and expectations (checked by the front); each backend gives them their meaning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ class ConsumerState:
     last_active: _dt.datetime | None = None
     """When it last delivered a message."""
     paused: bool = False
+    paused_until: _dt.datetime | None = None
+    """Until when the consumer is paused on the server (``broker.pause``), or ``None``."""
 
 
 Process = Callable[[Message], Awaitable[Verdict]]
@@ -157,6 +162,11 @@ class Backend(Protocol):
         """Times the connection was re-established after a loss (for metrics)."""
         ...
 
+    @property
+    def server_version(self) -> tuple[int, int, int] | None:
+        """The connected server's version, for the feature checks (``None``: unknown or not a server)."""
+        ...
+
     async def open(self) -> None:
         """Connect, check that the store answers, and create or reconcile the declared streams."""
         ...
@@ -190,8 +200,20 @@ class Backend(Protocol):
         """Store ``messages`` with up to ``window`` awaiting their PubAck; by index, a PubAck or the error."""
         ...
 
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        """Store ``messages`` (all captured by ``stream``) as one atomic batch: every PubAck, or an error and
+        nothing stored (:class:`~jetstream_fastapi.errors.BatchStoredError` if it was stored before)."""
+        ...
+
     async def consume(self, spec: ConsumerSpec, process: Process) -> Consumer:
         """Create or update the consumer and start delivering its messages to ``process``."""
+        ...
+
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        """Pause consumer ``name`` of ``stream`` until ``until`` (UTC), or resume it (``None``);
+        :class:`~jetstream_fastapi.errors.ConsumerConfigError` if there is no such consumer."""
         ...
 
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:

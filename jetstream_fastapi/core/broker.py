@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
@@ -27,10 +28,12 @@ from ..errors import (
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
+    PublishConflictError,
     PublishTimeoutError,
 )
 from ..observability.hooks import observer
 from ..observability.logs import message_extra
+from .batches import BatchItem, batch_id_of, batch_items, one_stream
 from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import (
     DEAD_LETTER_STREAM,
@@ -43,8 +46,10 @@ from .exclusive import check_exclusive
 from .handling import Verdict, check_handler, check_one_filter
 from .keyorder import PartitionedSubscription, check_key_order, subscribe_partitioned
 from .options import FrontSettings
+from .pausing import consumer_of, pause_until
 from .payloads import check_msg_id, coerce_message
 from .processing import Processor, store_max_deliver
+from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -183,6 +188,13 @@ class BaseBroker:
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
+        expected_stream: str | None = None,
+        expected_last_sequence: int | None = None,
+        expected_last_subject_sequence: int | None = None,
+        expected_last_msg_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> PubAck:
         """Store ``message`` on ``subject`` and return the server's :class:`PubAck`.
 
@@ -190,10 +202,30 @@ class BaseBroker:
         retries of a transient failure are stored once. ``timeout`` (default ``publish_timeout``) is the
         total deadline across retries; past it :class:`PublishTimeoutError` is raised, and the message
         may still have been stored: retry with the same ``msg_id``.
+
+        ``ttl`` (seconds, at least 1) has the stream remove the message after that time (the stream must
+        allow it: :class:`StreamFlagError` otherwise). The ``expected_*`` conditions make the publish
+        optimistic: if one does not hold, nothing is stored and :class:`PublishConflictError` says the
+        current sequence (see :mod:`~jetstream_fastapi.core.publish_options`). With ``delay`` (seconds or a
+        ``timedelta``) or ``at`` (an aware ``datetime``) the message is kept by the server and delivered
+        to ``subject`` at that time (see :mod:`~jetstream_fastapi.core.schedules`); the PubAck is the
+        stored schedule's.
         """
         if not self._opened:
             raise NotConnectedError(_NOT_CONNECTED)
+        conditions = publish_conditions(
+            ttl=ttl,
+            expected_stream=expected_stream,
+            expected_last_sequence=expected_last_sequence,
+            expected_last_subject_sequence=expected_last_subject_sequence,
+            expected_last_msg_id=expected_last_msg_id,
+            delay=delay,
+            at=at,
+        )
         outgoing = self._prepare(subject, message, msg_id, headers)
+        if conditions is not None:
+            check_server_version(conditions.features, self._backend.server_version)
+            outgoing.conditions = conditions
         total = self._deadline(timeout)
         if self._observer is None:
             return await self._store(outgoing, total)
@@ -210,6 +242,11 @@ class BaseBroker:
     async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
         try:
             return await self._backend.store(outgoing, total)
+        except PublishConflictError as conflict:
+            ack = await stored_before(self._backend, conflict, outgoing)
+            if ack is None:
+                raise
+            return ack
         except JetStreamError:
             raise
         except Exception as error:
@@ -223,10 +260,15 @@ class BaseBroker:
                 raise PayloadTooLargeError(outgoing.subject, size, self._backend.max_payload)
 
     async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+        self,
+        messages: Iterable[tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]],
+        *,
+        window: int = 256,
+        timeout: float | None = None,
     ) -> list[PubAck]:
         """Publish ``(subject, message)`` pairs with up to ``window`` awaiting their PubAck at once, and
-        return every PubAck in order.
+        return every PubAck in order. A third element ``{"delay": ...}`` or ``{"at": ...}`` delays that
+        message as :meth:`publish` does.
 
         Every message is checked before the first is sent. Each gets a fresh msg id and ``timeout`` (default
         ``publish_timeout``) to be acknowledged. If any failed, :class:`PublishBatchError` says which, with
@@ -236,7 +278,7 @@ class BaseBroker:
             raise InvalidArgumentError(f"window must be a positive integer, got {window!r}")
         total = self._deadline(timeout)
         self._require()
-        outgoing = [self._prepare(subject, message, None, None) for subject, message in messages]
+        outgoing = [self._prepare_item(item) for item in messages]
         watches = [self._observer.publishing(out) for out in outgoing] if self._observer is not None else []
         try:
             for out in outgoing if watches else ():
@@ -277,6 +319,39 @@ class BaseBroker:
         if errors:
             raise PublishBatchError(acks, errors)
         return [ack for ack in acks if ack is not None]
+
+    async def publish_batch(
+        self, messages: Iterable[BatchItem], *, batch_id: str | None = None, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Store ``(subject, message)`` pairs as one atomic batch: all of them or none, and every PubAck in
+        order (see :mod:`~jetstream_fastapi.core.batches`). A third element ``{"expected_...": ...}`` makes
+        a message conditional; if one fails, nothing is stored. Retried with the same ``batch_id`` after a
+        timeout, a batch already stored raises :class:`BatchStoredError` instead of being stored twice.
+        """
+        total = self._deadline(timeout)
+        batch = batch_id_of(batch_id)
+        items = batch_items(messages)
+        self._require()
+        check_server_version(["atomic batch publish"], self._backend.server_version)
+        outgoing: list[Outgoing] = []
+        for index, (subject, message, conditions) in enumerate(items, 1):
+            out = self._prepare(subject, message, f"{batch}-{index}", None)
+            out.conditions = conditions
+            outgoing.append(out)
+        streams = {
+            subject: await self._below(self._backend.stream_for(subject)) for subject in {o.subject for o in outgoing}
+        }
+        return await self._below(self._backend.store_batch(one_stream(streams), batch, outgoing, total))
+
+    def _prepare_item(self, item: tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]) -> Outgoing:
+        """One ``publish_many`` item, with its delay if it has one."""
+        subject, message, options = item if len(item) == 3 else (*item, None)
+        conditions = None if options is None else item_conditions(options)
+        outgoing = self._prepare(subject, message, None, None)
+        if conditions is not None:
+            check_server_version(conditions.features, self._backend.server_version)
+            outgoing.conditions = conditions
+        return outgoing
 
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:
@@ -435,6 +510,25 @@ class BaseBroker:
         except Exception as error:
             raise self._translate(error) from error
         return states
+
+    async def pause(self, queue: str, *, until: datetime, stream: str | None = None) -> None:
+        """Pause the durable consumer ``queue`` on the server until ``until`` (an aware ``datetime``): no
+        instance receives its messages meanwhile (see :mod:`~jetstream_fastapi.core.pausing`). ``stream``
+        defaults to the stream of this broker's subscription with that queue."""
+        when = pause_until(until)
+        target = consumer_of(queue, stream, self._subscriptions)
+        self._require()
+        check_server_version(["consumer pause"], self._backend.server_version)
+        await self._below(self._backend.pause(*target, when))
+        logger.info("paused consumer %s on stream %s until %s", queue, target[0], when.isoformat())
+
+    async def resume(self, queue: str, *, stream: str | None = None) -> None:
+        """End a pause of the durable consumer ``queue`` now (nothing happens if it is not paused)."""
+        target = consumer_of(queue, stream, self._subscriptions)
+        self._require()
+        check_server_version(["consumer pause"], self._backend.server_version)
+        await self._below(self._backend.pause(*target, None))
+        logger.info("resumed consumer %s on stream %s", queue, target[0])
 
     # -- dead letters ------------------------------------------------------------------------------
 

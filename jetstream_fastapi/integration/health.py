@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from enum import Enum
 from typing import Literal
 
@@ -61,6 +62,9 @@ class ConsumerHealth(BaseModel):
     active: bool | None = None
     """With ``exclusive=True``: whether this instance is the queue's active one (the others stand by);
     ``None`` for a subscription that is not exclusive."""
+    paused_until: datetime | None = None
+    """Until when its durable consumer is paused on the server (``broker.pause``); ``None`` if it is not.
+    A paused consumer is ready: it was paused on purpose."""
 
 
 class Readiness(BaseModel):
@@ -103,6 +107,22 @@ async def _ping(broker: Broker, timeout: float) -> bool:
         return False
 
 
+async def _mark_paused(broker: Broker, consumers: list[ConsumerHealth], timeout: float) -> None:
+    """Fill in ``paused_until`` from the server's consumer states (one request per durable consumer);
+    left out if the broker cannot say or the server is slow."""
+    states = getattr(broker, "consumer_states", None)
+    if states is None or not any(consumer.queue for consumer in consumers):
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            paused = {state.name: state.paused_until for state in await states() if state.paused}
+    except Exception:
+        return
+    for consumer in consumers:
+        if consumer.queue is not None:
+            consumer.paused_until = paused.get(consumer.queue)
+
+
 async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
     """The readiness of ``broker``: connected, JetStream answering within ``timeout`` s, every consumer running.
 
@@ -116,6 +136,8 @@ async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Rea
     connected = bool(broker.is_connected)
     jetstream = connected and await _ping(broker, timeout)
     consumers = [_consumer_health(sub) for sub in broker.subscriptions]
+    if jetstream:
+        await _mark_paused(broker, consumers, timeout)
     stopped = [consumer for consumer in consumers if consumer.state != "running"]
     problems: list[str] = []
     if not connected:

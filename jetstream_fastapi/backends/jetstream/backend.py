@@ -27,6 +27,7 @@ from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
+    ConsumerConfigError,
     InvalidArgumentError,
     JetStreamError,
     NotConnectedError,
@@ -34,6 +35,8 @@ from ...errors import (
     UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from .batches import send_batch
+from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
@@ -156,6 +159,13 @@ class JetStreamBackend:
     def max_payload(self) -> int:
         return self._nc.max_payload if self._nc is not None else _DEFAULT_MAX_PAYLOAD
 
+    @property
+    def server_version(self) -> tuple[int, int, int] | None:
+        if self._nc is None:
+            return None
+        version = self._nc.connected_server_version
+        return (version.major, version.minor, version.patch)
+
     def _require(self) -> tuple[NATS, JetStreamManager, StreamRegistry, Publisher]:
         if self._nc is None or self._jsm is None or self._registry is None or self._publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
@@ -242,10 +252,26 @@ class JetStreamBackend:
         publisher = self._publisher
         if publisher is None:
             raise NotConnectedError("the broker is not connected: call `await broker.connect()` first")
-        return await publisher.send(message, timeout)
+        return await publisher.send(await self._wire(message), timeout)
 
     async def store_many(self, messages: Sequence[Outgoing], window: int, timeout: float) -> list[PubAck | Exception]:
-        return await self._require()[3].send_many(messages, window, timeout)
+        publisher = self._require()[3]
+        if any(message.conditions is not None for message in messages):
+            messages = [await self._wire(message) for message in messages]
+        return await publisher.send_many(messages, window, timeout)
+
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        nc, _, registry, _ = self._require()
+        return await send_batch(nc, registry, stream, batch_id, messages, self.max_payload, timeout)
+
+    async def _wire(self, message: Outgoing) -> Outgoing:
+        """``message`` with its conditions as headers (a delayed one as its schedule)."""
+        conditions = message.conditions
+        if conditions is not None and conditions.deliver_at is not None:
+            return await scheduled(message, self._require()[2], self.max_payload)
+        return with_wire_headers(message, self.max_payload)
 
     # -- consuming ---------------------------------------------------------------------------------
 
@@ -279,6 +305,16 @@ class JetStreamBackend:
             raise
         return JetStreamConsumer(self, spec, worker, nc, jsm)
 
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        jsm = self._require()[1]
+        try:
+            if until is None:
+                await jsm.resume_consumer(stream, name)
+            else:
+                await jsm.pause_consumer(stream, name, until.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        except nats.js.errors.NotFoundError:
+            raise ConsumerConfigError(f"no consumer {name!r} on stream {stream!r} to pause or resume") from None
+
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         _, jsm, _, _ = self._require()
         try:
@@ -301,6 +337,7 @@ class JetStreamBackend:
             ack_floor_stream_seq=(floor.stream_seq or 0) if floor else 0,
             last_active=_parse_time(delivered.last_active) if delivered else None,
             paused=bool(info.paused),
+            paused_until=_parse_time(info.config.pause_until) if info.paused and info.config else None,
         )
 
     def manager(self) -> JetStreamManager:

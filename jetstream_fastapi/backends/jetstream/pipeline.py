@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from ...driver import PubAck
 from ...errors import PublishError
 from ..base import Outgoing
+from .conditions import SCHEDULE_TARGET_HEADER, publish_error
 from .replies import is_no_responders
 
 
@@ -86,9 +87,8 @@ class Pipeline:
             self.results[index] = PublishError(self._messages[index].subject, f"unexpected reply status {status}")
             return
         response = json.loads(msg.data)
-        error = response.get("error")
-        if error is not None:
-            subject = self._messages[index].subject
-            self.results[index] = PublishError(subject, error.get("description", str(error)), error.get("code"))
+        if response.get("error") is not None:
+            message = self._messages[index]
+            self.results[index] = publish_error(message.headers.get(SCHEDULE_TARGET_HEADER, message.subject), response)
         else:
             self.results[index] = PubAck(response["stream"], response["seq"], response.get("duplicate", False))

@@ -17,8 +17,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ...driver import MSG_ID_HEADER, PubAck
-from ...errors import NotConnectedError, PublishError, PublishTimeoutError
+from ...errors import NotConnectedError, PublishTimeoutError
 from ..base import Outgoing
+from .conditions import SCHEDULE_TARGET_HEADER, publish_error
 from .pipeline import NoResponders, Pipeline
 from .replies import Replies, is_no_responders
 from .streams import StreamRegistry
@@ -51,7 +52,8 @@ class Publisher:
                     result = await self.send(outgoing[index], total)
                 except Exception as error:
                     result = error
-            if isinstance(result, PubAck) and registry.cached(outgoing[index].subject) is None:
+            scheduled = SCHEDULE_TARGET_HEADER in outgoing[index].headers
+            if isinstance(result, PubAck) and not scheduled and registry.cached(outgoing[index].subject) is None:
                 registry.remember(outgoing[index].subject, result.stream)
             if isinstance(result, PubAck | Exception):
                 outcome.append(result)
@@ -96,11 +98,11 @@ class Publisher:
                 no_responders += 1
                 continue
             response = json.loads(reply.data)
-            error = response.get("error")
-            if error is not None:
-                raise PublishError(subject, error.get("description", str(error)), error.get("code"))
+            target = merged.get(SCHEDULE_TARGET_HEADER)  # a schedule: its subject is used once, not cached
+            if response.get("error") is not None:
+                raise publish_error(target or subject, response)
             stream = response["stream"]
-            if registry.cached(subject) is None:
+            if target is None and registry.cached(subject) is None:
                 registry.remember(subject, stream)
             return PubAck(stream=stream, seq=response["seq"], duplicate=response.get("duplicate", False))
 

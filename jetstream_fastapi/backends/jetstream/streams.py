@@ -72,6 +72,7 @@ class StreamRegistry:
         self._auto_provision = auto_provision
         self._on_mismatch = on_mismatch
         self._by_subject: dict[str, str] = {}
+        self._configs: dict[str, StreamConfig] = {}
         self._lock = asyncio.Lock()
 
     async def declare_all(self) -> None:
@@ -134,7 +135,16 @@ class StreamRegistry:
 
     async def _provision(self, subject: str) -> str:
         name, subjects = stream_to_provision(subject, auto_provision=self._auto_provision)
-        config = StreamConfig(name=name, subjects=subjects, retention=RetentionPolicy.LIMITS, storage=StorageType.FILE)
+        # TTLs, schedules and atomic batches allowed: ``ttl=``, ``delay=``, ``publish_batch`` on it just work.
+        config = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            allow_msg_ttl=True,
+            allow_msg_schedules=True,
+            allow_atomic=True,
+        )
         try:
             await self._jsm.add_stream(config)
         except APIError as error:
@@ -145,6 +155,14 @@ class StreamRegistry:
         self._by_subject[subject] = name
         return name
 
+    async def config_of(self, stream: str) -> StreamConfig:
+        """The configuration of ``stream`` on the server, asked once (its subjects and flags)."""
+        config = self._configs.get(stream)
+        if config is None:
+            config = self._configs[stream] = (await self._jsm.stream_info(stream)).config
+        return config
+
     def forget(self) -> None:
         """Drop every cached lookup (after a stream was deleted, for instance)."""
         self._by_subject.clear()
+        self._configs.clear()

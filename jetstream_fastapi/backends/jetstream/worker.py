@@ -44,6 +44,7 @@ from nats.aio.subscription import Subscription
 from ...core.handling import ACKED, Action, ConsumerSettings
 from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
+from .conditions import is_schedule
 from .flow import Slots
 from .lanes import Lanes
 from .pinning import WRONG_PIN, Pin
@@ -249,8 +250,8 @@ class PullWorker:
         slots.in_flight += 1
         self._running[reply] = started = time.monotonic()
         try:
-            message = decode(msg)
-            verdict = await self._process(message)
+            # A schedule kept on a subject this consumer's wildcard also captures: not for the handler.
+            verdict = ACKED if is_schedule(msg.headers) else await self._process(decode(msg))
             slots.handled(time.monotonic() - started)
             if verdict is ACKED:
                 self._release(reply)

@@ -31,8 +31,16 @@ from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, PubAck
-from ...errors import InvalidArgumentError, JetStreamError, NoStreamError, NotConnectedError
+from ...errors import (
+    ConsumerConfigError,
+    InvalidArgumentError,
+    JetStreamError,
+    NoStreamError,
+    NotConnectedError,
+    PublishTimeoutError,
+)
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 
@@ -44,7 +52,8 @@ class InMemoryBroker(BaseBroker):
 
     Besides the broker options: ``duplicate_window`` (seconds a ``msg_id`` is remembered, 120 as on a
     server), ``max_payload`` (bytes, headers included, 1 MiB as on a server) and ``clock`` (default: real
-    monotonic time) that drives every timer. ``faults`` injects network and server faults::
+    monotonic time) that drives every timer, ``server_version`` (a ``(major, minor, patch)`` to behave as, for
+    testing the feature checks; default: every feature). ``faults`` injects network and server faults::
 
         broker = InMemoryBroker(backoff=Backoff(initial=0.01))
         async with broker:
@@ -59,11 +68,16 @@ class InMemoryBroker(BaseBroker):
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
+        server_version: tuple[int, int, int] | None = None,
         **options: Unpack[BrokerOptions],
     ) -> None:
         settings = FrontSettings.from_options(options, "InMemoryBroker()")
         backend = MemoryBackend(
-            settings.streams, duplicate_window=duplicate_window, max_payload=max_payload, clock=clock
+            settings.streams,
+            duplicate_window=duplicate_window,
+            max_payload=max_payload,
+            clock=clock,
+            server_version=server_version,
         )
         super().__init__(backend, settings)
         self._memory = backend
@@ -107,6 +121,10 @@ class MemoryStream:
     messages: list[StoredMessage] = field(default_factory=list)
     dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
     deleted: set[int] = field(default_factory=set)
+    schedules: set[int] = field(default_factory=set)  # delayed messages kept until due: never delivered
+    allow_msg_ttl: bool = False
+    allow_msg_schedules: bool = False
+    allow_atomic: bool = False
 
 
 class MemoryBackend:
@@ -122,6 +140,7 @@ class MemoryBackend:
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         clock: Clock | None = None,
+        server_version: tuple[int, int, int] | None = None,
     ) -> None:
         if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
             raise InvalidArgumentError(f"duplicate_window must be positive, got {duplicate_window!r}")
@@ -134,7 +153,13 @@ class MemoryBackend:
             name, subjects = getattr(declared, "name", None), getattr(declared, "subjects", None)
             if not name or not subjects:
                 raise InvalidArgumentError(f"streams must have a name and subjects: {declared!r}")
-            self.streams[name] = MemoryStream(name, list(subjects))
+            self.streams[name] = MemoryStream(
+                name,
+                list(subjects),
+                allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False)),
+                allow_msg_schedules=bool(getattr(declared, "allow_msg_schedules", False)),
+                allow_atomic=bool(getattr(declared, "allow_atomic", False)),
+            )
         self.auto_provision = streams.auto_provision
         self.duplicate_window = duplicate_window
         self._max_payload = max_payload
@@ -142,6 +167,8 @@ class MemoryBackend:
         self.faults = Faults(self)
         self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
         self._open = False
+        self.server_version = server_version
+        """The nats-server version to behave as for the feature checks (``None``: every feature)."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -197,17 +224,45 @@ class MemoryBackend:
     def _store(self, message: Outgoing) -> PubAck:
         stream = self._stream_for(message.subject)
         msg_id = message.headers[MSG_ID_HEADER]
+        conditions = message.conditions
+        if conditions is not None:
+            check_conditions(stream, message.subject, conditions)  # before the duplicate window, as the server
         now = self.clock.now()
         seen = stream.dedupe.get(msg_id)
         if seen is not None and now - seen[1] < self.duplicate_window:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
-        stored = StoredMessage(len(stream.messages) + 1, message.subject, message.body, message.headers, time.time_ns())
-        stream.messages.append(stored)
+        if conditions is not None and conditions.delay is not None:
+            stored = schedule(self, stream, message, conditions.delay)  # kept aside, delivered at its time
+        else:
+            stored = self.append(stream, message.subject, message.body, message.headers)
         stream.dedupe[msg_id] = (stored.seq, now)
-        for consumer in self.consumers.values():
-            if consumer.stream is stream and subject_matches(consumer.filter, message.subject):
-                consumer.enqueue(stored)
+        if conditions is not None and conditions.ttl is not None:
+            expire_later(self, stream, stored, conditions.ttl)
         return PubAck(stream=stream.name, seq=stored.seq)
+
+    def append(
+        self, stream: MemoryStream, subject: str, body: bytes, headers: dict[str, str], *, deliver: bool = True
+    ) -> StoredMessage:
+        """Store a message at the end of ``stream`` and (with ``deliver``) hand it to the consumers on its subject."""
+        stored = StoredMessage(len(stream.messages) + 1, subject, body, headers, time.time_ns())
+        stream.messages.append(stored)
+        if deliver:
+            self.deliver(stream, stored)
+        return stored
+
+    def deliver(self, stream: MemoryStream, stored: StoredMessage) -> None:
+        """Hand a stored message to the consumers of ``stream`` on its subject."""
+        for consumer in self.consumers.values():
+            if consumer.stream is stream and subject_matches(consumer.filter, stored.subject):
+                consumer.enqueue(stored)
+
+    async def store_batch(
+        self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck]:
+        self._require()
+        if self.faults.connection_dropped:  # the commit's answer would not come back in time
+            raise PublishTimeoutError(messages[-1].subject, timeout, batch_id)
+        return store_batch(self, self.streams[stream], batch_id, messages)
 
     def _stream_for(self, subject: str) -> MemoryStream:
         """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
@@ -217,7 +272,10 @@ class MemoryBackend:
         name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
         if name in self.streams:
             raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        stream = self.streams[name] = MemoryStream(name, subjects)
+        # TTLs, schedules and batches allowed, as on a stream the JetStream backend auto-provisions.
+        stream = self.streams[name] = MemoryStream(
+            name, subjects, allow_msg_ttl=True, allow_msg_schedules=True, allow_atomic=True
+        )
         return stream
 
     # -- consuming ---------------------------------------------------------------------------------
@@ -245,6 +303,13 @@ class MemoryBackend:
 
     def notify(self) -> None:
         """Something changed (a dispatch, a restored connection): nothing listens here, the front polls."""
+
+    async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
+        self._require()
+        consumer = self.consumers.get((stream, name))
+        if consumer is None:
+            raise ConsumerConfigError(f"no consumer {name!r} on stream {stream!r} to pause or resume")
+        consumer.pause(until)
 
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         consumer = self.consumers.get((stream, name))

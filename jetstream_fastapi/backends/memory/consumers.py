@@ -78,11 +78,31 @@ class MemoryConsumer:
         self.last_delivered = 0  # the highest stream sequence delivered so far
         self.last_active: _dt.datetime | None = None
         self._next_member = 0
+        self.paused_until: _dt.datetime | None = None  # broker.pause(): nothing is delivered until then
+        self._pause_timer: Timer | None = None
         policy = settings.deliver_policy or ("all" if durable else "new")
-        backlog = [m for m in stream.messages if subject_matches(filter, m.subject)]
+        # Deleted (or expired) messages are gone from the stream, as on a server; schedules are not for handlers.
+        backlog = [
+            m
+            for m in stream.messages
+            if m.seq not in stream.deleted and m.seq not in stream.schedules and subject_matches(filter, m.subject)
+        ]
         self.waiting.extend(backlog[-1:] if policy == "last" else backlog if policy == "all" else [])
 
     # -- delivering --------------------------------------------------------------------------------
+
+    def pause(self, until: _dt.datetime | None) -> None:
+        """Deliver nothing until ``until`` (wall time, counted on the backend's clock from now); ``None``
+        resumes at once. As on a server, messages already delivered stay with their handlers."""
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        self.paused_until = until
+        if until is not None:
+            delay = (until - _dt.datetime.now(_dt.UTC)).total_seconds()
+            self._pause_timer = self.backend.clock.call_later(max(0.0, delay), lambda: self.pause(None))
+        else:
+            self.dispatch()
 
     def enqueue(self, stored: StoredMessage) -> None:
         """A new message on the consumer's filter."""
@@ -91,7 +111,7 @@ class MemoryConsumer:
 
     def dispatch(self) -> None:
         """Hand due redeliveries, then new messages (within ``max_ack_pending``), to free members."""
-        if not self.backend.faults.connection_dropped:
+        if not self.backend.faults.connection_dropped and self.paused_until is None:
             while self.redeliveries or (self.waiting and len(self.pending) < self.settings.max_ack_pending):
                 member = self._free_member()
                 if member is None:
@@ -214,6 +234,8 @@ class MemoryConsumer:
             delivered_stream_seq=self.last_delivered,
             ack_floor_stream_seq=floor,
             last_active=self.last_active,
+            paused=self.paused_until is not None,
+            paused_until=self.paused_until,
         )
 
     def idle(self) -> bool:

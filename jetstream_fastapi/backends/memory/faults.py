@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...driver import PubAck
-from ...errors import InvalidArgumentError, NotConnectedError, PublishTimeoutError
+from ...errors import InvalidArgumentError, JetStreamError, NotConnectedError, PublishTimeoutError
 
 if TYPE_CHECKING:
     from .backend import MemoryBackend
@@ -106,7 +106,12 @@ class Faults:
             answer()
         held, self._held = self._held, []
         for publish in held:
-            result = publish.store()
+            try:
+                result = publish.store()
+            except JetStreamError as error:  # a condition that no longer holds, for instance
+                if not publish.waiter.done():
+                    publish.waiter.set_exception(error)
+                continue
             if not publish.waiter.done():
                 publish.waiter.set_result(result)
         for consumer in list(self._backend.consumers.values()):
