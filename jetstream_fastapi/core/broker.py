@@ -47,7 +47,8 @@ from .handling import Verdict, check_handler, check_one_filter
 from .keyorder import PartitionedSubscription, check_key_order, subscribe_partitioned
 from .options import FrontSettings
 from .pausing import consumer_of, pause_until
-from .payloads import check_msg_id, coerce_message
+from .payloads import headers_size
+from .preparing import Preparer, deadline
 from .processing import Processor, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .subjects import check_queue, check_subject
@@ -56,18 +57,7 @@ from .subscription import Subscription
 logger = logging.getLogger("jetstream_fastapi")
 
 _NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` first"
-_MSG_ID_ONLY = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID_HEADER) + 4
-# Subjects already checked: the usual app publishes to a handful, and the check costs a microsecond or two.
-_CHECKED_SUBJECTS_LIMIT = 4096
 T = TypeVar("T")
-
-
-def headers_size(headers: dict[str, str]) -> int:
-    """Bytes of the ``NATS/1.0`` header block for ``headers``, as the server counts it against its limit."""
-    size = len(b"NATS/1.0\r\n\r\n")
-    for key, value in headers.items():
-        size += len(key.encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
-    return size
 
 
 class BaseBroker:
@@ -82,9 +72,7 @@ class BaseBroker:
         self._lock = asyncio.Lock()
         self._subscriptions: set[Subscription] = set()
         self._settled = asyncio.Event()
-        self._checked: set[str] = set()
-        self._id_prefix = f"{uuid.uuid4().hex}-"
-        self._id_counter = 0
+        self._preparer = Preparer()
         # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
         self._observer = observer(settings.tracing, settings.metrics)
         self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
@@ -153,7 +141,7 @@ class BaseBroker:
                 return
             await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
             self._opened = False
-            self._checked.clear()
+            self._preparer.forget()
             await self._backend.close(max(1.0, min(5.0, self.shutdown_timeout)))
 
     async def __aenter__(self) -> Self:
@@ -354,33 +342,11 @@ class BaseBroker:
         return outgoing
 
     def _deadline(self, timeout: float | None) -> float:
-        if timeout is None:
-            return self._settings.publish_timeout
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        return float(timeout)
+        return deadline(timeout, self._settings.publish_timeout)
 
     def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
         """Check and encode one message, giving it a msg id; raises before anything is sent."""
-        if subject not in self._checked:
-            check_subject(subject, wildcards=False)
-            if len(self._checked) >= _CHECKED_SUBJECTS_LIMIT:
-                self._checked.clear()
-            self._checked.add(subject)
-        body, merged = coerce_message(message, headers)
-        if msg_id is None:
-            self._id_counter += 1
-            msg_id = f"{self._id_prefix}{self._id_counter}"
-        else:
-            check_msg_id(msg_id)
-        merged[MSG_ID_HEADER] = msg_id
-        # The limit covers headers and body; past it a NATS server drops the connection, so check here.
-        # The usual case, the msg id as the only header, without walking the dict.
-        size = len(body) + (headers_size(merged) if len(merged) > 1 else _MSG_ID_ONLY + len(msg_id))
-        limit = self._backend.max_payload
-        if size > limit:
-            raise PayloadTooLargeError(subject, size, limit)
-        return Outgoing(subject, body, merged)
+        return self._preparer.prepare(subject, message, msg_id, headers, self._backend.max_payload)
 
     # -- subscribe ---------------------------------------------------------------------------------
 

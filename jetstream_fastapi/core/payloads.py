@@ -67,6 +67,14 @@ def parse_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+def headers_size(headers: dict[str, str]) -> int:
+    """Bytes of the ``NATS/1.0`` header block for ``headers``, as the server counts it against its limit."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        size += len(key.encode()) + len(value.strip().encode()) + 4  # ": " and CRLF
+    return size
+
+
 def check_msg_id(msg_id: object) -> str:
     """Return ``msg_id`` if it can be a ``Nats-Msg-Id``; raise :class:`InvalidArgumentError` otherwise."""
     if not isinstance(msg_id, str) or not msg_id.strip() or "\r" in msg_id or "\n" in msg_id:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ...core.broker import headers_size
+from ...core.payloads import headers_size
 from ...driver import PubAck
 from ...errors import BatchStoredError, PayloadTooLargeError, PublishError, PublishTimeoutError, StreamFlagError
 from ..base import Outgoing

@@ -13,7 +13,7 @@ import re
 import uuid
 from typing import Any
 
-from ...core.broker import headers_size
+from ...core.payloads import headers_size
 from ...core.publish_options import PublishConditions
 from ...core.schedules import schedule_subject, unschedulable
 from ...errors import PayloadTooLargeError, PublishConflictError, PublishError, StreamFlagError
