@@ -301,9 +301,6 @@ class MemoryBackend:
         """Whether every consumer with members has settled everything so far."""
         return all(consumer.idle() for consumer in self.consumers.values())
 
-    def notify(self) -> None:
-        """Something changed (a dispatch, a restored connection): nothing listens here, the front polls."""
-
     async def pause(self, stream: str, name: str, until: _dt.datetime | None) -> None:
         self._require()
         consumer = self.consumers.get((stream, name))

@@ -124,7 +124,6 @@ class MemoryConsumer:
                 self.last_active = _dt.datetime.now(_dt.UTC)
                 self._arm(pending, self.settings.ack_wait)
                 member.start(pending.stored, pending.delivered)
-        self.backend.notify()
 
     def _next(self) -> _Pending | None:
         settings = self.settings

@@ -93,7 +93,6 @@ class Faults:
         back, as nats-py sends its buffer: publish again with the same ``msg_id``). Handlers already
         running finish; their acks wait for the connection, while the ack wait of their messages runs."""
         self._dropped = True
-        self._backend.notify()
 
     def restore_connection(self) -> None:
         """Reconnect: the held acks and publishes are sent in order, then consumers resume."""
@@ -116,7 +115,6 @@ class Faults:
                 publish.waiter.set_result(result)
         for consumer in list(self._backend.consumers.values()):
             consumer.dispatch()
-        self._backend.notify()
 
     @property
     def connection_dropped(self) -> bool:
