@@ -19,12 +19,11 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
-from ..backends.base import Backend, ConsumerSpec, ConsumerState, Outgoing
+from ..backends.base import Backend, ConsumerSpec, Outgoing
 from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
 from ..errors import (
     InvalidArgumentError,
     JetStreamError,
-    NoStreamError,
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
@@ -34,10 +33,7 @@ from ..errors import (
 from ..observability.hooks import observer
 from ..observability.logs import message_extra
 from .batches import BatchItem, batch_id_of, batch_items, one_stream
-from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import (
-    DEAD_LETTER_STREAM,
-    DeadLetter,
     dead_letter_headers,
     dead_letter_msg_id,
     dead_letter_subject,
@@ -45,8 +41,8 @@ from .deadletters import (
 from .exclusive import check_exclusive
 from .handling import Verdict, check_handler, check_one_filter
 from .keyorder import PartitionedSubscription, check_key_order, subscribe_partitioned
+from .operations import Operations
 from .options import FrontSettings
-from .pausing import consumer_of, pause_until
 from .payloads import headers_size
 from .preparing import Preparer, deadline
 from .processing import Processor, store_max_deliver
@@ -60,7 +56,7 @@ _NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` fir
 T = TypeVar("T")
 
 
-class BaseBroker:
+class BaseBroker(Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:
@@ -456,46 +452,6 @@ class BaseBroker:
         """The running subscriptions."""
         return list(self._subscriptions)
 
-    async def consumer_states(self) -> list[ConsumerState]:
-        """The state on the server of every running subscription's consumer (one request each): lag, ack
-        pending, redelivered, last activity. Consumers deleted meanwhile are left out."""
-        self._require()
-        states: list[ConsumerState] = []
-        seen: set[tuple[str, str]] = set()
-        try:
-            for sub in list(self._subscriptions):
-                key = (sub.stream, sub.consumer_name)
-                if key in seen:
-                    continue
-                seen.add(key)
-                state = await self._backend.consumer_state(*key)
-                if state is not None:
-                    states.append(state)
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-        return states
-
-    async def pause(self, queue: str, *, until: datetime, stream: str | None = None) -> None:
-        """Pause the durable consumer ``queue`` on the server until ``until`` (an aware ``datetime``): no
-        instance receives its messages meanwhile (see :mod:`~jetstream_fastapi.core.pausing`). ``stream``
-        defaults to the stream of this broker's subscription with that queue."""
-        when = pause_until(until)
-        target = consumer_of(queue, stream, self._subscriptions)
-        self._require()
-        check_server_version(["consumer pause"], self._backend.server_version)
-        await self._below(self._backend.pause(*target, when))
-        logger.info("paused consumer %s on stream %s until %s", queue, target[0], when.isoformat())
-
-    async def resume(self, queue: str, *, stream: str | None = None) -> None:
-        """End a pause of the durable consumer ``queue`` now (nothing happens if it is not paused)."""
-        target = consumer_of(queue, stream, self._subscriptions)
-        self._require()
-        check_server_version(["consumer pause"], self._backend.server_version)
-        await self._below(self._backend.pause(*target, None))
-        logger.info("resumed consumer %s on stream %s", queue, target[0])
-
     # -- dead letters ------------------------------------------------------------------------------
 
     async def _store_dead_letter(self, message: Message, verdict: Verdict) -> bool:
@@ -521,52 +477,6 @@ class BaseBroker:
             )
             return False
         return True
-
-    async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
-    ) -> list[DeadLetter]:
-        """The oldest ``limit`` messages in the dead-letter stream, with why they died; only those from the
-        original ``stream`` and terminated by ``consumer`` when given."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
-        subject = letter_filter(stream, consumer)
-        self._require()
-        return await self._below(scan(self._backend, limit, subject))
-
-    async def dead_letter(self, seq: int) -> DeadLetter:
-        """Dead letter ``seq``; :class:`DeadLetterNotFoundError` if there is none."""
-        check_seq(seq)
-        self._require()
-        return await self._below(fetch(self._backend, seq))
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
-        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none,
-        :class:`NoStreamError` if its original stream is gone (nothing is published then)."""
-        letter = await self.dead_letter(seq)
-        # Published to a deleted stream's subject, a replay would land in an auto-provisioned stream no
-        # consumer reads (or nowhere): refuse it instead.
-        if letter.stream and not await self._below(self._backend.has_stream(letter.stream)):
-            raise NoStreamError(
-                letter.subject, f"dead letter {seq} came from stream {letter.stream!r}, which no longer exists"
-            )
-        replay = letter.replay()
-        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
-        await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
-        return ack
-
-    async def purge_dead_letters(
-        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
-    ) -> int:
-        """Delete dead letters for good: those numbered ``seqs`` (all checked first; if one is missing,
-        :class:`DeadLetterNotFoundError` and nothing is deleted), or every one (from the original ``stream``,
-        terminated by ``consumer``, when given). Returns how many were deleted."""
-        if seqs is not None and (stream is not None or consumer is not None):
-            raise InvalidArgumentError("give either seqs or the stream/consumer filter, not both")
-        subject = letter_filter(stream, consumer)
-        wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
-        self._require()
-        return await self._below(purge(self._backend, wanted, subject))
 
     async def _below(self, call: Awaitable[T]) -> T:
         """Await a call into the backend, turning a failure below into the library's error."""
