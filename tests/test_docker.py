@@ -37,7 +37,35 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def test_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"nats", "app"}
+    assert set(compose["services"]) == {"nats", "app", "prometheus"}
+    # Prometheus is opt-in: a plain `docker compose up` starts NATS and the app only.
+    assert compose["services"]["prometheus"]["profiles"] == ["metrics"]
+    assert "profiles" not in compose["services"]["nats"]
+    assert "profiles" not in compose["services"]["app"]
+
+
+def test_prometheus_scrapes_the_metrics_route_of_the_app(compose: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+
+    from example_app.app import create_app
+    from jetstream_fastapi import InMemoryBroker
+
+    prometheus = compose["services"]["prometheus"]
+    assert len(prometheus["image"].split(":")[1].split(".")) == 3, "pin a full version"
+    [volume] = prometheus["volumes"]
+    source, mounted_at, mode = volume.split(":")
+    assert mode == "ro"
+    assert mounted_at in " ".join(prometheus["command"])
+    config = yaml.safe_load((ROOT / source).read_text(encoding="utf-8"))
+    [job] = config["scrape_configs"]
+    [targets] = [group["targets"] for group in job["static_configs"]]
+    port = str(compose["services"]["app"]["environment"]["PORT"])
+    assert targets == [f"app:{port}"]  # the compose service name and the app's port
+    with TestClient(create_app(InMemoryBroker())) as client:
+        scraped = client.get(job["metrics_path"])
+    assert scraped.status_code == 200
+    assert "jetstream_up" in scraped.text
+    assert prometheus["depends_on"]["app"]["condition"] == "service_healthy"
 
 
 def test_nats_is_the_version_the_tests_run(compose: dict[str, Any]) -> None:
