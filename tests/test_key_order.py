@@ -15,6 +15,7 @@ from nats.js.api import RetentionPolicy
 
 from jetstream_fastapi import ConsumerRouter, InvalidArgumentError, Message, Reject
 from jetstream_fastapi.core.keyorder import derived_stream_name, key_of, partition_of, partition_transform
+from jetstream_fastapi.integration.health import check_readiness
 from tests.conftest import WAIT, BrokerFactory
 
 
@@ -229,3 +230,15 @@ async def test_a_dead_letter_of_a_key_ordered_queue_replays_to_the_original_subj
         await replayed.wait()
     assert handled == [(f"{prefix}.orders.7.events", b"next"), (f"{prefix}.orders.7.events", b"poison")]
     await sub.unsubscribe()
+
+
+async def test_readiness_shows_a_key_ordered_queue_once(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    await broker.subscribe(f"{prefix}.a.*", Orders(1).handle, queue=f"{prefix}-ko", key_order=True, partitions=5)
+    await broker.subscribe(f"{prefix}.b", Orders(1).handle, queue=f"{prefix}-plain")
+    readiness = await check_readiness(broker)
+    assert readiness.ready
+    assert sorted((c.subject, c.queue, c.state) for c in readiness.consumers) == [
+        (f"{prefix}.a.*", f"{prefix}-ko", "running"),
+        (f"{prefix}.b", f"{prefix}-plain", "running"),
+    ]

@@ -195,4 +195,7 @@ async def subscribe_partitioned(
     async def stop() -> None:
         await asyncio.gather(*(made.unsubscribe() for made in parts))
 
-    return PartitionedSubscription(subject, queue, source, parts, stop)
+    grouped = PartitionedSubscription(subject, queue, source, parts, stop)
+    for part in parts:
+        part.group = grouped
+    return grouped
