@@ -62,7 +62,7 @@ from common import (
     run_on,
 )
 from http_route import FAST, GENERATOR, PLAIN, http_run
-from keyorder import CONFIGS, MODES, SMOKE_CONFIGS, keyorder_run
+from keyorder import CONFIGS, MODES, SMOKE_CONFIGS, key_names, keyorder_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
 from report import Results, report
@@ -100,7 +100,7 @@ class Sizes:
     scale_processes: tuple[int, ...]
     scale_handlers: tuple[str, ...]
     keyorder: int  # messages per key-order run
-    keyorder_configs: tuple[tuple[int, int], ...]  # (keys, partitions)
+    keyorder_configs: tuple[tuple[int, int, bool], ...]  # (keys, partitions, balanced)
 
 
 FULL = Sizes(
@@ -229,18 +229,19 @@ async def run_scale(url: str, server_pid: int, results: Results, sizes: Sizes, l
                 )
 
 
-async def run_keyorder(url: str, results: Results, sizes: Sizes) -> None:
+async def run_keyorder(url: str, server_pid: int, results: Results, sizes: Sizes) -> None:
     """Key-ordered against plain consume, in interleaved rounds (the starting mode rotates)."""
     n = results.sizes["keyorder"]
     for rnd in range(1, results.rounds + 1):
-        for keys, partitions in sizes.keyorder_configs:
+        for keys, partitions, balanced in sizes.keyorder_configs:
+            names = key_names(keys, partitions, balanced)
             for mode in rotated(list(MODES), rnd):
-                name = f"keyorder_{keys}_{partitions}_r{rnd}_{mode}"
+                name = f"keyorder_{keys}_{partitions}{'b' if balanced else ''}_r{rnd}_{mode}"
                 target = Target(url, f"BENCH_{name.upper()}", f"bench.{name}")
                 async with fresh_stream(url, target.stream, [f"{target.subject}.>"]), asyncio.timeout(RUN_TIMEOUT):
-                    sample = await keyorder_run(target, mode, keys, partitions, n)
-                results.keyorder.setdefault((keys, partitions, mode), []).append(sample)
-                progress(f"key order {keys} keys/{partitions} partitions round {rnd} {mode}: {sample.rate:,.0f} msg/s")
+                    sample = await keyorder_run(target, server_pid, mode, names, partitions, n)
+                results.keyorder.setdefault((keys, partitions, balanced, mode), []).append(sample)
+                progress(f"key order {name}: {sample.rate:,.0f} msg/s")
 
 
 async def run_memory(url: str, results: Results, sizes: Sizes, loop: str) -> None:
@@ -265,7 +266,7 @@ async def run(url: str, server_pid: int, results: Results, sizes: Sizes, only: C
     if "http" in only:
         await run_http(url, results, impls, sizes)
     if "keyorder" in only:
-        await run_keyorder(url, results, sizes)
+        await run_keyorder(url, server_pid, results, sizes)
     if "scale" in only:
         await run_scale(url, server_pid, results, sizes, loop)
     if "memory" in only:

@@ -97,6 +97,22 @@ async def test_a_changed_number_of_partitions_is_refused_with_the_migration(
             await broker.subscribe(subject, Orders(1).handle, queue=queue, key_order=True, partitions=other)
     again = await broker.subscribe(subject, Orders(1).handle, queue=queue, key_order=True, partitions=3)
     assert again.partitions == 3
+    with pytest.raises(InvalidArgumentError, match=r"is key-ordered on .*a\.\*.*use another queue name"):
+        await broker.subscribe(f"{prefix}.b.*", Orders(1).handle, queue=queue, key_order=True, partitions=3)
+
+
+async def test_deliver_policy_new_sources_only_what_comes_after(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    subject = f"{prefix}.orders.*.events"
+    await broker.publish_many([(f"{prefix}.orders.k{n}.events", f"old{n}") for n in range(3)])
+    orders = Orders(fail_every=1_000_000)
+    options: dict[str, Any] = {"deliver_policy": "new"}
+    sub = await broker.subscribe(subject, orders.handle, queue=f"{prefix}-q", key_order=True, partitions=2, **options)
+    await broker.publish_many([(f"{prefix}.orders.k{n}.events", str(n + 1)) for n in range(4)])
+    await orders.wait_for(4)
+    await broker.wait_until_idle(WAIT)
+    assert dict(orders.handled) == {f"k{n}": [n + 1] for n in range(4)}
+    await sub.unsubscribe()
 
 
 @pytest.mark.parametrize(
@@ -111,6 +127,7 @@ async def test_a_changed_number_of_partitions_is_refused_with_the_migration(
         ("a.*", {"queue": "q", "partitions": 4}, "partitions is for key_order"),
         ("a.*", {"key_order": True, "queue": "q", "concurrency": 4}, "sets concurrency itself"),
         ("a.*", {"key_order": True, "queue": "q", "exclusive": True}, "do not go together"),
+        ("a.*", {"key_order": True, "queue": "q", "deliver_policy": "last"}, "'all' or 'new'"),
     ],
 )
 async def test_bad_key_order_options_are_refused_before_the_server(
