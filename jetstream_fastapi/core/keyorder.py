@@ -38,13 +38,17 @@ partitions run in parallel: at most ``partitions`` handlers at once across all i
 
 Limits: keys of one partition wait for each other (up to ``partitions`` keys run at once, and how evenly
 keys spread is up to the hash: the busiest partition bounds a drain). Each partition makes one round
-trip per message (``max_ack_pending=1``: the next message is handed out after the ack). The server copies
-each message once more (CPU and, until acked, storage). ``concurrency``, ``max_ack_pending`` and
-``batch_size`` are set by the mode and refused as options, as is ``deliver_policy="last"``. ``partitions``
-is fixed for the life of the queue: a different number would move keys to other partitions, so
-subscribing with another one raises :class:`~jetstream_fastapi.errors.InvalidArgumentError` with the
-migration (stop publishing, let every partition drain, delete the derived stream, subscribe with the new
-number). Needs nats-server 2.11 (subject transforms in sources arrived in 2.10).
+trip per message (``max_ack_pending=1``: the next pull rides on the ack). The server stores each message
+once more and removes it on its ack: measured (``bench/bench.py --only keyorder``, 16 partitions, 1 ms
+handlers, 2 shared cores) 87-126 µs of server CPU per message against 35-57 for a plain queue, and 55-59%
+of a plain queue's rate at ``concurrency=16`` with 64 keys (the hash puts 9.4% of the messages in the
+busiest partition: 66% at most), 78-81% with 64 keys spread 4 per partition, 72-73% with 1,024 keys.
+``concurrency``, ``max_ack_pending`` and ``batch_size`` are set by the mode and refused as options, as is
+``deliver_policy="last"``. ``partitions`` is fixed for the life of the queue: a different number would
+move keys to other partitions, so subscribing with another one raises
+:class:`~jetstream_fastapi.errors.InvalidArgumentError` with the migration (stop publishing, let every
+partition drain, delete the derived stream, subscribe with the new number). Needs nats-server 2.11
+(subject transforms in sources arrived in 2.10).
 """
 
 from __future__ import annotations
