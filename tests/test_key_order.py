@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from nats.js.api import RetentionPolicy
 
-from jetstream_fastapi import ConsumerRouter, InvalidArgumentError, Message, Reject
+from jetstream_fastapi import ConsumerRouter, InMemoryBroker, InvalidArgumentError, Message, Reject, ServerVersionError
 from jetstream_fastapi.core.keyorder import derived_stream_name, key_of, partition_of, partition_transform
 from jetstream_fastapi.integration.health import check_readiness
 from tests.conftest import WAIT, BrokerFactory
@@ -259,3 +259,29 @@ async def test_readiness_shows_a_key_ordered_queue_once(make_broker: BrokerFacto
         (f"{prefix}.a.*", f"{prefix}-ko", "running"),
         (f"{prefix}.b", f"{prefix}-plain", "running"),
     ]
+
+
+async def test_key_order_needs_nats_server_2_11() -> None:
+    async with InMemoryBroker(server_version=(2, 10, 22)) as broker:
+        with pytest.raises(ServerVersionError, match=r"key order needs nats-server 2\.11\.0 or later"):
+            await broker.subscribe("a.*", Orders(1).handle, queue="q", key_order=True)
+        assert broker.subscriptions == []
+
+
+async def test_a_subject_ending_in_a_full_wildcard_keeps_its_tail(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def record(msg: Message) -> None:
+        seen.append(msg.subject)
+        if len(seen) == 3:
+            done.set()
+
+    sub = await broker.subscribe(f"{prefix}.o.*.>", record, queue=f"{prefix}-q", key_order=True, partitions=4)
+    subjects = [f"{prefix}.o.1.a", f"{prefix}.o.1.a.b.c", f"{prefix}.o.2.x"]
+    await broker.publish_many([(subject, b"") for subject in subjects])
+    async with asyncio.timeout(WAIT):
+        await done.wait()
+    assert sorted(seen) == sorted(subjects)
+    await sub.unsubscribe()
