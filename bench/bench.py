@@ -15,6 +15,8 @@ Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this
 * app startup/shutdown under ``jetstream_lifespan`` (``lifecycle.py``) [lifecycle];
 * the README's HTTP publish route under uvicorn (``http_route.py``) [http]: req/s, p50/p99 latency,
   server CPU, load from ``wrk`` (or ``loadgen.py`` when wrk is missing);
+* key-ordered consume against a plain queue at the same parallelism (``keyorder.py``) [keyorder]: 64
+  and 1,024 keys over 16 partitions, a 1 ms handler: msg/s of each, the ratio against issue #15's 70%;
 * scale-out (``scaleout.py``) [scale]: 1, 2 and 4 consumer processes on one queue draining one backlog,
   no-op and 1 ms handlers: aggregate msg/s, consumers' and nats-server's CPU;
 * memory (``memory.py``, once, in subprocesses) [memory]: peak RSS draining a backlog, RSS across
@@ -60,6 +62,7 @@ from common import (
     run_on,
 )
 from http_route import FAST, GENERATOR, PLAIN, http_run
+from keyorder import CONFIGS, MODES, SMOKE_CONFIGS, key_names, keyorder_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
 from report import Results, report
@@ -73,7 +76,15 @@ from jetstream_fastapi.server import NatsServer, find_nats_server
 T = TypeVar("T")
 
 THROUGHPUT = tuple(sc.key for sc in SCENARIOS)
-SECTIONS = (*THROUGHPUT, "slow", "lifecycle", "http", "scale", "memory")  # what --only chooses from, in run order
+SECTIONS = (
+    *THROUGHPUT,
+    "slow",
+    "lifecycle",
+    "http",
+    "keyorder",
+    "scale",
+    "memory",
+)  # what --only chooses from, in run order
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class Sizes:
     scale: int  # backlog drained by 1, 2 and 4 consumer processes
     scale_processes: tuple[int, ...]
     scale_handlers: tuple[str, ...]
+    keyorder: int  # messages per key-order run
+    keyorder_configs: tuple[tuple[int, int, bool], ...]  # (keys, partitions, balanced)
 
 
 FULL = Sizes(
@@ -101,6 +114,8 @@ FULL = Sizes(
     scale=100_000,
     scale_processes=PROCESSES,
     scale_handlers=HANDLERS,
+    keyorder=10_000,
+    keyorder_configs=CONFIGS,
 )
 SMOKE = Sizes(
     throughput=dict.fromkeys((sc.key for sc in SCENARIOS), 500),
@@ -113,6 +128,8 @@ SMOKE = Sizes(
     scale=1_000,
     scale_processes=(1, 2),  # each process takes ~0.5 s to start
     scale_handlers=("noop",),
+    keyorder=300,
+    keyorder_configs=SMOKE_CONFIGS,
 )
 
 
@@ -212,6 +229,21 @@ async def run_scale(url: str, server_pid: int, results: Results, sizes: Sizes, l
                 )
 
 
+async def run_keyorder(url: str, server_pid: int, results: Results, sizes: Sizes) -> None:
+    """Key-ordered against plain consume, in interleaved rounds (the starting mode rotates)."""
+    n = results.sizes["keyorder"]
+    for rnd in range(1, results.rounds + 1):
+        for keys, partitions, balanced in sizes.keyorder_configs:
+            names = key_names(keys, partitions, balanced)
+            for mode in rotated(list(MODES), rnd):
+                name = f"keyorder_{keys}_{partitions}{'b' if balanced else ''}_r{rnd}_{mode}"
+                target = Target(url, f"BENCH_{name.upper()}", f"bench.{name}")
+                async with fresh_stream(url, target.stream, [f"{target.subject}.>"]), asyncio.timeout(RUN_TIMEOUT):
+                    sample = await keyorder_run(target, server_pid, mode, names, partitions, n)
+                results.keyorder.setdefault((keys, partitions, balanced, mode), []).append(sample)
+                progress(f"key order {name}: {sample.rate:,.0f} msg/s")
+
+
 async def run_memory(url: str, results: Results, sizes: Sizes, loop: str) -> None:
     """Both memory measurements, each in a subprocess running on ``loop``."""
     results.drain = await measure_drain(url, sizes.drain, loop)
@@ -233,6 +265,8 @@ async def run(url: str, server_pid: int, results: Results, sizes: Sizes, only: C
         await run_lifecycle(url, results)
     if "http" in only:
         await run_http(url, results, impls, sizes)
+    if "keyorder" in only:
+        await run_keyorder(url, server_pid, results, sizes)
     if "scale" in only:
         await run_scale(url, server_pid, results, sizes, loop)
     if "memory" in only:
@@ -313,7 +347,7 @@ def main() -> None:
     only = parse_only(parser, args.only)
     check_packages(parser, only, args.loop, args.smoke)
     sizes = SMOKE if args.smoke else FULL
-    counts = dict(sizes.throughput, slow=sizes.slow)
+    counts = dict(sizes.throughput, slow=sizes.slow, keyorder=sizes.keyorder)
     if args.messages is not None:
         if args.messages < 1:
             parser.error("--messages must be at least 1")

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from common import NOT_INSTALLED, Sample, ratio, spread
 from http_route import HttpSample, ServerConfig
+from keyorder import KeyOrderSample, keyorder_table, keyorder_targets
 from lifecycle import LifecycleSample
 from memory import MemoryResult
 from scaleout import ScaleSample
@@ -50,6 +51,7 @@ class Results:
     http_skipped: list[tuple[str, str]] = field(default_factory=list)  # server config, why
     http_generator: str = ""
     scale: dict[tuple[str, int], list[ScaleSample]] = field(default_factory=dict)  # (handler, processes)
+    keyorder: dict[tuple[int, int, bool, str], list[KeyOrderSample]] = field(default_factory=dict)  # see keyorder.Runs
     drain: MemoryResult | None = None
     publish: MemoryResult | None = None
 
@@ -307,10 +309,11 @@ def lifecycle_targets(r: Results) -> list[Row]:
 def targets(r: Results) -> str | None:
     """The targets whose numbers were measured, with verdicts; None if no target covers what ran."""
     rows = throughput_targets(r) + slow_targets(r) + http_targets(r) + memory_targets(r) + lifecycle_targets(r)
+    rows += keyorder_targets(r.keyorder)
     if not rows:
         return None
     verdict = {True: "met", False: "**unmet**", None: "not measured"}
-    lines = ["| target (issues #5, #11) | measured (medians) | |", "|---|---:|---|"]
+    lines = ["| target (issues #5, #11, #15) | measured (medians) | |", "|---|---:|---|"]
     if r.smoke:
         lines.insert(0, "--smoke: one round of tiny sizes; the verdicts below mean nothing.\n")
     lines += [f"| {name} | {measured} | {verdict[ok]} |" for name, measured, ok in rows]
@@ -324,6 +327,7 @@ def report(r: Results) -> str:
         (bool(r.slow), slow_table),
         (bool(r.lifecycle), lifecycle_table),
         (bool(r.http_configs), http_table),
+        (bool(r.keyorder), lambda r: keyorder_table(r.keyorder, r.sizes["keyorder"], r.rounds)),
         (bool(r.scale), scale_table),
         (r.drain is not None or r.publish is not None, memory_table),
     ]

@@ -1,6 +1,6 @@
 """``key_order=True`` with real processes (issue #15): three instances of one key-ordered queue on the
-session's nats-server, 50 keys, a handler with random short delays and a few first-attempt failures; one
-instance is SIGKILLed and another restarted (SIGTERM, then a new process) mid-run.
+session's nats-server, 50 keys, 5,000 messages, a handler with random short delays and a few first-attempt
+failures; one instance is SIGKILLed and another restarted (SIGTERM, then a new process) mid-run.
 
 Each instance (``tests/key_order_instance.py``) prints when each handler starts and ends, with the wall
 time. Afterwards, for every key: the handled messages (ordered by time, over all instances) never go
@@ -28,7 +28,7 @@ SCRIPT = Path(__file__).with_name("key_order_instance.py")
 ROOT = SCRIPT.parent.parent
 BOUND = 90.0
 KEYS = 50
-TOTAL = 3000
+TOTAL = 5000
 
 
 class Run:

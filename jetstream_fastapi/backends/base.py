@@ -8,7 +8,8 @@ errors. A backend only stores and delivers:
 
 * :meth:`Backend.store` one message (retrying what is transient within the deadline) and return its
   :class:`~jetstream_fastapi.driver.PubAck`, or :meth:`Backend.store_many` with a window in flight;
-* :meth:`Backend.stream_for` a subject (provisioning one when allowed) and the dead-letter stream;
+* :meth:`Backend.stream_for` a subject (provisioning one when allowed), the dead-letter stream and a
+  key-ordered queue's partitioned stream;
 * :meth:`Backend.consume`: run a consumer that hands each message to the front's ``process`` and settles
   it as the returned :class:`~jetstream_fastapi.core.handling.Verdict` says;
 * :meth:`Backend.read` and :meth:`Backend.delete` stored messages (dead-letter admin);
@@ -58,6 +59,19 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionedStream:
+    """A stream whose only input is ``subject`` of stream ``source``, each subject prefixed with its
+    partition of ``partitions`` (see :mod:`~jetstream_fastapi.core.keyorder`); work-queue retention."""
+
+    name: str
+    source: str
+    subject: str
+    partitions: int
+    from_now: bool = False
+    """Source only what ``source`` stores from the stream's creation on (else from its first message)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     """What the front asks of a consumer: which stream and subject, its name, settings and durability."""
 
@@ -72,6 +86,8 @@ class ConsumerSpec:
     dead-letters, and enforces ``settings.max_deliver`` itself (see :mod:`~jetstream_fastapi.core.processing`)."""
     exclusive: bool = False
     """At most one member handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
+    sourced: PartitionedStream | None = None
+    """The partitioned stream it consumes (key order): idle only once its source has caught up too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +206,11 @@ class Backend(Protocol):
 
     async def ensure_dead_letter_stream(self) -> None:
         """Create the dead-letter stream if it is missing."""
+        ...
+
+    async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
+        """Create the stream ``wanted`` if missing; what the existing one is made of otherwise (the
+        front compares them)."""
         ...
 
     async def store(self, message: Outgoing, timeout: float) -> PubAck:

@@ -40,9 +40,10 @@ from .deadletters import (
 )
 from .exclusive import check_exclusive
 from .handling import Verdict, check_handler, check_one_filter
-from .keyorder import PartitionedSubscription, check_key_order, subscribe_partitioned
+from .keyorder import check_key_order, subscribe_partitioned
 from .operations import Operations
 from .options import FrontSettings
+from .partitioned import PartitionedSubscription
 from .payloads import headers_size
 from .preparing import Preparer, deadline
 from .processing import Processor, store_max_deliver
@@ -419,27 +420,27 @@ class BaseBroker(Operations):
         if count:
             assert queue is not None
             return await self._below(subscribe_partitioned(self, subject, handler, queue, count, dict(options)))
-        try:
-            stream = await self._backend.stream_for(subject)
-            if queue is not None:
-                running = ((sub.stream, sub.queue, sub.subject) for sub in self._subscriptions)
-                check_one_filter(queue, subject, stream, running)
-            if settings.dead_letter:
-                await self._backend.ensure_dead_letter_stream()
-            name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-            spec = ConsumerSpec(
-                stream, name, subject, settings, queue is not None, store_max_deliver(settings), exclusive
-            )
-            watch = self._observer.consumer(subject, queue) if self._observer is not None else None
-            processor = Processor(handler, settings, self._store_dead_letter, self._settled.set, watch)
-            consumer = await self._backend.consume(spec, processor)
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-        subscription = Subscription(self, spec, queue, consumer, processor)
+        stream = await self._below(self._backend.stream_for(subject))
+        if queue is not None:
+            running = ((sub.stream, sub.queue, sub.subject) for sub in self._subscriptions)
+            check_one_filter(queue, subject, stream, running)
+        name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
+        spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings), exclusive)
+        return await self._below(self._consume(spec, handler, queue, subject))
+
+    async def _consume(
+        self, spec: ConsumerSpec, handler: Handler, queue: str | None, watched: str, kind: type[Processor] = Processor
+    ) -> Subscription:
+        """Start the consumer ``spec`` with a ``kind`` of processor running ``handler``; its spans and metrics
+        name ``watched`` (the subject the handler sees) and ``queue``."""
+        if spec.settings.dead_letter:
+            await self._backend.ensure_dead_letter_stream()
+        watch = self._observer.consumer(watched, queue) if self._observer is not None else None
+        processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch)
+        consumer = await self._backend.consume(spec, processor)
+        subscription = Subscription(self, spec, spec.name if spec.durable else None, consumer, processor)
         self._subscriptions.add(subscription)
-        logger.info("consuming %s from stream %s as %s", subject, stream, name)
+        logger.info("consuming %s from stream %s as %s", spec.subject, spec.stream, spec.name)
         return subscription
 
     @property

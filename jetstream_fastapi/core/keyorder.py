@@ -1,44 +1,70 @@
 """Per-key ordering: ``key_order=True, partitions=N`` on a queue.
 
 The key of a message is the value of the subject's ``*`` tokens (``orders.*.events``: the order id). Every
-key belongs to one of ``partitions`` partitions (CRC-32 of the key, modulo ``partitions``: the same in every
-process). The design, written once here for both backends:
+key belongs to one of ``partitions`` partitions, computed by the store itself. The design, written once
+here for both backends (the partitioned consumer groups of the NATS maintainers, orbit.go ``pcgroups``):
 
-* each partition is a durable consumer of its own, ``<queue>-p<i>``, on the queue's subject, with
-  ``max_ack_pending=1``: the store hands out one message of it at a time, across every instance, and a
-  message still unacked (its handler running, a nak delay, an ack wait running out, a dead instance's
-  ack wait) holds the partition until it is acked, dead-lettered or terminated;
-* each consumer sees every message of the subject; an instance handles the messages of its partition's
-  keys and acks the others at once, unhandled (the partition is not theirs);
+* **a partitioned stream derived by sourcing**: for a key-ordered queue ``Q`` on subject ``S`` of stream
+  ``X``, the library provisions a stream of its own, ``<X>-<Q>-keyorder`` (:func:`derived_stream_name`),
+  whose only input is a source on ``X`` with a subject transform from ``S`` to
+  ``{{partition(N,1,...)}}.<S with {{wildcard(i)}} for each *>`` (:func:`partition_transform`): the server
+  copies each message of ``S`` in stream order and prefixes its subject with its partition, FNV-1a (32
+  bits) of the key's tokens concatenated, modulo ``N`` (:func:`partition_of` is the same function in
+  Python, so the memory backend and the server agree). ``X`` is untouched: declared, external and
+  auto-provisioned streams all work, its stored subjects stay as published, its other consumers see
+  nothing of this. The derived stream has work-queue retention: a message is removed once it is acked (or
+  dead-lettered), so storage doubles only for what is not handled yet; each partition's consumer filters
+  ``<i>.>``, and the server refuses overlapping filters on a work queue. Its replicas and storage are
+  those of ``X``. A ``deliver_policy="new"`` queue sources from the time its derived stream is created,
+  ``"all"`` (the default) from ``X``'s first message;
+* **one durable consumer per partition** on the derived stream, ``<Q>-p<i>``, with ``max_ack_pending=1``:
+  the store hands out one message of the partition at a time, across every instance, and a message still
+  unacked (its handler running, a nak delay, an ack wait running out, a dead instance's ack wait) holds
+  the partition until it is acked, dead-lettered or terminated. Each consumer gets only its own messages;
 * every instance runs every partition (one pull worker each), so whichever instance is alive takes the
   next message of a partition.
+
+The handler sees the original subject (the partition token removed: :func:`original_subject`), so
+dead letters record it and a replay publishes to it: ``X`` stores the replayed message and the source
+copies it again. ``msg.delivery`` names the derived stream, its sequence there and the partition's
+consumer (the ack, redelivery and dead-letter bookkeeping are the derived stream's); the header
+``Nats-Stream-Source`` the server adds (``X``'s name and sequence) is removed before the handler runs:
+a server refuses a publish that carries it, and dead letters and replays republish the headers.
 
 Guarantees: the messages of one key are handled one at a time, in stream order, across every instance,
 through naks and backoff (the failed message comes back before any later one of its partition), ack-wait
 redeliveries and the crash of an instance; a dead-lettered message lets its key go on. Different
 partitions run in parallel: at most ``partitions`` handlers at once across all instances.
 
-Limits: keys of one partition wait for each other (up to ``partitions`` keys run at once); every message
-is delivered once to each partition's consumer (``partitions`` deliveries, one handled), so throughput is
-bounded by ``partitions`` round trips per message and falls as ``partitions`` grows (measured, one
-instance, 64 keys, 1 ms handlers: 10-13% of a plain queue's rate at the same parallelism of 16); ``concurrency``,
-``max_ack_pending`` and ``batch_size`` are set by the mode and refused as options. ``partitions`` is fixed
-for the life of the queue: a different number would move keys to other partitions, so subscribing with
-another one raises :class:`~jetstream_fastapi.errors.InvalidArgumentError` with the migration (let the old
-partitions drain, delete the ``<queue>-p*`` consumers, subscribe with the new number).
+Limits: keys of one partition wait for each other (up to ``partitions`` keys run at once, and how evenly
+keys spread is up to the hash: the busiest partition bounds a drain). Each partition makes one round
+trip per message (``max_ack_pending=1``: the next pull rides on the ack). The server stores each message
+once more and removes it on its ack: measured (``bench/bench.py --only keyorder``, 16 partitions, 1 ms
+handlers, 2 shared cores) 87-126 µs of server CPU per message against 35-57 for a plain queue, and 55-59%
+of a plain queue's rate at ``concurrency=16`` with 64 keys (the hash puts 9.4% of the messages in the
+busiest partition: 66% at most), 78-81% with 64 keys spread 4 per partition, 72-73% with 1,024 keys.
+``concurrency``, ``max_ack_pending`` and ``batch_size`` are set by the mode and refused as options, as is
+``deliver_policy="last"``. ``partitions`` is fixed for the life of the queue: a different number would
+move keys to other partitions, so subscribing with another one raises
+:class:`~jetstream_fastapi.errors.InvalidArgumentError` with the migration (stop publishing, let every
+partition drain, delete the derived stream, subscribe with the new number). Needs nats-server 2.11
+(subject transforms in sources arrived in 2.10).
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
-from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import hashlib
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import ConsumerSpec, PartitionedStream
 from ..driver import Handler, Message
 from ..errors import InvalidArgumentError
-from .handling import ConsumerSettings
+from .handling import Verdict
+from .partitioned import PartitionedSubscription
+from .processing import Processor, store_max_deliver
+from .publish_options import check_server_version
+from .subjects import MAX_NAME_LENGTH
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -47,6 +73,9 @@ if TYPE_CHECKING:
 DEFAULT_PARTITIONS = 16
 MAX_PARTITIONS = 256
 SET_BY_THE_MODE = ("concurrency", "max_ack_pending", "batch_size")
+_FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
+STREAM_SOURCE = "Nats-Stream-Source"
+"""The header of a sourced message: ``<stream> <seq> <filter> <transform> <subject> <id>`` on a server."""
 
 
 def check_key_order(key_order: object, partitions: object, queue: str | None, subject: str, options: object) -> int:
@@ -67,6 +96,8 @@ def check_key_order(key_order: object, partitions: object, queue: str | None, su
     given = [name for name in SET_BY_THE_MODE if name in options]  # type: ignore[operator]
     if given:
         raise InvalidArgumentError(f"key_order=True sets {', '.join(given)} itself (one message per partition)")
+    if options.get("deliver_policy") == "last":  # type: ignore[attr-defined]
+        raise InvalidArgumentError("key_order=True takes deliver_policy 'all' or 'new', not 'last'")
     return count
 
 
@@ -77,8 +108,35 @@ def key_of(filter: str, subject: str) -> str:
 
 
 def partition_of(key: str, partitions: int) -> int:
-    """The partition of ``key`` (CRC-32: the same in every process and version of Python)."""
-    return zlib.crc32(key.encode()) % partitions
+    """The partition of ``key``: nats-server's ``partition()`` transform, FNV-1a (32 bits) of the key's
+    tokens concatenated (without the dots), modulo ``partitions``."""
+    value = _FNV_OFFSET
+    for byte in key.replace(".", "").encode():
+        value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return value % partitions
+
+
+def partition_transform(subject: str, partitions: int) -> str:
+    """The destination of the subject transform from ``subject``: its partition, then ``subject`` itself."""
+    tokens = subject.split(".")
+    wildcards = [str(n) for n in range(1, tokens.count("*") + 1)]
+    numbered = iter(wildcards)
+    rest = ["{{wildcard(" + next(numbered) + ")}}" if token == "*" else token for token in tokens]
+    return f"{{{{partition({partitions},{','.join(wildcards)})}}}}." + ".".join(rest)
+
+
+def original_subject(subject: str) -> str:
+    """A derived stream's subject without its partition token: the subject ``X`` stored."""
+    return subject.partition(".")[2]
+
+
+def derived_stream_name(stream: str, queue: str) -> str:
+    """The partitioned stream of ``queue`` on ``stream`` (shortened with a hash past the name limit)."""
+    name = f"{stream}-{queue}-keyorder"
+    if len(name) <= MAX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: MAX_NAME_LENGTH - 26]}-{digest}-keyorder"
 
 
 def consumer_name(queue: str, partition: int) -> str:
@@ -86,143 +144,62 @@ def consumer_name(queue: str, partition: int) -> str:
     return f"{queue}-p{partition}"
 
 
-def partition_handler(handler: Handler, filter: str, partition: int, partitions: int) -> Handler:
-    """``handler`` for the messages of ``partition``'s keys; the others return at once (acked, unhandled)."""
-
-    async def handle(msg: Message) -> None:
-        if partition_of(key_of(filter, msg.subject), partitions) == partition:
-            await handler(msg)
-
-    return handle
-
-
-def changed_partitions(queue: str, partitions: int, existing: Collection[str]) -> str | None:
-    """Why the queue's partitions differ from ``partitions`` (``None``: a new queue, or the same number),
-    given which of its consumers ``<queue>-p0``, ``-p<partitions - 1>``, ``-p<partitions>`` exist. The
-    partitions are created last to first, so ``<queue>-p0`` exists only once all of them do."""
-    if consumer_name(queue, 0) not in existing:
-        return None
-    if consumer_name(queue, partitions) in existing or consumer_name(queue, partitions - 1) not in existing:
-        return (
-            f"queue {queue!r} was created with another number of partitions than {partitions}, and keys would "
-            f"move to other partitions. To change it: stop publishing, let every partition drain, delete the "
-            f"consumers {queue}-p0 ... on the stream, then subscribe with partitions={partitions}"
+def check_same(queue: str, wanted: PartitionedStream, have: PartitionedStream) -> None:
+    """Raise :class:`InvalidArgumentError` when the queue's derived stream was made for something else."""
+    if have.partitions != wanted.partitions:
+        raise InvalidArgumentError(
+            f"queue {queue!r} was created with another number of partitions than {wanted.partitions} "
+            f"({have.partitions}), and keys would move to other partitions. To change it: stop publishing, "
+            f"let every partition drain, delete the stream {wanted.name}, then subscribe with "
+            f"partitions={wanted.partitions}"
         )
-    return None
+    if (have.source, have.subject) != (wanted.source, wanted.subject):
+        raise InvalidArgumentError(
+            f"queue {queue!r} is key-ordered on {have.subject!r} of stream {have.source!r} (its stream "
+            f"{wanted.name}), not on {wanted.subject!r} of {wanted.source!r}: use another queue name"
+        )
+
+
+class OriginalSubject(Processor):
+    """The processor of a partition: the handler (and dead letters, spans) see the message as ``X`` stored
+    it, its subject without the partition and without the source header (a server refuses a publish
+    carrying it, so a dead letter or a replay with it would fail)."""
+
+    async def __call__(self, message: Message) -> Verdict:
+        message.subject = original_subject(message.subject)
+        message.headers.pop(STREAM_SOURCE, None)
+        return await super().__call__(message)
 
 
 async def subscribe_partitioned(
     broker: BaseBroker, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
 ) -> PartitionedSubscription:
-    """Subscribe every partition of a key-ordered queue (last to first), or none of them."""
-    stream = await broker._backend.stream_for(subject)
-    existing = set()
-    for index in {0, partitions - 1, partitions}:
-        name = consumer_name(queue, index)
-        if await broker._backend.consumer_state(stream, name) is not None:
-            existing.add(name)
-    problem = changed_partitions(queue, partitions, existing)
-    if problem is not None:
-        raise InvalidArgumentError(problem)
+    """Provision the queue's derived stream and subscribe every partition, or none of them."""
+    backend = broker._backend
+    check_server_version(["key order"], backend.server_version)
+    source = await backend.stream_for(subject)
+    wanted = PartitionedStream(
+        derived_stream_name(source, queue), source, subject, partitions, options.get("deliver_policy") == "new"
+    )
+    check_same(queue, wanted, await backend.ensure_partitioned_stream(wanted))
+    settings = broker.defaults.merged(
+        {**options, "concurrency": 1, "max_ack_pending": 1, "batch_size": 1, "deliver_policy": "all"}
+    )
     parts: list[Subscription] = []
     try:
-        for index in reversed(range(partitions)):
-            part = partition_handler(handler, subject, index, partitions)
-            parts.append(
-                await broker.subscribe(
-                    subject,
-                    part,
-                    queue=consumer_name(queue, index),
-                    **options,
-                    concurrency=1,
-                    max_ack_pending=1,
-                    batch_size=1,
-                )
-            )
+        for index in range(partitions):
+            name, limit = consumer_name(queue, index), store_max_deliver(settings)
+            spec = ConsumerSpec(wanted.name, name, f"{index}.>", settings, True, limit, sourced=wanted)
+            parts.append(await broker._consume(spec, handler, queue, subject, OriginalSubject))
     except BaseException:
         for made in parts:
             await made.unsubscribe()
         raise
-    parts.reverse()
 
     async def stop() -> None:
         await asyncio.gather(*(made.unsubscribe() for made in parts))
 
-    return PartitionedSubscription(parts, stop)
-
-
-class PartitionedSubscription:
-    """The subscriptions of a key-ordered queue's partitions, as one (what ``subscribe`` returns)."""
-
-    def __init__(self, parts: Sequence[Subscription], stop: Callable[[], Awaitable[None]]) -> None:
-        self.parts = list(parts)
-        self._stop = stop
-
-    @property
-    def subject(self) -> str:
-        """The subject (or wildcard filter) it consumes."""
-        return self.parts[0].subject
-
-    @property
-    def queue(self) -> str | None:
-        """The queue the partitions' consumers are named after."""
-        name = self.parts[0].queue
-        return None if name is None else name.rsplit("-p", 1)[0]
-
-    @property
-    def stream(self) -> str:
-        """The stream it consumes from."""
-        return self.parts[0].stream
-
-    @property
-    def partitions(self) -> int:
-        """How many partitions the keys are spread over."""
-        return len(self.parts)
-
-    @property
-    def settings(self) -> ConsumerSettings:
-        """The consumer options of each partition."""
-        return self.parts[0].settings
-
-    @property
-    def state(self) -> str:
-        """``"running"`` when every partition runs; otherwise the state of the first that does not."""
-        for part in self.parts:
-            if part.state != "running":
-                return part.state
-        return "running"
-
-    @property
-    def running(self) -> bool:
-        """Whether every partition takes messages."""
-        return self.state == "running"
-
-    @property
-    def in_flight(self) -> int:
-        """Handlers running now, over every partition (skipped messages included)."""
-        return sum(part.in_flight for part in self.parts)
-
-    @property
-    def active(self) -> bool | None:
-        """``None``: every instance runs every partition."""
-        return None
-
-    @property
-    def last_error(self) -> str | None:
-        """The last problem a partition's consumer met, or ``None``."""
-        return next((part.last_error for part in self.parts if part.last_error), None)
-
-    @property
-    def counters(self) -> Counter[str]:
-        """The partitions' counters, added up."""
-        total: Counter[str] = Counter()
-        for part in self.parts:
-            total += part.counters
-        return total
-
-    async def unsubscribe(self) -> None:
-        """Stop every partition (running handlers finish within the broker's ``shutdown_timeout``)."""
-        await self._stop()
-
-    def __repr__(self) -> str:
-        return f"PartitionedSubscription(subject={self.subject!r}, queue={self.queue!r}, partitions={len(self.parts)})"
+    grouped = PartitionedSubscription(subject, queue, source, parts, stop)
+    for part in parts:
+        part.group = grouped
+    return grouped

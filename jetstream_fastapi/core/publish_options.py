@@ -30,6 +30,7 @@ MIN_SERVER_VERSION: dict[str, tuple[int, int, int]] = {
     "message schedules": (2, 12, 0),
     "atomic batch publish": (2, 12, 0),
     "consumer pause": (2, 11, 0),
+    "key order": (2, 11, 0),
 }
 """The first nats-server release with each feature."""
 

@@ -11,6 +11,7 @@ from .processing import Processor
 
 if TYPE_CHECKING:
     from .broker import BaseBroker
+    from .partitioned import PartitionedSubscription
 
 
 class Subscription:
@@ -24,6 +25,8 @@ class Subscription:
         self._queue = queue
         self.consumer = consumer
         self._processor = processor
+        self.group: PartitionedSubscription | None = None
+        """For a partition of a key-ordered queue: the queue's subscription, all partitions as one."""
 
     @property
     def subject(self) -> str:

@@ -20,7 +20,7 @@ An app that manages its broker itself passes it: ``health_router(broker=broker)`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Literal
@@ -93,6 +93,20 @@ def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
     )
 
 
+def _grouped(subscriptions: Iterable[Subscriber]) -> list[Subscriber]:
+    """The subscriptions, the partitions of a key-ordered queue as one (its ``group``)."""
+    shown: list[Subscriber] = []
+    groups: set[int] = set()
+    for sub in subscriptions:
+        group = getattr(sub, "group", None)
+        if group is None:
+            shown.append(sub)
+        elif id(group) not in groups:
+            groups.add(id(group))
+            shown.append(group)
+    return shown
+
+
 def _describe(consumer: ConsumerHealth) -> str:
     queue = f" (queue {consumer.queue})" if consumer.queue else ""
     return f"{consumer.subject}{queue} is {consumer.state}"
@@ -135,7 +149,7 @@ async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Rea
         return Readiness(ready=False, connected=False, jetstream=False, consumers=[], detail=_NO_BROKER)
     connected = bool(broker.is_connected)
     jetstream = connected and await _ping(broker, timeout)
-    consumers = [_consumer_health(sub) for sub in broker.subscriptions]
+    consumers = [_consumer_health(sub) for sub in _grouped(broker.subscriptions)]
     if jetstream:
         await _mark_paused(broker, consumers, timeout)
     stopped = [consumer for consumer in consumers if consumer.state != "running"]

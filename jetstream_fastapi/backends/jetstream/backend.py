@@ -34,7 +34,7 @@ from ...errors import (
     RequestTimeoutError,
     UnknownOptionError,
 )
-from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, Outgoing, PartitionedStream, Process, Stored
 from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
@@ -42,6 +42,7 @@ from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
 from .idle import consumer_idle
 from .inspection import Inspector
+from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
 from .streams import StreamRegistry
 from .worker import PullWorker
@@ -248,6 +249,10 @@ class JetStreamBackend:
     async def ensure_dead_letter_stream(self) -> None:
         await self._require()[2].ensure(DEAD_LETTER_CONFIG)
 
+    async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
+        _, jsm, registry, _ = self._require()
+        return await ensure_partitioned_stream(jsm, registry, wanted)
+
     async def store(self, message: Outgoing, timeout: float) -> PubAck:
         publisher = self._publisher
         if publisher is None:
@@ -435,6 +440,9 @@ class JetStreamConsumer:
         if self.worker.in_flight:
             return False
         await self._nc.flush()  # the server has processed every ack sent so far
+        sourced = self._spec.sourced
+        if sourced is not None and not await caught_up(self._nc, self._jsm, sourced):
+            return False
         return await consumer_idle(self._jsm, self._spec.stream, self._spec.name, self._spec.subject)
 
     async def stop(self, timeout: float) -> None:

@@ -27,6 +27,7 @@ from typing import Unpack
 from ...clock import Clock, MonotonicClock
 from ...core.broker import BaseBroker
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...core.subscription import Subscription
@@ -39,7 +40,7 @@ from ...errors import (
     NotConnectedError,
     PublishTimeoutError,
 )
-from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, Outgoing, PartitionedStream, Process, Stored
 from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
@@ -125,6 +126,7 @@ class MemoryStream:
     allow_msg_ttl: bool = False
     allow_msg_schedules: bool = False
     allow_atomic: bool = False
+    sourced: PartitionedStream | None = None  # a key-ordered queue's partitioned stream: what it sources
 
 
 class MemoryBackend:
@@ -166,6 +168,7 @@ class MemoryBackend:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.faults = Faults(self)
         self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
+        self._sourcing: dict[str, list[MemoryStream]] = {}  # stream name -> the partitioned streams sourcing it
         self._open = False
         self.server_version = server_version
         """The nats-server version to behave as for the feature checks (``None``: every feature)."""
@@ -205,6 +208,35 @@ class MemoryBackend:
 
     async def ensure_dead_letter_stream(self) -> None:
         return None  # always there
+
+    async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
+        self._require()
+        found = self.streams.get(wanted.name)
+        if found is not None:
+            if found.sourced is None:
+                raise ConsumerConfigError(f"stream {wanted.name!r} exists and is not a partitioned stream")
+            return found.sourced
+        # No subjects of its own: only the source fills it (and no publish finds it).
+        derived = self.streams[wanted.name] = MemoryStream(wanted.name, [], sourced=wanted)
+        self._sourcing.setdefault(wanted.source, []).append(derived)
+        source = self.streams[wanted.source]
+        if not wanted.from_now:
+            for stored in list(source.messages):
+                if stored.seq not in source.deleted and stored.seq not in source.schedules:
+                    self._source(derived, source, stored)
+        return wanted
+
+    def _source(self, derived: MemoryStream, source: MemoryStream, stored: StoredMessage) -> None:
+        """Copy ``stored`` into the partitioned stream ``derived`` as the server's source with its subject
+        transform would: the partition in front of the subject, where it came from in a header."""
+        wanted = derived.sourced
+        assert wanted is not None
+        if not subject_matches(wanted.subject, stored.subject):
+            return
+        partition = partition_of(key_of(wanted.subject, stored.subject), wanted.partitions)
+        dest = partition_transform(wanted.subject, wanted.partitions)
+        origin = f"{source.name} {stored.seq} {wanted.subject} {dest} {stored.subject}"
+        self.append(derived, f"{partition}.{stored.subject}", stored.body, {**stored.headers, STREAM_SOURCE: origin})
 
     async def store(self, message: Outgoing, timeout: float) -> PubAck:
         msg_id = message.headers[MSG_ID_HEADER]
@@ -255,6 +287,8 @@ class MemoryBackend:
         for consumer in self.consumers.values():
             if consumer.stream is stream and subject_matches(consumer.filter, stored.subject):
                 consumer.enqueue(stored)
+        for derived in self._sourcing.get(stream.name, ()):
+            self._source(derived, stream, stored)
 
     async def store_batch(
         self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
