@@ -101,9 +101,11 @@ async def test_a_lost_connection_times_publishes_out_and_a_retry_is_stored_once(
         print(f"{kind}: handled {[(m.body, m.attempt) for m in recorder.messages]}")
         assert set(recorder.bodies) == {b"before", b"doubt"}
         assert recorder.bodies.count(b"doubt") == 1
-        # A message delivered again (the restarted server may have lost its ack) comes with a higher attempt.
-        assert all(m.attempt > 1 for m in recorder.messages[2:])
+        # Only "before" may come twice: a SIGKILLed server can lose its ack, and the consumer's delivery
+        # count with it (neither is fsynced), so the second delivery may say attempt 1 again (seen under
+        # load: [before 1, before 1, doubt 1]). On memory nothing is lost.
         if isinstance(broker, InMemoryBroker):
             assert retry.duplicate
+            assert len(recorder.messages) == 2
     finally:
         await broker.disconnect()
