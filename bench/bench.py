@@ -16,7 +16,8 @@ Starts its own ``nats-server -js`` (loopback, temporary store) and runs, in this
 * the README's HTTP publish route under uvicorn (``http_route.py``) [http]: req/s, p50/p99 latency,
   server CPU, load from ``wrk`` (or ``loadgen.py`` when wrk is missing);
 * key-ordered consume against a plain queue at the same parallelism (``keyorder.py``) [keyorder]: 64
-  and 1,024 keys over 16 partitions, a 1 ms handler: msg/s of each, the ratio against issue #15's 70%;
+  and 1,024 keys over 16 partitions, 64 keys over 64 partitions at concurrency 16, a 1 ms handler:
+  msg/s of each, the ratio against issue #15's 70%;
 * scale-out (``scaleout.py``) [scale]: 1, 2 and 4 consumer processes on one queue draining one backlog,
   no-op and 1 ms handlers: aggregate msg/s, consumers' and nats-server's CPU;
 * memory (``memory.py``, once, in subprocesses) [memory]: peak RSS draining a backlog, RSS across
@@ -100,7 +101,7 @@ class Sizes:
     scale_processes: tuple[int, ...]
     scale_handlers: tuple[str, ...]
     keyorder: int  # messages per key-order run
-    keyorder_configs: tuple[tuple[int, int, bool], ...]  # (keys, partitions, balanced)
+    keyorder_configs: tuple[tuple[int, int, bool, int], ...]  # (keys, partitions, balanced, concurrency)
 
 
 FULL = Sizes(
@@ -233,14 +234,14 @@ async def run_keyorder(url: str, server_pid: int, results: Results, sizes: Sizes
     """Key-ordered against plain consume, in interleaved rounds (the starting mode rotates)."""
     n = results.sizes["keyorder"]
     for rnd in range(1, results.rounds + 1):
-        for keys, partitions, balanced in sizes.keyorder_configs:
+        for keys, partitions, balanced, concurrency in sizes.keyorder_configs:
             names = key_names(keys, partitions, balanced)
             for mode in rotated(list(MODES), rnd):
-                name = f"keyorder_{keys}_{partitions}{'b' if balanced else ''}_r{rnd}_{mode}"
+                name = f"keyorder_{keys}_{partitions}{'b' if balanced else ''}_c{concurrency}_r{rnd}_{mode}"
                 target = Target(url, f"BENCH_{name.upper()}", f"bench.{name}")
                 async with fresh_stream(url, target.stream, [f"{target.subject}.>"]), asyncio.timeout(RUN_TIMEOUT):
-                    sample = await keyorder_run(target, server_pid, mode, names, partitions, n)
-                results.keyorder.setdefault((keys, partitions, balanced, mode), []).append(sample)
+                    sample = await keyorder_run(target, server_pid, mode, names, partitions, concurrency, n)
+                results.keyorder.setdefault((keys, partitions, balanced, concurrency, mode), []).append(sample)
                 progress(f"key order {name}: {sample.rate:,.0f} msg/s")
 
 

@@ -3,9 +3,11 @@
 Each run drains a backlog of ``N`` messages spread round-robin over ``K`` keys (``bench.keyorder.<run>.k<i>``)
 with a 1 ms handler (``asyncio.sleep(0.001)``):
 
-* **plain**: ``subscribe(queue=..., concurrency=P)``: up to ``P`` handlers at once, no order;
-* **key order**: ``subscribe(queue=..., key_order=True, partitions=P)``: one handler per partition at
-  once (``P`` partitions, ``max_ack_pending=1`` each), the messages of a key in stream order.
+* **plain**: ``subscribe(queue=..., concurrency=C)``: up to ``C`` handlers at once, no order;
+* **key order**: ``subscribe(queue=..., key_order=True, partitions=P, concurrency=C)``: one handler per
+  partition at once (``max_ack_pending=1`` each), at most ``C`` in the instance, the messages of a key in
+  stream order. ``C = P`` in the first rows; the last gives 64 keys 64 partitions at ``C = 16``, so that
+  the hash's uneven spread weighs less.
 
 The key-ordered queue's partitioned stream is created (a first subscribe, then unsubscribe) before the
 backlog is published, and the run waits until the server has sourced all of it: the timed part is the
@@ -34,10 +36,11 @@ from jetstream_fastapi.driver import Message
 HANDLER_SLEEP = 0.001
 TARGET = 0.70  # key-ordered msg/s at least this share of the plain queue's (issue #15)
 CHUNK = 2048  # messages per publish_many call while filling the backlog
-# (keys, partitions, balanced): the issue's 64 keys k0..k63 as the hash spreads them; 64 keys picked so
-# that each partition holds 4; 1,024 keys k0..k1023 (a fairer spread by number alone).
-CONFIGS = ((64, 16, False), (64, 16, True), (1024, 16, False))
-SMOKE_CONFIGS = ((64, 16, False),)
+# (keys, partitions, balanced, concurrency): the issue's 64 keys k0..k63 as the hash spreads them; 64 keys
+# picked so that each partition holds 4; 1,024 keys k0..k1023 (a fairer spread by number alone); the 64
+# keys over 64 partitions with 16 handlers at once (more partitions than handlers).
+CONFIGS = ((64, 16, False, 16), (64, 16, True, 16), (1024, 16, False, 16), (64, 64, False, 16))
+SMOKE_CONFIGS = ((64, 16, False, 16), (64, 64, False, 16))
 MODES = ("plain", "keyorder")
 
 
@@ -105,9 +108,9 @@ async def _delete_stream(url: str, name: str) -> None:
 
 
 async def keyorder_run(
-    target: Target, server_pid: int, mode: str, names: list[str], partitions: int, n: int
+    target: Target, server_pid: int, mode: str, names: list[str], partitions: int, concurrency: int, n: int
 ) -> KeyOrderSample:
-    """Drain ``n`` messages over the keys ``names``, plain at ``concurrency=partitions`` or key-ordered."""
+    """Drain ``n`` messages over the keys ``names``, plain or key-ordered, ``concurrency`` handlers at once."""
     subject = f"{target.subject}.*"
     counter = Counter(n)
 
@@ -128,36 +131,39 @@ async def keyorder_run(
         timer = Timer()
         timer.start()
         if mode == "keyorder":
-            await broker.subscribe(subject, handler, queue="bench", key_order=True, partitions=partitions)
+            await broker.subscribe(
+                subject, handler, queue="bench", key_order=True, partitions=partitions, concurrency=concurrency
+            )
         else:
-            await broker.subscribe(subject, handler, queue="bench", concurrency=partitions)
+            await broker.subscribe(subject, handler, queue="bench", concurrency=concurrency)
         await counter.done.wait()
         sample = timer.stop(counter.count)
         await broker.wait_until_idle(30.0)
         server_cpu = proc_cpu_seconds(server_pid) - server_before
     if mode == "keyorder":
         await _delete_stream(target.url, derived)
-    share = busiest_share(names, partitions) if mode == "keyorder" else 1 / partitions
+    share = busiest_share(names, partitions) if mode == "keyorder" else 1 / concurrency
     return KeyOrderSample(sample.messages, sample.seconds, sample.cpu, share, server_cpu)
 
 
-Runs = dict[tuple[int, int, bool, str], list[KeyOrderSample]]  # (keys, partitions, balanced, mode)
+Runs = dict[tuple[int, int, bool, int, str], list[KeyOrderSample]]  # (keys, partitions, balanced, concurrency, mode)
 
 
-def _label(keys: int, partitions: int, balanced: bool) -> str:
-    return f"{keys} keys{' (4 per partition)' if balanced else ''}, {partitions} partitions"
+def _label(keys: int, partitions: int, balanced: bool, concurrency: int) -> str:
+    spread = f" ({keys // partitions} per partition)" if balanced else ""
+    return f"{keys} keys{spread}, {partitions} partitions, concurrency {concurrency}"
 
 
 def keyorder_table(runs: Runs, n: int, rounds: int) -> str:
     """One row per configuration: both modes' msg/s and their ratio."""
     lines = [
-        f"| key order, {HANDLER_SLEEP * 1e3:.0f} ms handler | N | rounds | plain queue, concurrency = partitions, "
+        f"| key order, {HANDLER_SLEEP * 1e3:.0f} ms handler | N | rounds | plain queue, same concurrency, "
         "msg/s median (min..max) | key order msg/s median (min..max) | key order / plain "
         "| busiest partition's share (even) | client CPU µs/msg plain / key order "
         "| nats-server CPU µs/msg plain / key order |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for config in sorted({key[:3] for key in runs}):
+    for config in sorted({key[:4] for key in runs}):
         plain, ordered = runs[(*config, "plain")], runs[(*config, "keyorder")]
         plain_rate = statistics.median(s.rate for s in plain)
         ordered_rate = statistics.median(s.rate for s in ordered)
@@ -175,7 +181,7 @@ def keyorder_table(runs: Runs, n: int, rounds: int) -> str:
 def keyorder_targets(runs: Runs) -> list[tuple[str, str, bool | None]]:
     """Issue #15's target for each configuration measured."""
     rows: list[tuple[str, str, bool | None]] = []
-    for config in sorted({key[:3] for key in runs}):
+    for config in sorted({key[:4] for key in runs}):
         plain = statistics.median(s.rate for s in runs[(*config, "plain")])
         ordered = statistics.median(s.rate for s in runs[(*config, "keyorder")])
         rows.append(

@@ -51,7 +51,7 @@ class Results:
     http_skipped: list[tuple[str, str]] = field(default_factory=list)  # server config, why
     http_generator: str = ""
     scale: dict[tuple[str, int], list[ScaleSample]] = field(default_factory=dict)  # (handler, processes)
-    keyorder: dict[tuple[int, int, bool, str], list[KeyOrderSample]] = field(default_factory=dict)  # see keyorder.Runs
+    keyorder: dict[tuple[int, int, bool, int, str], list[KeyOrderSample]] = field(default_factory=dict)  # keyorder.Runs
     drain: MemoryResult | None = None
     publish: MemoryResult | None = None
 

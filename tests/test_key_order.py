@@ -85,6 +85,29 @@ async def test_one_message_per_key_at_a_time_in_stream_order(make_broker: Broker
     assert instances[0].subscriptions == []
 
 
+async def test_concurrency_bounds_the_handlers_of_an_instance_across_its_partitions(
+    make_broker: BrokerFactory, prefix: str
+) -> None:
+    broker = await make_broker()
+    orders = Orders(fail_every=5)
+    sub = await broker.subscribe(
+        f"{prefix}.orders.*.events", orders.handle, queue=f"{prefix}-q", key_order=True, partitions=8, concurrency=2
+    )
+    published: dict[str, list[int]] = defaultdict(list)
+    batch = []
+    for n in range(120):
+        key = f"k{n % 12}"
+        published[key].append(n)
+        batch.append((f"{prefix}.orders.{key}.events", str(n)))
+    await broker.publish_many(batch)
+    await orders.wait_for(120)
+    print("keys in flight at most:", orders.most_keys)
+    assert dict(orders.handled) == dict(published)
+    assert orders.overlaps == 0
+    assert orders.most_keys <= 2  # 8 partitions, 2 handler runs at once in this instance
+    await sub.unsubscribe()
+
+
 async def test_a_changed_number_of_partitions_is_refused_with_the_migration(
     make_broker: BrokerFactory, prefix: str
 ) -> None:
@@ -125,7 +148,8 @@ async def test_deliver_policy_new_sources_only_what_comes_after(make_broker: Bro
         ("a.*", {"key_order": True, "queue": "q", "partitions": "4"}, "from 1 to 256"),
         ("a.*", {"key_order": "yes", "queue": "q"}, "True or False"),
         ("a.*", {"queue": "q", "partitions": 4}, "partitions is for key_order"),
-        ("a.*", {"key_order": True, "queue": "q", "concurrency": 4}, "sets concurrency itself"),
+        ("a.*", {"key_order": True, "queue": "q", "max_ack_pending": 4}, "sets max_ack_pending itself"),
+        ("a.*", {"key_order": True, "queue": "q", "concurrency": 0}, "concurrency"),
         ("a.*", {"key_order": True, "queue": "q", "exclusive": True}, "do not go together"),
         ("a.*", {"key_order": True, "queue": "q", "deliver_policy": "last"}, "'all' or 'new'"),
     ],

@@ -46,7 +46,7 @@ from .options import FrontSettings
 from .partitioned import PartitionedSubscription
 from .payloads import headers_size
 from .preparing import Preparer, deadline
-from .processing import Processor, store_max_deliver
+from .processing import Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
@@ -429,7 +429,12 @@ class BaseBroker(Operations):
         return await self._below(self._consume(spec, handler, queue, subject))
 
     async def _consume(
-        self, spec: ConsumerSpec, handler: Handler, queue: str | None, watched: str, kind: type[Processor] = Processor
+        self,
+        spec: ConsumerSpec,
+        handler: Handler,
+        queue: str | None,
+        watched: str,
+        kind: ProcessorFactory = Processor,
     ) -> Subscription:
         """Start the consumer ``spec`` with a ``kind`` of processor running ``handler``; its spans and metrics
         name ``watched`` (the subject the handler sees) and ``queue``."""

@@ -43,8 +43,10 @@ once more and removes it on its ack: measured (``bench/bench.py --only keyorder`
 handlers, 2 shared cores) 87-126 µs of server CPU per message against 35-57 for a plain queue, and 55-59%
 of a plain queue's rate at ``concurrency=16`` with 64 keys (the hash puts 9.4% of the messages in the
 busiest partition: 66% at most), 78-81% with 64 keys spread 4 per partition, 72-73% with 1,024 keys.
-``concurrency``, ``max_ack_pending`` and ``batch_size`` are set by the mode and refused as options, as is
-``deliver_policy="last"``. ``partitions`` is fixed for the life of the queue: a different number would
+``concurrency`` bounds the handlers one instance runs at once across its partitions (default
+``partitions``, one each; with fewer, the partitions share a semaphore, and a message waiting for a slot
+is kept "in progress" like a running handler); ``max_ack_pending`` and ``batch_size`` are set by the mode
+and refused as options, as is ``deliver_policy="last"``. ``partitions`` is fixed for the life of the queue: a different number would
 move keys to other partitions, so subscribing with another one raises
 :class:`~jetstream_fastapi.errors.InvalidArgumentError` with the migration (stop publishing, let every
 partition drain, delete the derived stream, subscribe with the new number). Needs nats-server 2.11
@@ -54,25 +56,28 @@ partition drain, delete the derived stream, subscribe with the new number). Need
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import ConsumerSpec, PartitionedStream
 from ..driver import Handler, Message
 from ..errors import InvalidArgumentError
-from .handling import Verdict
+from .handling import ConsumerSettings, Verdict
 from .partitioned import PartitionedSubscription
-from .processing import Processor, store_max_deliver
+from .processing import Processor, StoreDeadLetter, store_max_deliver
 from .publish_options import check_server_version
 from .subjects import MAX_NAME_LENGTH
 from .subscription import Subscription
 
 if TYPE_CHECKING:
+    from ..observability.hooks import ConsumerWatch
     from .broker import BaseBroker
 
 DEFAULT_PARTITIONS = 16
 MAX_PARTITIONS = 256
-SET_BY_THE_MODE = ("concurrency", "max_ack_pending", "batch_size")
+SET_BY_THE_MODE = ("max_ack_pending", "batch_size")
 _FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
 STREAM_SOURCE = "Nats-Stream-Source"
 """The header of a sourced message: ``<stream> <seq> <filter> <transform> <subject> <id>`` on a server."""
@@ -163,12 +168,32 @@ def check_same(queue: str, wanted: PartitionedStream, have: PartitionedStream) -
 class OriginalSubject(Processor):
     """The processor of a partition: the handler (and dead letters, spans) see the message as ``X`` stored
     it, its subject without the partition and without the source header (a server refuses a publish
-    carrying it, so a dead letter or a replay with it would fail)."""
+    carrying it, so a dead letter or a replay with it would fail). With ``slots`` (the queue's
+    ``concurrency`` below its number of partitions), the partitions of this instance share that many
+    handler runs."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ConsumerSettings,
+        store_dead_letter: StoreDeadLetter,
+        settled: Callable[[], None],
+        watch: ConsumerWatch | None = None,
+        *,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        super().__init__(handler, settings, store_dead_letter, settled, watch)
+        self._slots = slots
 
     async def __call__(self, message: Message) -> Verdict:
         message.subject = original_subject(message.subject)
         message.headers.pop(STREAM_SOURCE, None)
-        return await super().__call__(message)
+        if self._slots is None:
+            return await super().__call__(message)
+        # Waiting here counts as handling for the worker: a wait past half the ack wait is kept "in
+        # progress", so the message is not redelivered elsewhere while it waits for a slot.
+        async with self._slots:
+            return await super().__call__(message)
 
 
 async def subscribe_partitioned(
@@ -182,15 +207,19 @@ async def subscribe_partitioned(
         derived_stream_name(source, queue), source, subject, partitions, options.get("deliver_policy") == "new"
     )
     check_same(queue, wanted, await backend.ensure_partitioned_stream(wanted))
+    # concurrency: handler runs at once in this instance, across its partitions (default: one each).
+    concurrency = broker.defaults.merged({"concurrency": options.get("concurrency", partitions)}).concurrency
+    slots = asyncio.Semaphore(concurrency) if concurrency < partitions else None
     settings = broker.defaults.merged(
         {**options, "concurrency": 1, "max_ack_pending": 1, "batch_size": 1, "deliver_policy": "all"}
     )
+    kind = functools.partial(OriginalSubject, slots=slots)
     parts: list[Subscription] = []
     try:
         for index in range(partitions):
             name, limit = consumer_name(queue, index), store_max_deliver(settings)
             spec = ConsumerSpec(wanted.name, name, f"{index}.>", settings, True, limit, sourced=wanted)
-            parts.append(await broker._consume(spec, handler, queue, subject, OriginalSubject))
+            parts.append(await broker._consume(spec, handler, queue, subject, kind))
     except BaseException:
         for made in parts:
             await made.unsubscribe()

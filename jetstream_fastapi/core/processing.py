@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jetstream_fastapi")
 
 StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
+ProcessorFactory = Callable[
+    [Handler, ConsumerSettings, StoreDeadLetter, Callable[[], None], "ConsumerWatch | None"], "Processor"
+]
+"""What builds a subscription's processor: :class:`Processor` itself, or a subclass with its arguments."""
 """Stores a message's dead letter; False when it could not be stored (the message is then held)."""
 
 
