@@ -46,8 +46,8 @@ busiest partition: 66% at most), 78-81% with 64 keys spread 4 per partition, 72-
 ``concurrency`` bounds the handlers one instance runs at once across its partitions (default
 ``partitions``, one each; with fewer, the partitions share a semaphore, and a message waiting for a slot
 is kept "in progress" like a running handler); ``max_ack_pending`` and ``batch_size`` are set by the mode
-and refused as options, as is ``deliver_policy="last"``. ``partitions`` is fixed for the life of the queue: a different number would
-move keys to other partitions, so subscribing with another one raises
+and refused as options, as is ``deliver_policy="last"``. ``partitions`` is fixed for the life of the
+queue: a different number would move keys to other partitions, so subscribing with another one raises
 :class:`~jetstream_fastapi.errors.InvalidArgumentError` with the migration (stop publishing, let every
 partition drain, delete the derived stream, subscribe with the new number). Needs nats-server 2.11
 (subject transforms in sources arrived in 2.10).
