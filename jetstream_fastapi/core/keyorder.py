@@ -89,9 +89,10 @@ def consumer_name(queue: str, partition: int) -> str:
 def partition_handler(handler: Handler, filter: str, partition: int, partitions: int) -> Handler:
     """``handler`` for the messages of ``partition``'s keys; the others return at once (acked, unhandled)."""
 
-    async def handle(msg: Message) -> None:
+    async def handle(msg: Message) -> object:
         if partition_of(key_of(filter, msg.subject), partitions) == partition:
-            await handler(msg)
+            return await handler(msg)  # the reply, if the message is a request
+        return None
 
     return handle
 

@@ -60,7 +60,7 @@ class _Dependency:
 class HandlerPlan:
     """How to call one registered handler: where each of its arguments comes from."""
 
-    def __init__(self, handler: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[..., Awaitable[object]]) -> None:
         self.handler = handler
         self.name = getattr(handler, "__qualname__", repr(handler))
         self.payload: str | None = None
@@ -77,11 +77,11 @@ class HandlerPlan:
             return typing.cast(Handler, self.handler)
         handler, arguments, app_state = self.handler, self.arguments, State(dict(state or {}))
 
-        async def call(message: Message) -> None:
+        async def call(message: Message) -> object:
             async with contextlib.AsyncExitStack() as stack:
                 context = _Context(message, broker, app_state, stack, {})
                 kwargs = {name: await source(context) for name, source in arguments}
-                await handler(**kwargs)
+                return await handler(**kwargs)  # the reply to a request (after the cleanup of the dependencies)
 
         call.__qualname__ = self.name
         return call
