@@ -129,9 +129,9 @@ async def test_a_failing_handler_answers_with_an_error_after_its_last_attempt_on
     assert error.attempts == 3 and error.sequence == handler.messages[0].delivery.sequence  # type: ignore[union-attr]
     assert handler.attempts == [1, 2, 3]
     assert len(sent) == 1  # the retried attempts sent nothing
-    await broker.wait_until_idle()
-    [letter] = await broker.list_dead_letters(stream=prefix.upper())
+    [letter] = await broker.list_dead_letters(stream=prefix.upper())  # stored before the error reply was sent
     assert letter.error_type == "RuntimeError" and letter.attempts == 3
+    await broker.wait_until_idle()
 
 
 @pytest.mark.parametrize("dead_letter", [True, False])
@@ -149,10 +149,10 @@ async def test_a_rejected_request_answers_with_an_error_at_once(
     with pytest.raises(RemoteHandlerError, match="Reject: unknown symbol") as caught:
         await broker.request(subject, b"NOPE", timeout=10.0)
     assert caught.value.error_type == "Reject" and caught.value.attempts == 1
+    letters = await broker.list_dead_letters(stream=prefix.upper())  # stored before the error reply was sent
+    assert [letter.error_type for letter in letters] == (["Reject"] if dead_letter else [])
     await broker.wait_until_idle()
     assert handler.attempts == [1]
-    letters = await broker.list_dead_letters(stream=prefix.upper())
-    assert [letter.error_type for letter in letters] == (["Reject"] if dead_letter else [])
 
 
 @pytest.mark.parametrize("value", [{"price": 1.0}, object(), b"x" * 2048])
@@ -335,3 +335,49 @@ async def test_a_key_ordered_queue_answers_a_request_once(make_broker: BrokerFac
     assert reply.body == f"ordered {prefix}.orders.42".encode()
     await broker.wait_until_idle()
     assert handler.attempts == [1]  # one partition's consumer handled it; the others passed it by
+
+
+@pytest.mark.parametrize("address", ["", "not an address", "_INBOX.*", "_INBOX..1"])
+async def test_a_message_with_a_broken_reply_address_is_handled_and_not_answered(
+    make_broker: BrokerFactory, prefix: str, address: str
+) -> None:
+    broker = await make_broker()
+    subject = f"{prefix}.quotes.price"
+    sent = _count_replies(broker)
+    handler = Answering(b"price")
+    await broker.subscribe(subject, handler, queue=f"{prefix}-pricer")
+    await broker.publish(subject, b"ACME", headers={REPLY_TO: address})  # published by hand, not by request()
+    await broker.wait_until_idle()
+    assert handler.attempts == [1] and sent == []
+    assert await broker.list_dead_letters(stream=prefix.upper()) == []
+
+
+async def test_a_request_that_is_not_acknowledged_in_time_says_so(prefix: str) -> None:
+    async with InMemoryBroker() as broker:
+        broker.faults.fail_publishes(1, stored=True)
+        with pytest.raises(ReplyTimeoutError, match="not acknowledged") as caught:
+            await broker.request(f"{prefix}.quotes.price", b"ACME", timeout=1.0)
+        assert caught.value.ack is None and isinstance(caught.value.__cause__, TimeoutError)
+        assert broker._requests.waiting == 0
+
+
+async def test_an_error_reply_that_cannot_be_sent_still_terminates_the_request(prefix: str) -> None:
+    clock = ManualClock()
+    async with InMemoryBroker(clock=clock) as broker:
+        subject = f"{prefix}.quotes.price"
+
+        def reject(msg: Message) -> None:
+            raise Reject("unknown symbol")
+
+        handler = Answering(reject)
+        await broker.subscribe(subject, handler, queue=f"{prefix}-pricer")
+        broker.faults.fail_replies(1)
+        waiting = asyncio.ensure_future(broker.request(subject, b"NOPE", timeout=5.0))
+        await asyncio.wait_for(handler.seen.wait(), 5.0)
+        await broker.wait_until_idle()
+        assert handler.attempts == [1]  # rejected once: the dead letter holds the record, not a redelivery
+        [letter] = await broker.list_dead_letters()
+        assert letter.error_type == "Reject"
+        await clock.advance(5)
+        with pytest.raises(ReplyTimeoutError):
+            await waiting

@@ -229,7 +229,7 @@ class BaseBroker(Operations):
         total = request_timeout(timeout, self._settings.publish_timeout)
         check_request(message, headers)
         self._require()
-        return await self._requests.request(self._prepare(subject, message, None, headers), total)
+        return await self._below(self._requests.request(self._prepare(subject, message, None, headers), total))
 
     async def _send(self, outgoing: Outgoing, total: float) -> PubAck:
         """Store a prepared message, within its span when tracing."""

@@ -70,7 +70,7 @@ class Processor:
         self.stopping = asyncio.Event()
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
-        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``."""
+        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``, ``reply_failed``."""
         self.last_error: str | None = None
         """The last message held because its dead letter could not be stored (for health probes)."""
 
@@ -94,7 +94,7 @@ class Processor:
         verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
         if (verdict.result is not None or verdict.action is Action.TERM) and self._replier is not None:
             address = message.headers.get(REPLY_TO)
-            if address is not None:
+            if address is not None and self._replier.can_answer(message, address):
                 return await self._answer(message, verdict, address, self._replier)
         if verdict.action is Action.TERM and self._store_dead_letter is not None:
             verdict = await self._dead_letter(message, verdict, self._store_dead_letter)

@@ -46,6 +46,7 @@ from ..errors import (
 )
 from ..observability.logs import message_extra
 from .payloads import coerce_message, headers_size
+from .subjects import check_subject
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -180,6 +181,16 @@ class Replier:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+
+    def can_answer(self, request: Message, address: str) -> bool:
+        """Whether ``address`` can be answered (a literal subject); a warning says why not. A request
+        published by hand with a broken address is handled as a plain message: nothing is sent."""
+        try:
+            check_subject(address, wildcards=False)
+        except InvalidArgumentError as error:
+            logger.warning("not answering the request on %s: %s", request.subject, error, extra=message_extra(request))
+            return False
+        return True
 
     def encode(self, request: Message, result: object) -> Outgoing | Exception:
         """The reply carrying ``result``, or the error saying why ``result`` cannot be one."""
