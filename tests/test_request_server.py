@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,9 @@ from jetstream_fastapi import JetStreamBroker, Message
 from jetstream_fastapi.core.requests import REPLY_TO
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import eventually
+from tests.fault_consumer import HOLD_ACK_WAIT
 from tests.test_contract_request import Answering
+from tests.test_faults_process import Child
 
 
 async def _stored(admin: JetStreamManager, stream: str, count: int) -> None:
@@ -123,3 +126,30 @@ async def test_a_request_waits_through_a_server_restart(fresh_server: NatsServer
         assert reply.body == b"after the restart" and handler.attempts == [1]
     finally:
         await requester.disconnect()
+
+
+async def test_a_request_survives_the_crash_of_the_consumer_that_took_it(
+    nats_server: NatsServer, brokers: Callable[..., JetStreamBroker], prefix: str
+) -> None:
+    """The consumer process holding the request is SIGKILLed: the server hands the request to another
+    instance after its ack wait, and that one's reply reaches the requester, within the timeout."""
+    subject = f"{prefix}.quotes.price"
+    requester = brokers()
+    await requester.connect()
+    victim = await Child.start("request: consumer process", "hold", nats_server.url, subject)
+    try:
+        await victim.until(lambda: "READY" in victim.lines, 10, "subscribed")
+        waiting = asyncio.ensure_future(requester.request(subject, b"ACME", timeout=HOLD_ACK_WAIT + 10))
+        await victim.until(lambda: len(victim.of("HOLD")) == 1, 10, "holding the request")
+        victim.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert await asyncio.wait_for(victim.process.wait(), 10) == -signal.SIGKILL
+    finally:
+        await victim.stop()
+    assert not waiting.done()
+    handler = Answering(lambda msg: f"answered on attempt {msg.attempt}".encode())
+    await requester.subscribe(subject, handler, queue="shared", ack_wait=HOLD_ACK_WAIT)  # the other instance
+    reply = await asyncio.wait_for(waiting, HOLD_ACK_WAIT + 10)
+    print(f"reply {time.monotonic() - killed:.2f} s after the kill (ack wait {HOLD_ACK_WAIT:g} s)")
+    assert reply.body == b"answered on attempt 2" and reply.headers["Request-Attempt"] == "2"
+    assert handler.attempts == [2]
