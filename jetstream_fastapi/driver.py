@@ -141,8 +141,10 @@ Payload = Message | bytes | str | JsonModel
 CONTENT_TYPE_HEADER = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
 
-Handler = Callable[[Message], Awaitable[None]]
-"""A consumer handler: return to ack, raise to nak (redelivered later), or raise :class:`Retry`/:class:`Reject`."""
+Handler = Callable[[Message], Awaitable[object]]
+"""A consumer handler: return to ack, raise to nak (redelivered later), or raise :class:`Retry`/:class:`Reject`.
+
+What it returns answers a ``request()`` (a :data:`Payload`; ``None`` answers nothing) and is ignored otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,12 @@ class Broker(Protocol):
         expected_last_msg_id: str | None = None,
     ) -> PubAck:
         """Store a message and wait for the server's acknowledgement (with a TTL, or on conditions)."""
+        ...
+
+    async def request(
+        self, subject: str, message: Payload, *, headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> Message:
+        """Store a request on ``subject`` and wait for its handler's reply, within ``timeout`` seconds."""
         ...
 
     async def publish_many(

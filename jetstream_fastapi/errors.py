@@ -22,6 +22,8 @@
     ├── PublishBatchError                   some messages of a ``publish_many`` failed
     ├── BatchStoredError                    a ``publish_batch`` retried with the batch id of a stored batch
     ├── RequestTimeoutError (TimeoutError)  the server did not answer a request in time
+    │   └── ReplyTimeoutError               no reply to a ``request()`` within its timeout
+    ├── RemoteHandlerError                  the handler of a ``request()`` failed (its type and text)
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
     ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
@@ -216,6 +218,40 @@ class HandlerTimeoutError(JetStreamError, TimeoutError):
 
 class RequestTimeoutError(JetStreamError, TimeoutError):
     """The server did not answer a request (other than a publish) in time: reconnecting, or overloaded."""
+
+
+class ReplyTimeoutError(RequestTimeoutError):
+    """No reply to a ``request()`` within its timeout (publishing it and waiting for the reply).
+
+    ``ack`` is the request's PubAck, or ``None`` when it was not acknowledged in time (it may still have
+    been stored). A stored request is still handled once its consumer runs: its reply then goes nowhere.
+    """
+
+    def __init__(self, subject: str, timeout: float, msg_id: str, ack: PubAck | None) -> None:
+        stored = f"stored as {ack.stream}#{ack.seq}" if ack is not None else "not acknowledged by the server"
+        super().__init__(f"no reply to the request on {subject!r} within {timeout:g}s ({stored}, msg_id {msg_id!r})")
+        self.subject = subject
+        self.timeout = timeout
+        self.msg_id = msg_id
+        self.ack = ack
+
+
+class RemoteHandlerError(JetStreamError):
+    """The handler of a ``request()`` failed for good: rejected, failed its last attempt, or returned a value
+    that cannot be a reply. ``error_type`` and ``error`` are the handler's exception type name and text;
+    ``stream``, ``sequence`` and ``attempts`` say which stored request it was and how often it ran."""
+
+    def __init__(
+        self, subject: str, error_type: str, error: str, *, stream: str = "", sequence: int = 0, attempts: int = 0
+    ) -> None:
+        text = f"{error_type}: {error}" if error else error_type
+        super().__init__(f"the handler of the request on {subject!r} failed: {text}")
+        self.subject = subject
+        self.error_type = error_type
+        self.error = error
+        self.stream = stream
+        self.sequence = sequence
+        self.attempts = attempts
 
 
 class DeliveryLimitError(JetStreamError):

@@ -178,3 +178,37 @@ async def test_router_serves_json_and_an_escaped_page() -> None:
         assert "&lt;b&gt;Shop&lt;/b&gt;" in evil_page
         assert 'href="events.json"' in evil_page
         assert (await client.get("/docs/events.json")).status_code == 200
+
+
+def test_a_handler_that_answers_requests_has_a_reply_with_its_return_type() -> None:
+    router = ConsumerRouter()
+
+    @router.handle("shop.price", queue="pricer")
+    async def price(item: Item) -> Basket:
+        return Basket(items=[item])
+
+    @router.handle("shop.echo", queue="echo")
+    async def echo(msg: Message) -> bytes:
+        return msg.body
+
+    @router.handle("replies", queue="plain")  # a subject named like the replies' channel
+    async def plain(msg: Message) -> None: ...
+
+    document = asyncapi_document(router)
+    validate(document)
+    ops = {op["summary"].split()[0].rsplit(".", 1)[-1]: op for op in document["operations"].values()}
+    reply = ops["price"]["reply"]
+    assert reply["address"]["location"] == "$message.header#/Request-Reply-To"
+    channel = reply["channel"]["$ref"].rsplit("/", 1)[-1]
+    assert document["channels"][channel]["address"] is None  # each request names its own
+    subject_channel = ops["plain"]["channel"]["$ref"].rsplit("/", 1)[-1]
+    assert subject_channel != channel and document["channels"][subject_channel]["address"] == "replies"
+    [ref] = reply["messages"]
+    key = ref["$ref"].rsplit("/", 1)[-1]
+    assert ref["$ref"] == f"#/channels/{channel}/messages/{key}"
+    assert document["components"]["messages"][key]["payload"] == {"$ref": "#/components/schemas/Basket"}
+    [echoed] = ops["echo"]["reply"]["messages"]
+    assert document["components"]["messages"][echoed["$ref"].rsplit("/", 1)[-1]]["contentType"] == (
+        "application/octet-stream"
+    )
+    assert "reply" not in ops["plain"]  # returns None: answers nothing

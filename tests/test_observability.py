@@ -460,3 +460,18 @@ async def test_publish_and_consume_on_either_path(make_broker: BrokerFactory, op
     first = acks[0].seq
     assert [a.seq for a in acks] + [ack.seq] == [first, first + 1, first + 2]
     assert sorted(handled) == [b"a", b"b", b"c"]
+
+
+async def test_a_request_is_traced_as_a_publish_whose_handler_span_is_its_child(spans: InMemorySpanExporter) -> None:
+    async with InMemoryBroker() as broker:
+
+        async def handler(message: Message) -> bytes:
+            return b"answer"
+
+        await broker.subscribe("traced.request", handler, queue="answerer")
+        assert (await broker.request("traced.request", b"x", timeout=5.0)).body == b"answer"
+        await broker.wait_until_idle()
+    publish, process = spans.get_finished_spans()
+    assert publish.kind is trace.SpanKind.PRODUCER and publish.name == "publish traced.request"
+    assert process.parent is not None and process.parent.span_id == publish.context.span_id
+    assert process.attributes["messaging.nats.outcome"] == "ack"  # type: ignore[index]

@@ -13,6 +13,7 @@ errors. A backend only stores and delivers:
 * :meth:`Backend.consume`: run a consumer that hands each message to the front's ``process`` and settles
   it as the returned :class:`~jetstream_fastapi.core.handling.Verdict` says;
 * :meth:`Backend.read` and :meth:`Backend.delete` stored messages (dead-letter admin);
+* :meth:`Backend.open_inbox` and :meth:`Backend.reply`: the core (not stored) messages of request/reply;
 * report its limits and health, and :meth:`Backend.translate` the errors of the layer below.
 
 Two backends ship: :class:`~jetstream_fastapi.backends.jetstream.JetStreamBackend` (a NATS server, through
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..clock import Clock
 from ..core.handling import ConsumerSettings, Verdict
 from ..core.publish_options import PublishConditions
 from ..driver import Message, PubAck
@@ -113,6 +115,9 @@ class ConsumerState:
     """Until when the consumer is paused on the server (``broker.pause``), or ``None``."""
 
 
+OnReply = Callable[[str, Message], None]
+"""Called with the token (the last subject token) and the message of each reply an inbox receives."""
+
 Process = Callable[[Message], Awaitable[Verdict]]
 """The front's part of handling one message: run the handler and decide its fate. Never raises but
 ``CancelledError`` (then the backend gives the message back at once)."""
@@ -162,6 +167,9 @@ class Backend(Protocol):
 
     name: str
     """A short name for ``repr`` and logs (``"jetstream"``, ``"memory"``)."""
+
+    clock: Clock
+    """The clock of the backend's timers (real time for a server; a test's clock in memory)."""
 
     @property
     def is_connected(self) -> bool:
@@ -248,6 +256,16 @@ class Backend(Protocol):
 
     async def delete(self, stream: str, seq: int) -> bool:
         """Delete message ``seq`` of ``stream``; False if there was none."""
+        ...
+
+    async def open_inbox(self, on_reply: OnReply) -> str:
+        """Start listening on a fresh inbox and return its prefix: a message sent to ``<prefix>.<token>``
+        (with :meth:`reply`) reaches ``on_reply(token, message)`` for as long as the connection lives."""
+        ...
+
+    async def reply(self, address: str, message: Outgoing) -> None:
+        """Send ``message`` (its body and headers) to ``address`` at most once, not stored (core NATS); raises
+        when it cannot be sent at all. Nobody listening is no error."""
         ...
 
     def translate(self, error: Exception) -> JetStreamError | None:

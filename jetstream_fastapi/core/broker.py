@@ -48,6 +48,7 @@ from .payloads import headers_size
 from .preparing import Preparer, deadline
 from .processing import Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
+from .requests import Replier, Requester, check_request, request_timeout
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -70,6 +71,8 @@ class BaseBroker(Operations):
         self._subscriptions: set[Subscription] = set()
         self._settled = asyncio.Event()
         self._preparer = Preparer()
+        self._requests = Requester(backend, self._send)
+        self._replier = Replier(backend)
         # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
         self._observer = observer(settings.tracing, settings.metrics)
         self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
@@ -139,6 +142,7 @@ class BaseBroker(Operations):
             await asyncio.gather(*(sub.unsubscribe() for sub in list(self._subscriptions)))
             self._opened = False
             self._preparer.forget()
+            self._requests.forget()
             await self._backend.close(max(1.0, min(5.0, self.shutdown_timeout)))
 
     async def __aenter__(self) -> Self:
@@ -211,7 +215,25 @@ class BaseBroker(Operations):
         if conditions is not None:
             check_server_version(conditions.features, self._backend.server_version)
             outgoing.conditions = conditions
-        total = self._deadline(timeout)
+        return await self._send(outgoing, self._deadline(timeout))
+
+    async def request(
+        self, subject: str, message: Payload, *, headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> Message:
+        """Store a request on ``subject``, as :meth:`publish` does, and return its handler's reply: a
+        :class:`Message` whose body is what the handler returned, encoded as ``publish`` encodes it.
+
+        ``timeout`` (default ``publish_timeout``) bounds publishing and waiting together; past it
+        :class:`ReplyTimeoutError`. A handler that fails for good (rejected, its last attempt) raises
+        :class:`RemoteHandlerError` here. See :mod:`~jetstream_fastapi.core.requests`.
+        """
+        total = request_timeout(timeout, self._settings.publish_timeout)
+        check_request(message, headers)
+        self._require()
+        return await self._below(self._requests.request(self._prepare(subject, message, None, headers), total))
+
+    async def _send(self, outgoing: Outgoing, total: float) -> PubAck:
+        """Store a prepared message, within its span when tracing."""
         if self._observer is None:
             return await self._store(outgoing, total)
         watch = self._observer.publishing(outgoing)
@@ -441,7 +463,7 @@ class BaseBroker(Operations):
         if spec.settings.dead_letter:
             await self._backend.ensure_dead_letter_stream()
         watch = self._observer.consumer(watched, queue) if self._observer is not None else None
-        processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch)
+        processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch, self._replier)
         consumer = await self._backend.consume(spec, processor)
         subscription = Subscription(self, spec, spec.name if spec.durable else None, consumer, processor)
         self._subscriptions.add(subscription)

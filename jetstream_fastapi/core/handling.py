@@ -107,6 +107,8 @@ class Verdict:
     action: Action
     delay: float = 0.0
     error: BaseException | None = None
+    result: object = None
+    """What the handler returned (an ack only): the reply to a request (see :mod:`~jetstream_fastapi.core.requests`)."""
 
     @property
     def reason(self) -> str:
@@ -124,9 +126,9 @@ async def run_handler(handler: Handler, message: Message, settings: ConsumerSett
     """Run ``handler`` on ``message`` and decide its fate. Never raises, except ``CancelledError``."""
     try:
         if settings.handler_timeout is None:
-            await handler(message)
+            result = await handler(message)
         else:
-            await _with_timeout(handler, message, settings.handler_timeout)
+            result = await _with_timeout(handler, message, settings.handler_timeout)
     except Retry as retry:
         return _failed(message, settings, retry, retry.after)
     except Reject as reject:
@@ -134,14 +136,14 @@ async def run_handler(handler: Handler, message: Message, settings: ConsumerSett
         return Verdict(Action.TERM, error=reject)
     except Exception as error:
         return _failed(message, settings, error, None)
-    return ACKED
+    return ACKED if result is None else Verdict(Action.ACK, result=result)
 
 
-async def _with_timeout(handler: Handler, message: Message, timeout: float) -> None:
+async def _with_timeout(handler: Handler, message: Message, timeout: float) -> object:
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            await handler(message)
+            return await handler(message)
     except TimeoutError:
         if deadline.expired():  # ours, not a TimeoutError the handler raised itself
             raise HandlerTimeoutError(f"the handler ran longer than handler_timeout={timeout:g}s") from None

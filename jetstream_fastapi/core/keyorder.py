@@ -74,6 +74,7 @@ from .subscription import Subscription
 if TYPE_CHECKING:
     from ..observability.hooks import ConsumerWatch
     from .broker import BaseBroker
+    from .requests import Replier
 
 DEFAULT_PARTITIONS = 16
 MAX_PARTITIONS = 256
@@ -179,10 +180,11 @@ class OriginalSubject(Processor):
         store_dead_letter: StoreDeadLetter,
         settled: Callable[[], None],
         watch: ConsumerWatch | None = None,
+        replier: Replier | None = None,
         *,
         slots: asyncio.Semaphore | None = None,
     ) -> None:
-        super().__init__(handler, settings, store_dead_letter, settled, watch)
+        super().__init__(handler, settings, store_dead_letter, settled, watch, replier)
         self._slots = slots
 
     async def __call__(self, message: Message) -> Verdict:

@@ -10,6 +10,10 @@ and its next delivery is dead-lettered. For that to work the store's own deliver
 dead-lettering (:func:`store_max_deliver`) and ``max_deliver`` is enforced here instead: a delivery past it is
 dead-lettered without running the handler again (its last failure could not be recorded, or its handler
 never returned).
+
+A message that is a request (see :mod:`~jetstream_fastapi.core.requests`) is answered here too, before
+its verdict goes back to the backend: so the reply leaves before the ack, and an error reply after the
+dead letter is stored.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
+from ..observability.logs import message_extra
 from .handling import Action, ConsumerSettings, Verdict, run_handler
+from .requests import REPLY_TO, Replier
 
 if TYPE_CHECKING:
     from ..observability.hooks import ConsumerWatch
@@ -32,11 +38,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jetstream_fastapi")
 
 StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
+"""Stores a message's dead letter; False when it could not be stored (the message is then held)."""
 ProcessorFactory = Callable[
-    [Handler, ConsumerSettings, StoreDeadLetter, Callable[[], None], "ConsumerWatch | None"], "Processor"
+    [Handler, ConsumerSettings, StoreDeadLetter, Callable[[], None], "ConsumerWatch | None", "Replier | None"],
+    "Processor",
 ]
 """What builds a subscription's processor: :class:`Processor` itself, or a subclass with its arguments."""
-"""Stores a message's dead letter; False when it could not be stored (the message is then held)."""
 
 
 def store_max_deliver(settings: ConsumerSettings) -> int:
@@ -55,8 +62,10 @@ class Processor:
         store_dead_letter: StoreDeadLetter,
         settled: Callable[[], None],
         watch: ConsumerWatch | None = None,
+        replier: Replier | None = None,
     ) -> None:
         self._handler = handler
+        self._replier = replier  # answers requests; None: replies are not sent
         self._settings = settings
         self.settings = settings
         """The subscription's resolved consumer settings (``max_deliver`` as the handler sees it)."""
@@ -66,7 +75,7 @@ class Processor:
         self.stopping = asyncio.Event()
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
-        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``."""
+        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``, ``reply_failed``."""
         self.last_error: str | None = None
         """The last message held because its dead letter could not be stored (for health probes)."""
 
@@ -88,8 +97,34 @@ class Processor:
 
     async def _decide(self, message: Message) -> Verdict:
         verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
+        if (verdict.result is not None or verdict.action is Action.TERM) and self._replier is not None:
+            address = message.headers.get(REPLY_TO)
+            if address is not None and self._replier.can_answer(message, address):
+                return await self._answer(message, verdict, address, self._replier)
         if verdict.action is Action.TERM and self._store_dead_letter is not None:
             verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
+        return verdict
+
+    async def _answer(self, message: Message, verdict: Verdict, address: str, replier: Replier) -> Verdict:
+        """Reply to a request, then settle it: the reply before the ack, an error reply after the dead letter."""
+        if verdict.action is Action.ACK:
+            reply = replier.encode(message, verdict.result)
+            if not isinstance(reply, Exception):
+                try:
+                    await replier.send(address, reply)
+                except Exception as error:  # not sent: not acked either, so redelivered
+                    self.counters["reply_failed"] += 1
+                    what = "could not send the reply to %s; redelivering it: %r"
+                    logger.warning(what, message.subject, error, extra=message_extra(message))
+                    return Verdict(Action.NAK, self._settings.backoff.delay(message.attempt, random.random()), error)
+                return verdict
+            what = "the reply to %s cannot be sent, dead-lettering it: %s"
+            logger.error(what, message.subject, reply, extra=message_extra(message))
+            verdict = Verdict(Action.TERM, error=reply)  # bad output: as poison, never retried
+        if self._store_dead_letter is not None:
+            verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
+        if verdict.action is Action.TERM:
+            await replier.fail(message, verdict.error, address)
         return verdict
 
     def _past_limit(self, message: Message) -> Verdict | None:

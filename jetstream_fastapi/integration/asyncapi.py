@@ -8,7 +8,9 @@
 Each handler of a :class:`~jetstream_fastapi.ConsumerRouter` becomes a ``receive`` operation on the channel
 of its subject, with its queue as the NATS operation binding, its consumer options under
 ``x-jetstream-consumer``, and the payload schema of its typed payload parameter (pydantic's JSON Schema;
-``bytes`` or the raw :class:`~jetstream_fastapi.Message` as binary). Each
+``bytes`` or the raw :class:`~jetstream_fastapi.Message` as binary); a handler annotated with a return type
+answers requests (``broker.request``), and its operation has a ``reply`` with that type's schema, sent to
+the address in the request's ``Request-Reply-To`` header. Each
 :class:`~jetstream_fastapi.Publication` becomes a ``send`` operation.
 """
 
@@ -25,6 +27,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, TypeAdapter
 
+from ..core.requests import REPLY_TO
 from ..driver import Message
 from .publishing import Publication
 from .routing import ConsumerRouter, HandlerSpec
@@ -43,6 +46,7 @@ class _Builder:
         self.messages: dict[str, dict[str, Any]] = {}
         self.schemas: dict[str, Any] = {}
         self._channel_of: dict[str, str] = {}
+        self._replies: str | None = None  # the channel of every reply, made at the first handler that answers
 
     def channel(self, subject: str) -> str:
         if subject in self._channel_of:
@@ -91,6 +95,8 @@ class _Builder:
             "summary": f"{spec.plan.name} handles {spec.subject}",
             "messages": [self.message(channel, spec.plan.payload_type)],
         }
+        if spec.plan.reply_type is not None:
+            body["reply"] = self.reply(spec.plan.reply_type)
         doc = inspect.getdoc(spec.handler) or ""
         if doc:
             body["description"] = doc
@@ -98,6 +104,22 @@ class _Builder:
             body["bindings"] = {"nats": {"queue": spec.queue, "bindingVersion": "0.1.0"}}
         body["x-jetstream-consumer"] = {"durable": spec.queue is not None, "options": _plain(dict(spec.options))}
         self.operation(re.sub(r"\W+", "_", f"receive_{spec.plan.name.split('.')[-1]}"), body)
+
+    def reply(self, annotation: Any) -> dict[str, Any]:
+        """The reply of a handler that answers requests: to the address each request names (a channel
+        without an address of its own, as AsyncAPI has it for dynamic replies)."""
+        if self._replies is None:
+            name, n = "replies", 1
+            while name in self.channels:
+                n += 1
+                name = f"replies_{n}"
+            self.channels[name] = {"address": None, "messages": {}, "description": "replies to requests"}
+            self._replies = name
+        return {
+            "address": {"location": f"$message.header#/{REPLY_TO}", "description": "the requester's inbox"},
+            "channel": {"$ref": f"#/channels/{self._replies}"},
+            "messages": [self.message(self._replies, annotation)],
+        }
 
     def send(self, publication: Publication[Any]) -> None:
         channel = self.channel(publication.subject)

@@ -60,7 +60,7 @@ class _Dependency:
 class HandlerPlan:
     """How to call one registered handler: where each of its arguments comes from."""
 
-    def __init__(self, handler: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[..., Awaitable[object]]) -> None:
         self.handler = handler
         self.name = getattr(handler, "__qualname__", repr(handler))
         self.payload: str | None = None
@@ -68,6 +68,8 @@ class HandlerPlan:
         """The payload parameter's annotation (``None`` when the handler takes the raw message)."""
         self.decoder: Decoder | None = None
         self.arguments = self._arguments(handler, top_level=True)
+        self.reply_type: Any = _reply_type(handler)
+        """The return annotation when the handler answers requests with it (``None``: it returns nothing)."""
         # `async def h(msg: Message)` (or an unannotated single parameter) needs no wrapper at all.
         self.plain = len(self.arguments) == 1 and self.arguments[0][1] is _message
 
@@ -77,11 +79,11 @@ class HandlerPlan:
             return typing.cast(Handler, self.handler)
         handler, arguments, app_state = self.handler, self.arguments, State(dict(state or {}))
 
-        async def call(message: Message) -> None:
+        async def call(message: Message) -> object:
             async with contextlib.AsyncExitStack() as stack:
                 context = _Context(message, broker, app_state, stack, {})
                 kwargs = {name: await source(context) for name, source in arguments}
-                await handler(**kwargs)
+                return await handler(**kwargs)  # the reply to a request (after the cleanup of the dependencies)
 
         call.__qualname__ = self.name
         return call
@@ -207,6 +209,16 @@ def decoder_for(annotation: Any) -> Decoder:
         return annotation.model_validate_json
     adapter: TypeAdapter[Any] = TypeAdapter(annotation)
     return adapter.validate_json
+
+
+def _reply_type(handler: Callable[..., Any]) -> Any:
+    """The handler's return annotation, unless it says the handler returns nothing (or says nothing)."""
+    annotated = handler if inspect.isroutine(handler) else getattr(handler, "__call__", handler)  # noqa: B004
+    try:
+        annotation = typing.get_type_hints(annotated).get("return")
+    except Exception:  # unreadable annotations were reported by _arguments already, or concern the return only
+        return None
+    return None if annotation in (None, type(None), Any, object) else annotation
 
 
 def _name(call: Callable[..., Any]) -> str:

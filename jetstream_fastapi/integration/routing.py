@@ -25,7 +25,7 @@ from ..errors import InvalidArgumentError
 from .injection import HandlerPlan
 from .publishing import P, Publication
 
-HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[None]])
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[object]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class HandlerSpec:
     partitions: int | None = None
 
     @property
-    def handler(self) -> Callable[..., Awaitable[None]]:
+    def handler(self) -> Callable[..., Awaitable[object]]:
         """The function as it was registered."""
         return self.plan.handler
 

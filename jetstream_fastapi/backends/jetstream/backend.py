@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
+from ...clock import Clock, MonotonicClock
 from ...core.broker import BaseBroker
 from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
@@ -34,13 +35,14 @@ from ...errors import (
     RequestTimeoutError,
     UnknownOptionError,
 )
-from ..base import ConsumerSpec, ConsumerState, Outgoing, PartitionedStream, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored
 from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
 from .idle import consumer_idle
+from .inbox import open_inbox, send_reply
 from .inspection import Inspector
 from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
@@ -147,6 +149,7 @@ class JetStreamBackend:
         self._registry: StreamRegistry | None = None
         self._publisher: Publisher | None = None
         self._workers: set[PullWorker] = set()
+        self.clock: Clock = MonotonicClock()
         self.reconnects = 0
         """Times the connection was re-established after a loss (the ``jetstream_connection_reconnects`` metric)."""
 
@@ -348,6 +351,14 @@ class JetStreamBackend:
     def manager(self) -> JetStreamManager:
         """The connection's JetStream manager (for :mod:`.inspection`)."""
         return self._require()[1]
+
+    # -- request/reply -----------------------------------------------------------------------------
+
+    async def open_inbox(self, on_reply: OnReply) -> str:
+        return await open_inbox(self._require()[0], on_reply)
+
+    async def reply(self, address: str, message: Outgoing) -> None:
+        await send_reply(self._require()[0], address, message)
 
     # -- stored messages ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Unpack
@@ -31,7 +32,7 @@ from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_tran
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
 from ...core.subscription import Subscription
-from ...driver import MSG_ID_HEADER, PubAck
+from ...driver import MSG_ID_HEADER, Message, PubAck
 from ...errors import (
     ConsumerConfigError,
     InvalidArgumentError,
@@ -40,7 +41,7 @@ from ...errors import (
     NotConnectedError,
     PublishTimeoutError,
 )
-from ..base import ConsumerSpec, ConsumerState, Outgoing, PartitionedStream, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored
 from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
@@ -169,6 +170,7 @@ class MemoryBackend:
         self.faults = Faults(self)
         self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
         self._sourcing: dict[str, list[MemoryStream]] = {}  # stream name -> the partitioned streams sourcing it
+        self._inboxes: dict[str, OnReply] = {}  # request/reply: inbox prefix -> its listener
         self._open = False
         self.server_version = server_version
         """The nats-server version to behave as for the feature checks (``None``: every feature)."""
@@ -192,6 +194,7 @@ class MemoryBackend:
 
     async def close(self, timeout: float) -> None:
         self.faults._closed()
+        self._inboxes.clear()
         self._open = False
 
     async def ping(self, timeout: float) -> bool:
@@ -345,6 +348,27 @@ class MemoryBackend:
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         consumer = self.consumers.get((stream, name))
         return None if consumer is None else consumer.state()
+
+    # -- request/reply -----------------------------------------------------------------------------
+
+    async def open_inbox(self, on_reply: OnReply) -> str:
+        self._require()
+        prefix = f"_INBOX.{uuid.uuid4().hex}"
+        self._inboxes[prefix] = on_reply
+        return prefix
+
+    async def reply(self, address: str, message: Outgoing) -> None:
+        self._require()
+        self.faults._reply(address)
+        prefix, _, token = address.rpartition(".")
+        reply = Message(body=message.body, headers=dict(message.headers), subject=address)
+
+        def arrive() -> None:  # core NATS: nobody listening, nothing happens
+            listener = self._inboxes.get(prefix)
+            if listener is not None:
+                listener(token, reply)
+
+        self.faults._transmit(arrive, ack=False)  # held while the connection is dropped, as nats-py buffers
 
     # -- stored messages ---------------------------------------------------------------------------
 

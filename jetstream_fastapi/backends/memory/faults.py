@@ -6,6 +6,7 @@ README's delivery guarantee)::
     broker.faults.redeliver(ack)            # an acked message comes again (as after a server crash)
     broker.faults.fail_publishes(2)         # the next 2 publishes raise PublishTimeoutError
     broker.faults.lose_acks(1)              # the next ack never arrives: redelivered after ack_wait
+    broker.faults.fail_replies(1)           # the next reply to a request cannot be sent: redelivered
     broker.faults.drop_connection()         # is_connected False, publishes wait, consumers pause
     broker.faults.restore_connection()      # everything held is sent; consumers resume
 
@@ -47,6 +48,7 @@ class Faults:
         self._backend = backend
         self._failing: list[bool] = []  # one entry per publish to fail: whether it is stored anyway
         self._lost_acks = 0
+        self._failing_replies = 0
         self._dropped = False
         self._outbox: list[Callable[[], None]] = []  # acks, naks, terms, in-progress held while dropped
         self._held: list[_Held] = []
@@ -85,6 +87,11 @@ class Faults:
         """Lose the next ``count`` acks on their way to the server: each message comes back with the next
         attempt number once its ``ack_wait`` has passed (as after a connection lost right after the handler)."""
         self._lost_acks += _count(count)
+
+    def fail_replies(self, count: int = 1) -> None:
+        """Make the next ``count`` replies to requests fail to be sent (as nats-py refuses a publish when its
+        reconnect buffer is full): the request is not acked, so it is handled again."""
+        self._failing_replies += _count(count)
 
     def drop_connection(self) -> None:
         """Lose the connection, as a real broker does when the server goes away: ``is_connected`` and
@@ -149,6 +156,12 @@ class Faults:
             return await waiter
         finally:
             timer.cancel()
+
+    def _reply(self, address: str) -> None:
+        """A reply about to be sent: fail it if :meth:`fail_replies` says so."""
+        if self._failing_replies:
+            self._failing_replies -= 1
+            raise NotConnectedError(f"the reply to {address!r} could not be sent (faults.fail_replies)")
 
     def _transmit(self, answer: Callable[[], None], *, ack: bool) -> None:
         """An ack, nak, term or in-progress on its way to the server."""
