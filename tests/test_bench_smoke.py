@@ -33,8 +33,9 @@ def test_bench_smoke_runs_and_prints_a_table() -> None:
     assert "README route `POST /orders`" in result.stdout
     assert "| scale-out handler | consumer processes |" in result.stdout
     assert "| no-op | 2 |" in result.stdout
-    assert "| 64 keys, 16 partitions | 300 | 1 |" in result.stdout  # key order against a plain queue
-    assert "key order (64 keys, 16 partitions) >= 70% of a plain queue" in result.stdout
+    assert "| 64 keys, 16 partitions, concurrency 16 | 300 | 1 |" in result.stdout  # key order vs a plain queue
+    assert "| 64 keys, 64 partitions, concurrency 16 | 300 | 1 |" in result.stdout
+    assert "key order (64 keys, 16 partitions, concurrency 16) >= 70% of a plain queue" in result.stdout
 
 
 def test_bench_http_falls_back_to_the_python_load_generator() -> None:
