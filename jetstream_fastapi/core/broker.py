@@ -47,6 +47,7 @@ from .payloads import headers_size
 from .preparing import Preparer, deadline
 from .processing import Processor, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
+from .scheduling import Scheduling
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -56,7 +57,7 @@ _NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` fir
 T = TypeVar("T")
 
 
-class BaseBroker(Operations):
+class BaseBroker(Scheduling, Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:

@@ -32,9 +32,10 @@ from ...errors import (
     JetStreamError,
     NotConnectedError,
     RequestTimeoutError,
+    StreamNotFoundError,
     UnknownOptionError,
 )
-from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored, StreamFacts
 from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
@@ -364,6 +365,24 @@ class JetStreamBackend:
             return await jsm.delete_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             return False
+
+    async def read_last(self, stream: str, subject: str) -> Stored | None:
+        _, jsm, _, _ = self._require()
+        try:
+            raw = await jsm.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        assert raw.seq is not None
+        headers = parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}  # as in read()
+        return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
+
+    async def stream_facts(self, stream: str) -> StreamFacts:
+        try:
+            config = await self._require()[2].config_of(stream)
+        except nats.js.errors.NotFoundError:
+            raise StreamNotFoundError(stream) from None
+        subjects = tuple(config.subjects or ())
+        return StreamFacts(stream, subjects, bool(config.allow_msg_schedules), bool(config.allow_msg_ttl))
 
     # -- errors ------------------------------------------------------------------------------------
 
