@@ -296,3 +296,20 @@ async def test_the_ticks_ttl_is_part_of_the_schedule_and_needs_the_streams_flag(
         await other.declare_schedule(f"{prefix}t.tick", every=60, ttl=300)
     assert (caught.value.stream, caught.value.flag) == (name, "allow_msg_ttl")
     assert (await other.declare_schedule(f"{prefix}t.tick", every=60)).outcome == "created"
+
+
+async def test_an_app_that_dropped_its_last_schedule_hears_of_it_at_startup(
+    make_broker: BrokerFactory, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await make_broker()
+    before = ConsumerRouter()
+    before.schedule(f"{prefix}.reports", every=3600)
+    before.handle(f"{prefix}.reports", queue=f"{prefix}-builder")(Recorder())
+    async with jetstream_lifespan(broker, before)(None):
+        pass
+    after = ConsumerRouter()  # the next release: the handler stays, the schedule is gone
+    after.handle(f"{prefix}.reports", queue=f"{prefix}-builder")(Recorder())
+    with caplog.at_level(logging.WARNING, logger="jetstream_fastapi"):
+        async with jetstream_lifespan(broker, after)(None) as state:
+            assert [s.name for s in state["jetstream_schedules"].undeclared] == [f"{prefix}.reports"]
+    assert any("no longer declares" in r.getMessage() for r in caplog.records)

@@ -34,7 +34,7 @@ STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
 SCHEDULES_KEY = "jetstream_schedules"
 """The lifespan-state key of the startup's :class:`~jetstream_fastapi.core.declaring.ScheduleReport`
-(``request.state.jetstream_schedules``; ``None`` when no router declares a schedule)."""
+(``request.state.jetstream_schedules``; ``None`` when the routers have no handler and no schedule)."""
 
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """The app's own lifespan, as FastAPI takes it: it may yield a state mapping or nothing."""

@@ -47,14 +47,18 @@ class ScheduleDeclarer(Protocol):
 
 async def declare_schedules(broker: Broker, routers: Iterable[ConsumerRouter]) -> ScheduleReport | None:
     """Declare the recurring schedules of ``routers`` on ``broker`` at once, reporting those kept in the
-    streams of their schedules and handlers that none declares (``None``: no router has a schedule)."""
+    streams of their schedules and handlers that none declares: also when the routers declare none any
+    more (an app that dropped its last schedule hears of it). ``None``: nothing to declare or look at, or
+    a broker of one's own without ``declare_schedules`` and no schedule to declare."""
     routers = list(routers)
     schedules = [schedule for router in routers for schedule in router.schedules]
-    if not schedules:
-        return None
-    if not hasattr(broker, "declare_schedules"):
-        raise InvalidArgumentError(f"{type(broker).__name__} cannot declare recurring schedules")
     subjects = [spec.subject for router in routers for spec in router]
+    if not hasattr(broker, "declare_schedules"):
+        if schedules:
+            raise InvalidArgumentError(f"{type(broker).__name__} cannot declare recurring schedules")
+        return None
+    if not schedules and not subjects:
+        return None
     return await cast(ScheduleDeclarer, broker).declare_schedules(schedules, subjects=subjects)
 
 
