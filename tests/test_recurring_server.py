@@ -86,3 +86,27 @@ async def test_two_instances_with_a_per_second_cron_in_a_time_zone_get_one_tick_
     await _one_tick_per_tick(
         brokers, admin, prefix, unattended=False, cron="* * * * * *", timezone="Europe/Berlin", ttl=60
     )
+
+
+async def test_a_changed_schedule_replaces_the_old_one_on_the_server(brokers: Any, prefix: str) -> None:
+    broker = brokers()
+    await broker.connect()
+    subject = f"{prefix}.tick"
+    seen: list[tuple[int, bytes]] = []
+    old_ticked, new_ticked = asyncio.Event(), asyncio.Event()
+
+    async def tick(msg: Message) -> None:
+        assert msg.delivery is not None
+        seen.append((msg.delivery.sequence, msg.body))
+        (old_ticked if msg.body == b"old" else new_ticked).set()
+
+    await broker.subscribe(subject, tick, queue=f"{prefix}-ticker")
+    await broker.declare_schedule(subject, every=1, message=b"old")
+    await asyncio.wait_for(old_ticked.wait(), timeout=10.0)
+    changed = await broker.declare_schedule(subject, every=1, message=b"new")
+    assert changed.outcome == "updated"
+    await asyncio.wait_for(new_ticked.wait(), timeout=10.0)
+    old = [seq for seq, body in seen if body == b"old"]
+    new = [seq for seq, body in seen if body == b"new"]
+    assert max(old) < changed.schedule.seq < min(new)  # no old tick after the change was stored
+    assert [s.seq for s in await broker.schedules(changed.schedule.stream)] == [changed.schedule.seq]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as _dt
 import inspect
@@ -22,7 +21,6 @@ from nats.js.manager import JetStreamManager
 from ...core.broker import BaseBroker
 from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
-from ...core.payloads import parse_headers
 from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
@@ -32,7 +30,6 @@ from ...errors import (
     JetStreamError,
     NotConnectedError,
     RequestTimeoutError,
-    StreamNotFoundError,
     UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, Outgoing, Process, Stored, StreamFacts
@@ -44,6 +41,7 @@ from .dead_letters import DEAD_LETTER_CONFIG
 from .idle import consumer_idle
 from .inspection import Inspector
 from .publisher import Publisher
+from .stored import last_on_subject, stored, stream_facts
 from .streams import StreamRegistry
 from .worker import PullWorker
 
@@ -350,14 +348,9 @@ class JetStreamBackend:
     async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
         _, jsm, _, _ = self._require()
         try:
-            raw = await jsm.get_msg(stream, seq=seq, subject=subject, next=next)
+            return stored(stream, await jsm.get_msg(stream, seq=seq, subject=subject, next=next))
         except nats.js.errors.NotFoundError:  # no such message (past the last one), or no such stream
             return None
-        assert raw.seq is not None
-        # nats-py's get_msg parses headers with the e-mail parser (non-ASCII values become email.header.Header
-        # objects); its raw block, base64 in the API answer, is parsed here as UTF-8 instead.
-        headers = parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}
-        return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
 
     async def delete(self, stream: str, seq: int) -> bool:
         _, jsm, _, _ = self._require()
@@ -367,22 +360,10 @@ class JetStreamBackend:
             return False
 
     async def read_last(self, stream: str, subject: str) -> Stored | None:
-        _, jsm, _, _ = self._require()
-        try:
-            raw = await jsm.get_last_msg(stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        assert raw.seq is not None
-        headers = parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}  # as in read()
-        return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
+        return await last_on_subject(self._require()[1], stream, subject)
 
     async def stream_facts(self, stream: str) -> StreamFacts:
-        try:
-            config = await self._require()[2].config_of(stream)
-        except nats.js.errors.NotFoundError:
-            raise StreamNotFoundError(stream) from None
-        subjects = tuple(config.subjects or ())
-        return StreamFacts(stream, subjects, bool(config.allow_msg_schedules), bool(config.allow_msg_ttl))
+        return await stream_facts(self._require()[2], stream)
 
     # -- errors ------------------------------------------------------------------------------------
 
