@@ -343,8 +343,10 @@ class MemoryBackend:
     async def read_last(self, stream: str, subject: str) -> Stored | None:
         self._require()
         found = self.streams.get(stream)
-        for message in reversed(found.messages if found is not None else []):
-            if message.subject == subject and message.seq not in found.deleted:  # type: ignore[union-attr]
+        if found is None:
+            return None
+        for message in reversed(found.messages):
+            if message.subject == subject and message.seq not in found.deleted:
                 return await self.read(stream, message.seq)
         return None
 
