@@ -62,6 +62,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .backends.jetstream.backend import JetStreamBroker, JetStreamSubscription
     from .backends.memory.backend import InMemoryBroker, InMemorySubscription
+    from .core.declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport
+    from .core.recurring import RecurringSchedule
     from .integration.admin import admin_router
     from .integration.asyncapi import asyncapi_document, asyncapi_router
     from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
@@ -82,6 +84,10 @@ _LAZY = {
     "JetStreamSubscription": "backends.jetstream.backend",
     "Publication": "integration.publishing",
     "Readiness": "integration.health",
+    "RecurringSchedule": "core.recurring",
+    "ScheduleDeclared": "core.declaring",
+    "ScheduleInfo": "core.declaring",
+    "ScheduleReport": "core.declaring",
     "admin_router": "integration.admin",
     "asyncapi_document": "integration.asyncapi",
     "asyncapi_router": "integration.asyncapi",
@@ -133,11 +139,15 @@ __all__ = [
     "PublishError",
     "PublishTimeoutError",
     "Readiness",
+    "RecurringSchedule",
     "Reject",
     "RemoteHandlerError",
     "ReplyTimeoutError",
     "RequestTimeoutError",
     "Retry",
+    "ScheduleDeclared",
+    "ScheduleInfo",
+    "ScheduleReport",
     "ServerVersionError",
     "StreamConfigError",
     "StreamFlagError",

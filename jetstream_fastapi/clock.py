@@ -18,6 +18,7 @@ Imports nothing from ``nats``.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import heapq
 import itertools
 import time
@@ -61,6 +62,10 @@ class MonotonicClock:
         """``loop.call_later`` on the running loop."""
         return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
 
+    def wall(self) -> _dt.datetime:
+        """The wall-clock time now, in UTC (what cron schedules follow)."""
+        return _dt.datetime.now(_dt.UTC)
+
     def __repr__(self) -> str:
         return "MonotonicClock()"
 
@@ -84,9 +89,15 @@ class ManualClock:
     """A clock that stands still until :meth:`advance`: timers fire deterministically, nothing sleeps.
 
     ``start`` is the first reading. Timers due at the same instant fire in the order they were set.
+    ``wall`` (an aware ``datetime``; default: the real time when the clock is made) is the wall-clock time
+    at ``start``, moved by ``advance`` too: what the memory broker's cron schedules follow.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall: _dt.datetime | None = None) -> None:
+        if wall is not None and (not isinstance(wall, _dt.datetime) or wall.utcoffset() is None):
+            raise InvalidArgumentError(f"wall must be a timezone-aware datetime, got {wall!r}")
+        self._start = float(start)
+        self._wall = (wall or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
         self._now = float(start)
         self._timers: list[tuple[float, int, _ManualTimer]] = []
         self._order = itertools.count()
@@ -95,6 +106,10 @@ class ManualClock:
     def now(self) -> float:
         """The current reading: ``start`` plus everything advanced so far."""
         return self._now
+
+    def wall(self) -> _dt.datetime:
+        """The wall-clock time now, in UTC: ``wall`` plus everything advanced so far."""
+        return self._wall + _dt.timedelta(seconds=self._now - self._start)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` when the clock has been advanced ``delay`` seconds past now."""

@@ -204,6 +204,31 @@ async def test_replay_of_a_dead_letter_whose_stream_is_gone(
     assert purge.stdout.strip() == "purged 1 dead letter"
 
 
+async def test_schedules_list_and_remove(js: JetStreamBroker, prefix: str) -> None:
+    await js.declare_schedule(f"{prefix}.reports", cron="0 6 * * *", timezone="Europe/Berlin", name="morning")
+    stream = prefix.upper()
+    [listed] = await asyncio.to_thread(lambda: ok(cli(None, "--json", "schedules", "list", stream, env=_env(js))))
+    assert (listed["name"], listed["subject"], listed["schedule"], listed["timezone"]) == (
+        "morning",
+        f"{prefix}.reports",
+        "0 0 6 * * *",
+        "Europe/Berlin",
+    )
+    table = await asyncio.to_thread(lambda: ok(cli(None, "schedules", "list", env=_env(js))))
+    assert "morning" in table and "Europe/Berlin" in table
+    refused = await asyncio.to_thread(lambda: cli(None, "schedules", "remove", f"{prefix}.reports", env=_env(js)))
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # no terminal to confirm on
+    removed = await asyncio.to_thread(
+        lambda: ok(cli(None, "schedules", "remove", f"{prefix}.reports", "--name", "morning", "-y", env=_env(js)))
+    )
+    assert "removed schedule morning" in removed
+    assert await js.schedules(stream) == []
+    again = await asyncio.to_thread(
+        lambda: cli(None, "schedules", "remove", f"{prefix}.reports", "--name", "morning", "-y", env=_env(js))
+    )
+    assert again.returncode == 1 and "no recurring schedule" in again.stderr
+
+
 def test_unknown_stream_unreachable_server_and_bad_credentials(server: NatsServer) -> None:
     unknown = cli(server, "consumers", "NO_SUCH_STREAM")
     assert unknown.returncode == 1

@@ -74,6 +74,16 @@ class PartitionedStream:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamFacts:
+    """What the front needs to know of a stream to keep recurring schedules in it."""
+
+    name: str
+    subjects: tuple[str, ...]
+    allow_msg_schedules: bool
+    allow_msg_ttl: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     """What the front asks of a consumer: which stream and subject, its name, settings and durability."""
 
@@ -266,6 +276,14 @@ class Backend(Protocol):
     async def reply(self, address: str, message: Outgoing) -> None:
         """Send ``message`` (its body and headers) to ``address`` at most once, not stored (core NATS); raises
         when it cannot be sent at all. Nobody listening is no error."""
+        ...
+
+    async def read_last(self, stream: str, subject: str) -> Stored | None:
+        """The last message of ``stream`` on the literal ``subject``; ``None`` if there is none."""
+        ...
+
+    async def stream_facts(self, stream: str) -> StreamFacts:
+        """The subjects and the schedule flag of ``stream`` (which exists)."""
         ...
 
     def translate(self, error: Exception) -> JetStreamError | None:

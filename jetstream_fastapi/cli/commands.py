@@ -1,4 +1,4 @@
-"""``jetstream-fastapi``: streams, consumers and dead letters of a NATS server, and an app's AsyncAPI document.
+"""``jetstream-fastapi``: streams, consumers, dead letters and schedules of a NATS server, an app's AsyncAPI.
 
 ::
 
@@ -7,6 +7,8 @@
     jetstream-fastapi dead-letters list --consumer order-processor
     jetstream-fastapi dead-letters replay 12 13
     jetstream-fastapi dead-letters purge --all --yes
+    jetstream-fastapi schedules list REPORTS
+    jetstream-fastapi schedules remove reports.daily --name evening --yes
     jetstream-fastapi asyncapi example_app.app:create_app > asyncapi.json
 
 The server is ``--server`` or ``NATS_URL``; credentials come from the same variables as
@@ -99,7 +101,7 @@ def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="jetstream-fastapi")
 @click.pass_context
 def main(ctx: click.Context, server: str | None, timeout: float, as_json: bool, verbose: bool) -> None:
-    """Operate jetstream-fastapi services: streams, consumers, dead letters, AsyncAPI."""
+    """Operate jetstream-fastapi services: streams, consumers, dead letters, schedules, AsyncAPI."""
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     else:
@@ -285,6 +287,55 @@ def purge(
 
     purged = ctx.run(work)
     emit(ctx.as_json, {"purged": purged}, lambda: f"purged {purged} dead letter{'s' * (purged != 1)}")
+
+
+@main.group("schedules")
+def schedules() -> None:
+    """List and remove recurring schedules (``ConsumerRouter.schedule``)."""
+
+
+@schedules.command("list")
+@click.argument("stream", required=False)
+@pass_context
+def list_schedules(ctx: Context, stream: str | None) -> None:
+    """The recurring schedules kept in STREAM (default: in every stream)."""
+
+    async def work(broker: JetStreamBroker) -> list[Any]:
+        names = [stream] if stream else [s.name for s in await broker.inspector().streams()]
+        return [info for name in names for info in await broker.schedules(name)]
+
+    rows = [
+        {
+            "stream": info.stream,
+            "name": info.name,
+            "subject": info.subject,
+            "schedule": info.pattern,
+            "timezone": info.timezone,
+            "seq": info.seq,
+            "headers": info.headers,
+        }
+        for info in ctx.run(work)
+    ]
+    emit(ctx.as_json, rows, lambda: table(rows, ["stream", "name", "subject", "schedule", "timezone", "seq"]))
+
+
+@schedules.command("remove")
+@click.argument("subject")
+@click.option("--name", help="The schedule's name (default: SUBJECT).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def remove_schedule(ctx: Context, subject: str, name: str | None, yes: bool) -> None:
+    """Delete the recurring schedule of SUBJECT (named --name): it fires no more. An app that still
+    declares it writes it again at its next start."""
+    _confirm(yes, f"Delete the schedule {name or subject} of {subject}?")
+
+    async def work(broker: JetStreamBroker) -> bool:
+        return await broker.remove_schedule(subject, name=name)
+
+    removed = ctx.run(work)
+    if not removed:
+        raise click.ClickException(f"no recurring schedule {name or subject!r} of {subject!r}")
+    emit(ctx.as_json, {"removed": name or subject}, lambda: f"removed schedule {name or subject}")
 
 
 @main.command()

@@ -49,6 +49,7 @@ from .preparing import Preparer, deadline
 from .processing import Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .requests import Replier, Requester, check_request, request_timeout
+from .scheduling import Scheduling
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -58,7 +59,7 @@ _NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` fir
 T = TypeVar("T")
 
 
-class BaseBroker(Operations):
+class BaseBroker(Scheduling, Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:

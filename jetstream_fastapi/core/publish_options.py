@@ -28,6 +28,7 @@ MIN_TTL = 1.0
 MIN_SERVER_VERSION: dict[str, tuple[int, int, int]] = {
     "per-message TTL": (2, 11, 0),
     "message schedules": (2, 12, 0),
+    "recurring message schedules": (2, 14, 0),
     "atomic batch publish": (2, 12, 0),
     "consumer pause": (2, 11, 0),
     "key order": (2, 11, 0),

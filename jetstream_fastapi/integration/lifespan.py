@@ -8,8 +8,10 @@
     async def create(order: Order, broker: Broker = Depends(get_broker)) -> dict[str, object]: ...
 
 Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
-enter the app's own lifespan, then subscribe every handler of every router (warning about a handler
-without a queue when this is one of several worker processes: :mod:`~jetstream_fastapi.integration.workers`).
+enter the app's own lifespan, declare the recurring schedules of every router (at once, so that one
+router's schedules are not reported as undeclared by another's), then subscribe every handler of every
+router (warning about a handler without a queue when this is one of several worker processes:
+:mod:`~jetstream_fastapi.integration.workers`).
 Shutdown runs in reverse: stop the consumers (in-flight handlers finish, the rest is given back), leave
 the app's lifespan (its resources outlive the handlers that use them), then drain and close the connection.
 """
@@ -25,11 +27,14 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from ..driver import Broker, Subscriber
-from .routing import ConsumerRouter
+from .routing import ConsumerRouter, declare_schedules
 from .workers import warn_fan_out
 
 STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
+SCHEDULES_KEY = "jetstream_schedules"
+"""The lifespan-state key of the startup's :class:`~jetstream_fastapi.core.declaring.ScheduleReport`
+(``request.state.jetstream_schedules``; ``None`` when the routers have no handler and no schedule)."""
 
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """The app's own lifespan, as FastAPI takes it: it may yield a state mapping or nothing."""
@@ -52,8 +57,9 @@ def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLi
                 state[STATE_KEY] = broker
                 subscribers: list[Subscriber] = []
                 stack.push_async_callback(_stop, subscribers)
+                state[SCHEDULES_KEY] = await declare_schedules(broker, routers)
                 for router in routers:
-                    subscribers += await router.start(broker, state)
+                    subscribers += await router.start(broker, state, schedules=False)
                 warn_fan_out(subscribers)
                 yield state
         finally:

@@ -1,31 +1,65 @@
 """``ConsumerRouter``: declare consumer handlers with a decorator, compose routers across modules.
 
 Registration mistakes raise at import time, not at startup: a handler that is not ``async``, an invalid
-subject or queue name, an unknown consumer option, or the same subject and queue registered twice::
+subject or queue name, an unknown consumer option, the same subject and queue registered twice, a bad
+cron expression or time zone::
 
     consumer_router = ConsumerRouter()
 
     @consumer_router.handle("orders.created", queue="order-processor")
     async def process(msg: Message) -> None: ...
+
+    @consumer_router.schedule("reports.daily", cron="0 6 * * *", timezone="Europe/Berlin")
+    @consumer_router.handle("reports.daily", queue="report-builder")
+    async def build(msg: Message) -> None: ...
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import datetime as _dt
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Unpack
+from typing import Any, Protocol, TypeVar, Unpack, cast
 
+from ..core.declaring import ScheduleReport
 from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
 from ..core.keyorder import check_key_order
+from ..core.recurring import RecurringSchedule, recurring_schedule
 from ..core.subjects import check_queue, check_subject
-from ..driver import Broker, ConsumerOptions, Subscriber
+from ..driver import Broker, ConsumerOptions, Payload, Subscriber
 from ..errors import InvalidArgumentError
 from .injection import HandlerPlan
 from .publishing import P, Publication
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[object]])
+F = TypeVar("F")
+
+
+class ScheduleDeclarer(Protocol):
+    """A broker that declares recurring schedules (both brokers of this package)."""
+
+    async def declare_schedules(
+        self, schedules: Iterable[RecurringSchedule], *, subjects: Iterable[str] = (), timeout: float | None = None
+    ) -> ScheduleReport: ...
+
+
+async def declare_schedules(broker: Broker, routers: Iterable[ConsumerRouter]) -> ScheduleReport | None:
+    """Declare the recurring schedules of ``routers`` on ``broker`` at once, reporting those kept in the
+    streams of their schedules and handlers that none declares: also when the routers declare none any
+    more (an app that dropped its last schedule hears of it). ``None``: nothing to declare or look at, or
+    a broker of one's own without ``declare_schedules`` and no schedule to declare."""
+    routers = list(routers)
+    schedules = [schedule for router in routers for schedule in router.schedules]
+    subjects = [spec.subject for router in routers for spec in router]
+    if not hasattr(broker, "declare_schedules"):
+        if schedules:
+            raise InvalidArgumentError(f"{type(broker).__name__} cannot declare recurring schedules")
+        return None
+    if not schedules and not subjects:
+        return None
+    return await cast(ScheduleDeclarer, broker).declare_schedules(schedules, subjects=subjects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +95,7 @@ class ConsumerRouter:
         self.options = options
         self._specs: dict[tuple[str, str | None], HandlerSpec] = {}
         self._publications: dict[str, Publication[Any]] = {}
+        self._schedules: dict[str, RecurringSchedule] = {}
 
     def publisher(self, subject: str, payload: type[P], *, description: str | None = None) -> Publication[P]:
         """Declare that this router's code publishes ``payload`` on ``subject``: the returned
@@ -117,6 +152,49 @@ class ConsumerRouter:
 
         return decorator
 
+    def schedule(
+        self,
+        subject: str,
+        *,
+        cron: str | None = None,
+        every: float | _dt.timedelta | None = None,
+        timezone: str | None = None,
+        message: Payload = b"",
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+        ttl: float | _dt.timedelta | None = None,
+    ) -> Callable[[F], F]:
+        """Declare a recurring schedule: the server publishes ``message`` to ``subject`` at every tick of
+        ``cron`` (5 fields, or 6 with seconds first; in ``timezone``, default UTC) or of the ``every``
+        interval (seconds or a ``timedelta``, at least 1 s), once per tick however many instances run.
+        Registered when called; as a decorator it returns the function unchanged. ``name`` (default:
+        ``subject``) tells apart several schedules of one subject; ``ttl`` (seconds, at least 1) has each
+        tick leave the stream after that time. Declared at startup (see :mod:`~jetstream_fastapi.core.declaring`)."""
+        schedule = recurring_schedule(
+            subject, cron=cron, every=every, timezone=timezone, message=message, headers=headers, name=name, ttl=ttl
+        )
+        self.add_schedule(schedule)
+
+        def decorator(function: F) -> F:
+            return function
+
+        return decorator
+
+    def add_schedule(self, schedule: RecurringSchedule) -> None:
+        """Add a checked :class:`~jetstream_fastapi.core.recurring.RecurringSchedule`; one per name."""
+        existing = self._schedules.get(schedule.name)
+        if existing is not None and existing != schedule:
+            raise InvalidArgumentError(
+                f"a schedule named {schedule.name!r} is already declared ({existing.describe()}); "
+                "give the other one a name=..."
+            )
+        self._schedules[schedule.name] = schedule
+
+    @property
+    def schedules(self) -> list[RecurringSchedule]:
+        """The recurring schedules declared on this router (see :meth:`schedule`)."""
+        return list(self._schedules.values())
+
     def include_router(self, router: ConsumerRouter) -> None:
         """Add every handler of ``router`` (with its own options) to this one."""
         for spec in router:
@@ -128,6 +206,8 @@ class ConsumerRouter:
             )
         for publication in router.publications:
             self.add_publication(publication)
+        for schedule in router.schedules:
+            self.add_schedule(schedule)
 
     def _add(self, spec: HandlerSpec) -> None:
         existing = self._specs.get(spec.key)
@@ -139,9 +219,14 @@ class ConsumerRouter:
             )
         self._specs[spec.key] = spec
 
-    async def start(self, broker: Broker, state: Mapping[str, Any] | None = None) -> list[Subscriber]:
-        """Subscribe every handler on ``broker`` (what ``jetstream_lifespan`` does at startup); ``state``
-        is what handlers asking for ``State`` receive. On a failure, those already started are stopped."""
+    async def start(
+        self, broker: Broker, state: Mapping[str, Any] | None = None, *, schedules: bool = True
+    ) -> list[Subscriber]:
+        """Declare this router's schedules (unless ``schedules=False``), then subscribe every handler on
+        ``broker`` (what ``jetstream_lifespan`` does at startup); ``state`` is what handlers asking for
+        ``State`` receive. On a failure, those already started are stopped."""
+        if schedules:
+            await declare_schedules(broker, [self])
         subscribers: list[Subscriber] = []
         try:
             for spec in self:

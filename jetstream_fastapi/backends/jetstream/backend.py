@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as _dt
 import inspect
@@ -23,7 +22,6 @@ from ...clock import Clock, MonotonicClock
 from ...core.broker import BaseBroker
 from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
-from ...core.payloads import parse_headers
 from ...core.subscription import Subscription
 from ...driver import PubAck
 from ...errors import (
@@ -35,7 +33,7 @@ from ...errors import (
     RequestTimeoutError,
     UnknownOptionError,
 )
-from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored, StreamFacts
 from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection, redact_url
@@ -46,6 +44,7 @@ from .inbox import open_inbox, send_reply
 from .inspection import Inspector
 from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
+from .stored import last_on_subject, stored, stream_facts
 from .streams import StreamRegistry
 from .worker import PullWorker
 
@@ -365,14 +364,9 @@ class JetStreamBackend:
     async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
         _, jsm, _, _ = self._require()
         try:
-            raw = await jsm.get_msg(stream, seq=seq, subject=subject, next=next)
+            return stored(stream, await jsm.get_msg(stream, seq=seq, subject=subject, next=next))
         except nats.js.errors.NotFoundError:  # no such message (past the last one), or no such stream
             return None
-        assert raw.seq is not None
-        # nats-py's get_msg parses headers with the e-mail parser (non-ASCII values become email.header.Header
-        # objects); its raw block, base64 in the API answer, is parsed here as UTF-8 instead.
-        headers = parse_headers(base64.b64decode(raw.hdrs)) if raw.hdrs else {}
-        return Stored(stream, raw.seq, raw.subject or "", raw.data or b"", headers, raw.time)
 
     async def delete(self, stream: str, seq: int) -> bool:
         _, jsm, _, _ = self._require()
@@ -380,6 +374,12 @@ class JetStreamBackend:
             return await jsm.delete_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             return False
+
+    async def read_last(self, stream: str, subject: str) -> Stored | None:
+        return await last_on_subject(self._require()[1], stream, subject)
+
+    async def stream_facts(self, stream: str) -> StreamFacts:
+        return await stream_facts(self._require()[2], stream)
 
     # -- errors ------------------------------------------------------------------------------------
 

@@ -40,11 +40,13 @@ from ...errors import (
     NoStreamError,
     NotConnectedError,
     PublishTimeoutError,
+    StreamNotFoundError,
 )
-from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored
+from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored, StreamFacts
 from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
+from .recurring import hold, is_recurring
 
 _DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
@@ -268,6 +270,8 @@ class MemoryBackend:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
         if conditions is not None and conditions.delay is not None:
             stored = schedule(self, stream, message, conditions.delay)  # kept aside, delivered at its time
+        elif is_recurring(message.headers):
+            stored = hold(self, stream, message)  # kept, its copy delivered at every tick
         else:
             stored = self.append(stream, message.subject, message.body, message.headers)
         stream.dedupe[msg_id] = (stored.seq, now)
@@ -393,6 +397,23 @@ class MemoryBackend:
             return False
         found.deleted.add(seq)
         return True
+
+    async def read_last(self, stream: str, subject: str) -> Stored | None:
+        self._require()
+        found = self.streams.get(stream)
+        if found is None:
+            return None
+        for message in reversed(found.messages):
+            if message.subject == subject and message.seq not in found.deleted:
+                return await self.read(stream, message.seq)
+        return None
+
+    async def stream_facts(self, stream: str) -> StreamFacts:
+        self._require()
+        found = self.streams.get(stream)
+        if found is None:
+            raise StreamNotFoundError(stream)
+        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl)
 
     def _require(self) -> None:
         if not self._open:
