@@ -62,7 +62,9 @@ async def fill(target: Target, n: int) -> None:
             await broker.publish_many([(target.subject, PAYLOAD)] * min(CHUNK, n - start))
 
 
-async def drained(url: str, stream: str, deadline: float) -> None:
+async def drained(url: str, stream: str, n: int, deadline: float) -> None:
+    """Return once the consumer has acknowledged the whole backlog of ``n`` (its ack floor reached the last
+    message: right after its creation a consumer may report nothing pending before it has counted)."""
     nc = await nats.connect(url)
     try:
         jsm = nc.jsm()
@@ -71,7 +73,8 @@ async def drained(url: str, stream: str, deadline: float) -> None:
                 info = await jsm.consumer_info(stream, "scale")
             except nats.js.errors.NotFoundError:
                 info = None  # not created yet: the processes are still subscribing
-            if info is not None and not info.num_pending and not info.num_ack_pending:
+            done = info is not None and info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= n
+            if info is not None and done and not info.num_pending and not info.num_ack_pending:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"scale-out on {stream}: backlog not drained within {RUN_TIMEOUT:g} s")
@@ -113,7 +116,7 @@ async def scale_run(
                 assert worker.stdin is not None
                 worker.stdin.write(b"go\n")
                 await worker.stdin.drain()
-            await drained(url, target.stream, time.monotonic() + RUN_TIMEOUT)
+            await drained(url, target.stream, n, time.monotonic() + RUN_TIMEOUT)
             server_cpu = proc_cpu_seconds(server_pid) - server_cpu
             reports = []
             for worker in workers:

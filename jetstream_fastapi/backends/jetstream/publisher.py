@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import NotConnectedError, PublishTimeoutError
@@ -26,6 +27,12 @@ from .streams import StreamRegistry
 
 # Retries of a publish that met "no responders" while the stream exists (restart, leader election).
 _NO_RESPONDERS_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def _share(remaining: float, total: float) -> float:
+    """One attempt's share of the deadline: a request lost with a dying connection is sent again (the msg
+    id makes the server store it once whichever attempt lands)."""
+    return max(0.001, min(remaining, max(1.0, total / 3)))
 
 
 class Publisher:
@@ -64,11 +71,21 @@ class Publisher:
     async def send(self, outgoing: Outgoing, total: float) -> PubAck:
         """Request a PubAck for ``outgoing``, retrying transient failures within ``total`` seconds.
 
-        The whole loop runs under one deadline, so that no retry pause, lookup or provisioning carries the
-        call past ``total`` (a pause was not clamped before, and a publish could overshoot by a second).
+        The usual case, a first attempt answered in time, runs on that attempt's own timer. Anything else
+        (no answer, "no responders") goes to the retry loop, which runs under one deadline, so that no
+        retry pause, lookup or provisioning carries the call past ``total``.
         """
         msg_id = outgoing.headers[MSG_ID_HEADER]
-        deadline = asyncio.get_running_loop().time() + total
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
+        try:
+            reply = await self._replies.request(outgoing.subject, outgoing.body, outgoing.headers, _share(total, total))
+        except TimeoutError:
+            reply = None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnectedError("the NATS connection is closed") from None
+        if reply is not None and not is_no_responders(reply):
+            return self._answer(outgoing, reply)
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._attempts(outgoing, total, deadline)
@@ -76,17 +93,13 @@ class Publisher:
             raise PublishTimeoutError(outgoing.subject, total, msg_id) from None
 
     async def _attempts(self, outgoing: Outgoing, total: float, deadline: float) -> PubAck:
-        registry = self._registry
         subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
         loop = asyncio.get_running_loop()
         no_responders = 0
         while True:
             remaining = deadline - loop.time()
-            # Each attempt gets a share of the deadline, so that a request lost with a dying connection is
-            # sent again; the msg id makes the server store it once whichever attempt lands.
-            attempt_timeout = max(0.001, min(remaining, max(1.0, total / 3)))
             try:
-                reply = await self._replies.request(subject, body, merged, attempt_timeout)
+                reply = await self._replies.request(subject, body, merged, _share(remaining, total))
             except TimeoutError:
                 if loop.time() >= deadline:
                     raise
@@ -97,14 +110,19 @@ class Publisher:
                 await self._no_responders(subject, no_responders, deadline)
                 no_responders += 1
                 continue
-            response = json.loads(reply.data)
-            target = merged.get(SCHEDULE_TARGET_HEADER)  # a schedule: its subject is used once, not cached
-            if response.get("error") is not None:
-                raise publish_error(target or subject, response)
-            stream = response["stream"]
-            if target is None and registry.cached(subject) is None:
-                registry.remember(subject, stream)
-            return PubAck(stream=stream, seq=response["seq"], duplicate=response.get("duplicate", False))
+            return self._answer(outgoing, reply)
+
+    def _answer(self, outgoing: Outgoing, reply: Msg) -> PubAck:
+        """The PubAck in ``reply``, or the publish error it says; the subject's stream is remembered."""
+        response = json.loads(reply.data)
+        target = outgoing.headers.get(SCHEDULE_TARGET_HEADER)  # a schedule: its subject is used once, not cached
+        if response.get("error") is not None:
+            raise publish_error(target or outgoing.subject, response)
+        stream = response["stream"]
+        registry = self._registry
+        if target is None and registry.cached(outgoing.subject) is None:
+            registry.remember(outgoing.subject, stream)
+        return PubAck(stream=stream, seq=response["seq"], duplicate=response.get("duplicate", False))
 
     async def _no_responders(self, subject: str, attempt: int, deadline: float) -> None:
         """No stream answered: find or provision one, or wait out a restart; raise if neither helps."""
