@@ -60,7 +60,7 @@ __version__ = "0.1.0"
 """This release; the single source of the package version (pyproject.toml reads it at build time)."""
 
 if TYPE_CHECKING:
-    from .backends.jetstream.backend import JetStreamBroker, JetStreamSubscription
+    from .backends.jetstream.broker import JetStreamBroker, JetStreamSubscription
     from .backends.memory.backend import InMemoryBroker, InMemorySubscription
     from .core.declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport
     from .core.recurring import RecurringSchedule
@@ -80,8 +80,8 @@ _LAZY = {
     "ConsumerRouter": "integration.routing",
     "InMemoryBroker": "backends.memory.backend",
     "InMemorySubscription": "backends.memory.backend",
-    "JetStreamBroker": "backends.jetstream.backend",
-    "JetStreamSubscription": "backends.jetstream.backend",
+    "JetStreamBroker": "backends.jetstream.broker",
+    "JetStreamSubscription": "backends.jetstream.broker",
     "Publication": "integration.publishing",
     "Readiness": "integration.health",
     "RecurringSchedule": "core.recurring",

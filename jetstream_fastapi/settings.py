@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .backends.jetstream.backend import JetStreamBroker
+from .backends.jetstream.broker import JetStreamBroker
 from .backends.jetstream.connection import check_server_urls, redact_url
 from .core.options import BROKER_OPTIONS
 from .errors import InvalidArgumentError

@@ -94,7 +94,7 @@ async def jetstream_broker() -> AsyncIterator[Any]:
 
     (Deleting every stream between tests on one server is not enough: nats-server 2.15 can bring a message
     of a file stream deleted a moment ago back into a new stream of the same name.)"""
-    from .backends.jetstream.backend import JetStreamBroker
+    from .backends.jetstream.broker import JetStreamBroker
 
     with NatsServer() as server:
         broker = JetStreamBroker(server.url, fetch_wait=1.0)

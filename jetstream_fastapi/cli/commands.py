@@ -33,7 +33,7 @@ import click
 from .output import dead_letter_rows, emit, table
 
 if TYPE_CHECKING:
-    from ..backends.jetstream.backend import JetStreamBroker
+    from ..backends.jetstream.broker import JetStreamBroker
 
 T = TypeVar("T")
 

@@ -6,21 +6,24 @@ drift. Here, and only here: argument checks and the one set of defaults, msg ids
 included), ``publish_many`` results, the dead-letter policy, the subscription registry, idleness, and the
 mapping of every failure below into the library's errors (nothing from ``nats`` reaches a caller; the
 original stays as ``__cause__``).
+
+This module holds the lifecycle and publishing (``publish``, ``request``, ``publish_many``,
+``publish_batch``); its bases hold the rest, each in a module of its own: :mod:`.front` (the shared state
+and the error mapping), :mod:`.consuming` (``subscribe``, dead-letter storing, ``wait_until_idle``),
+:mod:`.scheduling` (recurring schedules) and :mod:`.operations` (consumer states, pause, dead-letter admin).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, Unpack, overload
+from typing import Any, Self
 
-from ..backends.base import Backend, ConsumerSpec, Outgoing
-from ..driver import MSG_ID_HEADER, ConsumerOptions, Handler, Message, Payload, PubAck
+from ..backends.base import Backend, Outgoing
+from ..driver import MSG_ID_HEADER, Message, Payload, PubAck
 from ..errors import (
     InvalidArgumentError,
     JetStreamError,
@@ -30,52 +33,29 @@ from ..errors import (
     PublishConflictError,
     PublishTimeoutError,
 )
-from ..observability.hooks import observer
-from ..observability.logs import message_extra
 from .batches import BatchItem, batch_id_of, batch_items, one_stream
-from .deadletters import (
-    dead_letter_headers,
-    dead_letter_msg_id,
-    dead_letter_subject,
-)
-from .exclusive import check_exclusive
-from .handling import Verdict, check_handler, check_one_filter
-from .keyorder import check_key_order, subscribe_partitioned
+from .consuming import Consuming
+from .front import NOT_CONNECTED
 from .operations import Operations
 from .options import FrontSettings
-from .partitioned import PartitionedSubscription
 from .payloads import headers_size
-from .preparing import Preparer, deadline
-from .processing import Processor, ProcessorFactory, store_max_deliver
+from .preparing import Preparer
 from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
 from .requests import Replier, Requester, check_request, request_timeout
 from .scheduling import Scheduling
-from .subjects import check_queue, check_subject
-from .subscription import Subscription
 
 logger = logging.getLogger("jetstream_fastapi")
 
-_NOT_CONNECTED = "the broker is not connected: call `await broker.connect()` first"
-T = TypeVar("T")
 
-
-class BaseBroker(Scheduling, Operations):
+class BaseBroker(Consuming, Scheduling, Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:
-        self._backend = backend
-        self._settings = settings
-        self.defaults = self._settings.consumer
-        """The consumer settings every ``subscribe`` starts from (the broker's consumer options)."""
-        self._opened = False
+        super().__init__(backend, settings)
         self._lock = asyncio.Lock()
-        self._subscriptions: set[Subscription] = set()
-        self._settled = asyncio.Event()
         self._preparer = Preparer()
         self._requests = Requester(backend, self._send)
         self._replier = Replier(backend)
-        # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
-        self._observer = observer(settings.tracing, settings.metrics)
         self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
 
     @property
@@ -97,11 +77,6 @@ class BaseBroker(Scheduling, Operations):
     def stream_mismatch(self) -> str:
         """What a declared stream differing on the server leads to: ``"error"``, ``"warn"`` or ``"update"``."""
         return self._settings.streams.on_mismatch
-
-    @property
-    def shutdown_timeout(self) -> float:
-        """Seconds running handlers get to finish on ``unsubscribe``/``disconnect``."""
-        return self._settings.shutdown_timeout
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -155,19 +130,6 @@ class BaseBroker(Scheduling, Operations):
     ) -> None:
         await self.disconnect()
 
-    def _require(self) -> None:
-        if not self._opened:
-            raise NotConnectedError(_NOT_CONNECTED)
-
-    def _translate(self, error: Exception) -> JetStreamError:
-        """The library's error for ``error`` (raised from below); the caller raises it ``from error``."""
-        mapped = self._backend.translate(error)
-        if mapped is not None:
-            return mapped
-        return JetStreamError(
-            f"unexpected failure in the {self._backend.name} backend: {self._backend.describe(error)}"
-        )
-
     # -- publish -----------------------------------------------------------------------------------
 
     async def publish(
@@ -202,7 +164,7 @@ class BaseBroker(Scheduling, Operations):
         stored schedule's.
         """
         if not self._opened:
-            raise NotConnectedError(_NOT_CONNECTED)
+            raise NotConnectedError(NOT_CONNECTED)
         conditions = publish_conditions(
             ttl=ttl,
             expected_stream=expected_stream,
@@ -361,190 +323,14 @@ class BaseBroker(Scheduling, Operations):
             outgoing.conditions = conditions
         return outgoing
 
-    def _deadline(self, timeout: float | None) -> float:
-        return deadline(timeout, self._settings.publish_timeout)
-
     def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
         """Check and encode one message, giving it a msg id; raises before anything is sent."""
         return self._preparer.prepare(subject, message, msg_id, headers, self._backend.max_payload)
-
-    # -- subscribe ---------------------------------------------------------------------------------
-
-    @overload
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        exclusive: bool = False,
-        key_order: Literal[False] = False,
-        partitions: None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> Subscription: ...
-
-    @overload
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        exclusive: bool = False,
-        key_order: Literal[True],
-        partitions: int | None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> PartitionedSubscription: ...
-
-    @overload
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        exclusive: bool = False,
-        key_order: bool = False,
-        partitions: int | None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> Subscription | PartitionedSubscription: ...
-
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str | None = None,
-        exclusive: bool = False,
-        key_order: bool = False,
-        partitions: int | None = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> Subscription | PartitionedSubscription:
-        """Start a consumer running ``handler`` for each message on ``subject``.
-
-        With ``queue``, a durable consumer of that name is shared by every instance using it (load
-        balancing; it resumes where it stopped). Without, each call gets an ephemeral consumer that sees
-        every new message; it is deleted on ``unsubscribe`` (or by the server after inactivity).
-        With ``exclusive=True`` (needs ``queue``), one instance of the queue handles messages at a time and
-        the others stand by (see :mod:`~jetstream_fastapi.core.exclusive`). With ``key_order=True`` (needs
-        ``queue``), the messages of one key (the subject's ``*`` tokens) are handled one at a time in stream
-        order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.keyorder`).
-        """
-        check_subject(subject, wildcards=True)
-        if queue is not None:
-            check_queue(queue)
-        check_exclusive(exclusive, queue)
-        count = check_key_order(key_order, partitions, queue, subject, options)
-        if count and exclusive:
-            raise InvalidArgumentError("key_order=True and exclusive=True do not go together")
-        check_handler(handler)
-        settings = self.defaults.merged(options)
-        self._require()
-        if count:
-            assert queue is not None
-            return await self._below(subscribe_partitioned(self, subject, handler, queue, count, dict(options)))
-        stream = await self._below(self._backend.stream_for(subject))
-        if queue is not None:
-            running = ((sub.stream, sub.queue, sub.subject) for sub in self._subscriptions)
-            check_one_filter(queue, subject, stream, running)
-        name = queue or f"ephemeral-{uuid.uuid4().hex[:16]}"
-        spec = ConsumerSpec(stream, name, subject, settings, queue is not None, store_max_deliver(settings), exclusive)
-        return await self._below(self._consume(spec, handler, queue, subject))
-
-    async def _consume(
-        self,
-        spec: ConsumerSpec,
-        handler: Handler,
-        queue: str | None,
-        watched: str,
-        kind: ProcessorFactory = Processor,
-    ) -> Subscription:
-        """Start the consumer ``spec`` with a ``kind`` of processor running ``handler``; its spans and metrics
-        name ``watched`` (the subject the handler sees) and ``queue``."""
-        if spec.settings.dead_letter:
-            await self._backend.ensure_dead_letter_stream()
-        watch = self._observer.consumer(watched, queue) if self._observer is not None else None
-        processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch, self._replier)
-        consumer = await self._backend.consume(spec, processor)
-        subscription = Subscription(self, spec, spec.name if spec.durable else None, consumer, processor)
-        self._subscriptions.add(subscription)
-        logger.info("consuming %s from stream %s as %s", spec.subject, spec.stream, spec.name)
-        return subscription
 
     @property
     def reconnects(self) -> int:
         """Times the connection was re-established after a loss."""
         return self._backend.reconnects
-
-    @property
-    def subscriptions(self) -> list[Subscription]:
-        """The running subscriptions."""
-        return list(self._subscriptions)
-
-    # -- dead letters ------------------------------------------------------------------------------
-
-    async def _store_dead_letter(self, message: Message, verdict: Verdict) -> bool:
-        """Store a message about to be terminated in the dead-letter stream; False if that failed (the
-        :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again)."""
-        delivery = message.delivery
-        assert delivery is not None
-        letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
-        try:
-            await self.publish(
-                dead_letter_subject(delivery.stream, delivery.consumer),
-                letter,
-                msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
-            )
-        except JetStreamError as error:
-            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is held and retried: %s",
-                delivery.stream,
-                delivery.sequence,
-                message.subject,
-                self._backend.describe(error),
-                extra=message_extra(message),
-            )
-            return False
-        return True
-
-    async def _below(self, call: Awaitable[T]) -> T:
-        """Await a call into the backend, turning a failure below into the library's error."""
-        try:
-            return await call
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-
-    # -- waiting -----------------------------------------------------------------------------------
-
-    async def wait_until_idle(self, timeout: float = 10.0) -> None:
-        """Return once every subscription's consumer has nothing pending, nothing unacked and no handler
-        running (for tests: await "everything published was handled"); ``TimeoutError`` after ``timeout``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                self._settled.clear()
-                if await self._idle():
-                    return
-                # Handlers signal each settled message; the short bound covers redeliveries a server has
-                # scheduled (nak delays) that no local event announces.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), 0.1)
-
-    async def _idle(self) -> bool:
-        self._require()
-        subscriptions = list(self._subscriptions)
-        if any(sub.in_flight for sub in subscriptions):
-            return False
-        try:
-            for sub in subscriptions:
-                if not await sub.consumer.idle():
-                    return False
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-        return True
 
     def __repr__(self) -> str:
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")

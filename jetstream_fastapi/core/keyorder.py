@@ -73,7 +73,7 @@ from .subscription import Subscription
 
 if TYPE_CHECKING:
     from ..observability.hooks import ConsumerWatch
-    from .broker import BaseBroker
+    from .consuming import Consuming
     from .requests import Replier
 
 DEFAULT_PARTITIONS = 16
@@ -199,7 +199,7 @@ class OriginalSubject(Processor):
 
 
 async def subscribe_partitioned(
-    broker: BaseBroker, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
+    broker: Consuming, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
 ) -> PartitionedSubscription:
     """Provision the queue's derived stream and subscribe every partition, or none of them."""
     backend = broker._backend

@@ -8,43 +8,28 @@ through the front's ``_below`` (failures below become the library's errors).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from ..backends.base import Backend, ConsumerState
+from ..backends.base import ConsumerState
 from ..driver import PubAck
 from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
 from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
 from .deadletters import DEAD_LETTER_STREAM, DeadLetter
+from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
 
 if TYPE_CHECKING:
-    from ..driver import Payload
-    from .subscription import Subscription
+    pass
 
 logger = logging.getLogger("jetstream_fastapi")
 T = TypeVar("T")
 
 
-class Operations:
-    """Consumer state, pause/resume and dead-letter admin; the front provides the members declared here."""
-
-    _backend: Backend
-    _subscriptions: set[Subscription]
-
-    def _require(self) -> None:
-        raise NotImplementedError
-
-    def _translate(self, error: Exception) -> JetStreamError:
-        raise NotImplementedError
-
-    async def _below(self, call: Awaitable[T]) -> T:
-        raise NotImplementedError
-
-    async def publish(self, subject: str, message: Payload, *, msg_id: str | None = None) -> PubAck:
-        raise NotImplementedError
+class Operations(Front):
+    """Consumer state, pause/resume and dead-letter admin."""
 
     async def consumer_states(self) -> list[ConsumerState]:
         """The state on the server of every running subscription's consumer (one request each): lag, ack

@@ -5,35 +5,24 @@ schedule is, :mod:`~jetstream_fastapi.core.declaring` for how it is declared onc
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import InvalidArgumentError
 from .declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport, declare, declare_all, listing, remove
+from .front import Front
 from .publish_options import check_stream_name
 from .recurring import RecurringSchedule, check_name, recurring_schedule
 from .subjects import check_subject
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
     from ..driver import Payload
 
 T = TypeVar("T")
 
 
-class Scheduling:
-    """Declare, list and remove recurring schedules; the front provides the members declared here."""
-
-    _backend: Backend
-
-    def _require(self) -> None:
-        raise NotImplementedError
-
-    async def _below(self, call: Awaitable[T]) -> T:
-        raise NotImplementedError
-
-    def _deadline(self, timeout: float | None) -> float:
-        raise NotImplementedError
+class Scheduling(Front):
+    """Declare, list and remove recurring schedules."""
 
     async def declare_schedule(
         self,

@@ -10,7 +10,7 @@ from .handling import ConsumerSettings
 from .processing import Processor
 
 if TYPE_CHECKING:
-    from .broker import BaseBroker
+    from .front import Front
     from .partitioned import PartitionedSubscription
 
 
@@ -18,7 +18,7 @@ class Subscription:
     """A running consumer; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
 
     def __init__(
-        self, broker: BaseBroker, spec: ConsumerSpec, queue: str | None, consumer: Consumer, processor: Processor
+        self, broker: Front, spec: ConsumerSpec, queue: str | None, consumer: Consumer, processor: Processor
     ) -> None:
         self._broker = broker
         self._spec = spec

@@ -1,11 +1,10 @@
-"""The JetStream backend (a NATS server through nats-py), and :class:`JetStreamBroker`, the front over it."""
+"""The JetStream backend: a NATS server through nats-py (:class:`JetStreamBroker` is the front over it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as _dt
-import inspect
 import json
 import logging
 from collections import Counter
@@ -19,10 +18,8 @@ from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
 from ...clock import Clock, MonotonicClock
-from ...core.broker import BaseBroker
 from ...core.exclusive import GROUP, require_priority_groups
-from ...core.options import BROKER_OPTIONS, FrontSettings, StreamPolicy
-from ...core.subscription import Subscription
+from ...core.options import StreamPolicy
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
@@ -31,17 +28,15 @@ from ...errors import (
     JetStreamError,
     NotConnectedError,
     RequestTimeoutError,
-    UnknownOptionError,
 )
 from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored, StreamFacts
 from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
-from .connection import Connection, redact_url
+from .connection import Connection
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import DEAD_LETTER_CONFIG
 from .idle import consumer_idle
 from .inbox import open_inbox, send_reply
-from .inspection import Inspector
 from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
 from .stored import last_on_subject, stored, stream_facts
@@ -52,66 +47,7 @@ logger = logging.getLogger("jetstream_fastapi")
 
 # The JetStream API's account-info request: the cheapest question the server answers (see ping()).
 _ACCOUNT_INFO = "$JS.API.INFO"
-# nats.connect's options, except those the broker sets itself.
-CONNECT_OPTIONS = frozenset(inspect.signature(NATS.connect).parameters) - {
-    "self",
-    "servers",
-    "error_cb",
-    "disconnected_cb",
-    "reconnected_cb",
-    "closed_cb",
-}
 _DEFAULT_MAX_PAYLOAD = 1024 * 1024
-
-
-class JetStreamBroker(BaseBroker):
-    """Publishes with PubAck and consumes with pull workers on a NATS JetStream server.
-
-    ``connect()``/``disconnect()`` are explicit and idempotent (or use ``async with``); the broker options
-    (:class:`~jetstream_fastapi.core.options.BrokerOptions`, the README's option table) are the defaults
-    of every ``subscribe``. Any other keyword must be a ``nats.connect`` option (``user_credentials``,
-    ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ``name``, ...) and goes to it unchanged; an
-    unknown one raises :class:`~jetstream_fastapi.UnknownOptionError` at once. Secrets never appear in
-    logs, ``repr`` or errors::
-
-        broker = JetStreamBroker("nats://localhost:4222", batch_size=10, fetch_wait=5.0)
-        async with broker:
-            ack = await broker.publish("orders.created", b"{}")
-    """
-
-    def __init__(
-        self,
-        servers: str | Sequence[str] = "nats://localhost:4222",
-        *,
-        connect_timeout: float = 5.0,
-        **options: Any,
-    ) -> None:
-        broker_options = {name: value for name, value in options.items() if name in BROKER_OPTIONS}
-        connect_options = {name: value for name, value in options.items() if name not in BROKER_OPTIONS}
-        for name in connect_options:
-            if name not in CONNECT_OPTIONS:
-                raise UnknownOptionError("JetStreamBroker()", name, BROKER_OPTIONS | CONNECT_OPTIONS)
-        settings = FrontSettings.from_options(broker_options, "JetStreamBroker()")
-        backend = JetStreamBackend(
-            servers, connect_timeout=connect_timeout, connect_options=connect_options, streams=settings.streams
-        )
-        super().__init__(backend, settings)
-        self.servers = backend.servers
-        self._jetstream = backend
-
-    def inspector(self) -> Inspector:
-        """Lists every stream and consumer on the server, not only this broker's (the CLI uses it)."""
-        self._require()
-        return Inspector(self._jetstream)
-
-    def __repr__(self) -> str:
-        state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
-        servers = [redact_url(url) for url in self.servers]
-        return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
-
-
-JetStreamSubscription = Subscription
-"""A subscription of a :class:`JetStreamBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""
 
 
 class JetStreamBackend:
