@@ -39,10 +39,11 @@ partitions run in parallel: at most ``partitions`` handlers at once across all i
 Limits: keys of one partition wait for each other (up to ``partitions`` keys run at once, and how evenly
 keys spread is up to the hash: the busiest partition bounds a drain). Each partition makes one round
 trip per message (``max_ack_pending=1``: the next pull rides on the ack). The server stores each message
-once more and removes it on its ack: measured (``bench/bench.py --only keyorder``, 16 partitions, 1 ms
-handlers, 2 shared cores) 87-126 µs of server CPU per message against 35-57 for a plain queue, and 55-59%
-of a plain queue's rate at ``concurrency=16`` with 64 keys (the hash puts 9.4% of the messages in the
-busiest partition: 66% at most), 78-81% with 64 keys spread 4 per partition, 72-73% with 1,024 keys.
+once more and removes it on its ack: measured (``bench/bench.py --only keyorder``, 1 ms handlers, a
+quiet 2-core machine) 92-144 µs of server CPU per message against 37-53 for a plain queue, and 65-69% of
+a plain queue's rate at ``concurrency=16`` with 64 keys over 16 partitions (the hash puts 9.4% of the
+messages in the busiest partition: 66% at most), 79-82% over 64 partitions at ``concurrency=16``,
+83-89% with 64 keys spread 4 per partition, 85-92% with 1,024 keys.
 ``concurrency`` bounds the handlers one instance runs at once across its partitions (default
 ``partitions``, one each; with fewer, the partitions share a semaphore, and a message waiting for a slot
 is kept "in progress" like a running handler); ``max_ack_pending`` and ``batch_size`` are set by the mode
