@@ -30,7 +30,6 @@ from ..errors import (
     NotConnectedError,
     PayloadTooLargeError,
     PublishBatchError,
-    PublishConflictError,
     PublishTimeoutError,
 )
 from .batches import BatchItem, batch_id_of, batch_items, one_stream
@@ -39,8 +38,7 @@ from .front import NOT_CONNECTED
 from .operations import Operations
 from .options import FrontSettings
 from .payloads import headers_size
-from .preparing import Preparer
-from .publish_options import check_server_version, item_conditions, publish_conditions, stored_before
+from .publish_options import check_server_version, item_conditions, publish_conditions
 from .requests import Replier, Requester, check_request, request_timeout
 from .scheduling import Scheduling
 
@@ -53,7 +51,6 @@ class BaseBroker(Consuming, Scheduling, Operations):
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:
         super().__init__(backend, settings)
         self._lock = asyncio.Lock()
-        self._preparer = Preparer()
         self._requests = Requester(backend, self._send)
         self._replier = Replier(backend)
         self._figures: Any = None  # the scrape-time figures of metrics_router(), created at the first scrape
@@ -209,19 +206,6 @@ class BaseBroker(Consuming, Scheduling, Operations):
         watch.done(ack, None)
         return ack
 
-    async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
-        try:
-            return await self._backend.store(outgoing, total)
-        except PublishConflictError as conflict:
-            ack = await stored_before(self._backend, conflict, outgoing)
-            if ack is None:
-                raise
-            return ack
-        except JetStreamError:
-            raise
-        except Exception as error:
-            raise self._translate(error) from error
-
     def _check_traced_size(self, outgoing: Outgoing) -> None:
         # The trace context joined the headers after _prepare's check: count them too.
         if self._observer is not None and self._observer.tracing and len(outgoing.headers) > 1:
@@ -322,10 +306,6 @@ class BaseBroker(Consuming, Scheduling, Operations):
             check_server_version(conditions.features, self._backend.server_version)
             outgoing.conditions = conditions
         return outgoing
-
-    def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
-        """Check and encode one message, giving it a msg id; raises before anything is sent."""
-        return self._preparer.prepare(subject, message, msg_id, headers, self._backend.max_payload)
 
     @property
     def reconnects(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import NoStreamError, PublishConflictError, StreamFlagError
 from .publish_options import PublishConditions, check_server_version
@@ -34,26 +34,14 @@ from .recurring import (
 from .schedules import SCHEDULE_TOKEN
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend, Outgoing, Stored
-    from ..driver import Payload, PubAck
+    from ..backends.base import Stored
+    from .front import Front
 
 logger = logging.getLogger("jetstream_fastapi")
 
 FEATURE = "recurring message schedules"
 """The :data:`~jetstream_fastapi.core.publish_options.MIN_SERVER_VERSION` entry of cron and ``@every``."""
 _ATTEMPTS = 5  # reads and conditional writes before a declaration gives up to a writer that keeps winning
-
-
-class Front(Protocol):
-    """What declaring needs of the broker's front: its backend, and its prepare and store paths."""
-
-    _backend: Backend
-
-    def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
-        raise NotImplementedError
-
-    async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,13 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import JetStreamError, NotConnectedError
+from ..errors import JetStreamError, NotConnectedError, PublishConflictError
 from ..observability.hooks import observer
-from .preparing import deadline
+from .preparing import Preparer, deadline
+from .publish_options import stored_before
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
+    from ..backends.base import Backend, Outgoing
     from ..driver import Payload, PubAck
     from .options import FrontSettings
     from .subscription import Subscription
@@ -40,6 +41,7 @@ class Front:
         self._settled = asyncio.Event()  # set as each message is settled (wait_until_idle listens)
         # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
         self._observer = observer(settings.tracing, settings.metrics)
+        self._preparer = Preparer()
 
     @property
     def shutdown_timeout(self) -> float:
@@ -74,3 +76,20 @@ class Front:
 
     def _deadline(self, timeout: float | None) -> float:
         return deadline(timeout, self._settings.publish_timeout)
+
+    def _prepare(self, subject: str, message: Payload, msg_id: str | None, headers: dict[str, str] | None) -> Outgoing:
+        """Check and encode one message, giving it a msg id; raises before anything is sent."""
+        return self._preparer.prepare(subject, message, msg_id, headers, self._backend.max_payload)
+
+    async def _store(self, outgoing: Outgoing, total: float) -> PubAck:
+        try:
+            return await self._backend.store(outgoing, total)
+        except PublishConflictError as conflict:
+            ack = await stored_before(self._backend, conflict, outgoing)
+            if ack is None:
+                raise
+            return ack
+        except JetStreamError:
+            raise
+        except Exception as error:
+            raise self._translate(error) from error

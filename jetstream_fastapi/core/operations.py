@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
 
 from ..backends.base import ConsumerState
 from ..driver import PubAck
@@ -21,11 +20,7 @@ from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger("jetstream_fastapi")
-T = TypeVar("T")
 
 
 class Operations(Front):

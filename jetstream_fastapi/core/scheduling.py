@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from .declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport, declare, declare_all, listing, remove
@@ -17,8 +17,6 @@ from .subjects import check_subject
 
 if TYPE_CHECKING:
     from ..driver import Payload
-
-T = TypeVar("T")
 
 
 class Scheduling(Front):
@@ -46,7 +44,7 @@ class Scheduling(Front):
         )
         total = self._deadline(timeout)
         self._require()
-        return await self._below(declare(self, schedule, total))  # type: ignore[arg-type]
+        return await self._below(declare(self, schedule, total))
 
     async def declare_schedules(
         self, schedules: Iterable[RecurringSchedule], *, subjects: Iterable[str] = (), timeout: float | None = None
@@ -61,13 +59,13 @@ class Scheduling(Front):
             raise InvalidArgumentError(f"schedule names declared twice: {twice} (give each a name=...)")
         total = self._deadline(timeout)
         self._require()
-        return await self._below(declare_all(self, wanted, list(subjects), total))  # type: ignore[arg-type]
+        return await self._below(declare_all(self, wanted, list(subjects), total))
 
     async def schedules(self, stream: str) -> list[ScheduleInfo]:
         """The recurring schedules kept in ``stream`` (declared by any app), by name."""
         check_stream_name(stream, "stream")
         self._require()
-        return await self._below(listing(self, stream))  # type: ignore[arg-type]
+        return await self._below(listing(self, stream))
 
     async def remove_schedule(self, subject: str, *, name: str | None = None) -> bool:
         """Delete the recurring schedule ``name`` (default: ``subject``) of target ``subject``: it fires no
@@ -75,4 +73,4 @@ class Scheduling(Front):
         check_subject(subject, wildcards=False)
         schedule_name = check_name(subject if name is None else name)
         self._require()
-        return await self._below(remove(self, subject, schedule_name))  # type: ignore[arg-type]
+        return await self._below(remove(self, subject, schedule_name))

@@ -78,12 +78,7 @@ class Publisher:
         msg_id = outgoing.headers[MSG_ID_HEADER]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total
-        try:
-            reply = await self._replies.request(outgoing.subject, outgoing.body, outgoing.headers, _share(total, total))
-        except TimeoutError:
-            reply = None
-        except nats.errors.ConnectionClosedError:
-            raise NotConnectedError("the NATS connection is closed") from None
+        reply = await self._request(outgoing, _share(total, total))
         if reply is not None and not is_no_responders(reply):
             return self._answer(outgoing, reply)
         try:
@@ -92,22 +87,26 @@ class Publisher:
         except TimeoutError:
             raise PublishTimeoutError(outgoing.subject, total, msg_id) from None
 
+    async def _request(self, outgoing: Outgoing, timeout: float) -> Msg | None:
+        """One attempt: the server's reply, or ``None`` if none came within ``timeout``."""
+        try:
+            return await self._replies.request(outgoing.subject, outgoing.body, outgoing.headers, timeout)
+        except TimeoutError:
+            return None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnectedError("the NATS connection is closed") from None
+
     async def _attempts(self, outgoing: Outgoing, total: float, deadline: float) -> PubAck:
-        subject, body, merged = outgoing.subject, outgoing.body, outgoing.headers
         loop = asyncio.get_running_loop()
         no_responders = 0
         while True:
-            remaining = deadline - loop.time()
-            try:
-                reply = await self._replies.request(subject, body, merged, _share(remaining, total))
-            except TimeoutError:
+            reply = await self._request(outgoing, _share(deadline - loop.time(), total))
+            if reply is None:
                 if loop.time() >= deadline:
-                    raise
+                    raise TimeoutError
                 continue
-            except nats.errors.ConnectionClosedError:
-                raise NotConnectedError("the NATS connection is closed") from None
             if is_no_responders(reply):
-                await self._no_responders(subject, no_responders, deadline)
+                await self._no_responders(outgoing.subject, no_responders, deadline)
                 no_responders += 1
                 continue
             return self._answer(outgoing, reply)
