@@ -265,7 +265,7 @@ async def run(url: str, server_pid: int, results: Results, sizes: Sizes, only: C
     if "lifecycle" in only:
         await run_lifecycle(url, results)
     if "http" in only:
-        await run_http(url, results, impls, sizes)
+        await run_http(url, results, ["raw", "raw_depends", *impls[1:]], sizes)
     if "keyorder" in only:
         await run_keyorder(url, server_pid, results, sizes)
     if "scale" in only:

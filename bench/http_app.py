@@ -2,7 +2,7 @@
 
 Usage (``bench/http_route.py`` starts it)::
 
-    http_app.py {ours|raw|faststream} NATS_URL STREAM SUBJECT PORT {asyncio|uvloop} {h11|httptools}
+    http_app.py {ours|raw|raw_depends|faststream} NATS_URL STREAM SUBJECT PORT {asyncio|uvloop} {h11|httptools}
 
 Each app has one route, ``POST /orders``, the one in the README's Usage section: it validates an
 ``Order`` JSON body, publishes ``order.model_dump_json()`` to ``SUBJECT``, waits for the PubAck and
@@ -43,7 +43,9 @@ def ours_app(url: str, stream: str, subject: str) -> FastAPI:
     return app
 
 
-def raw_app(url: str, stream: str, subject: str) -> FastAPI:
+def raw_lifespan(url: str) -> Any:
+    """A few lines of lifespan putting nats-py's JetStream context on ``app.state.js``."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await nats.connect(url)
@@ -53,11 +55,31 @@ def raw_app(url: str, stream: str, subject: str) -> FastAPI:
         finally:
             await nc.drain()
 
-    app = FastAPI(lifespan=lifespan)
+    return lifespan
+
+
+def raw_app(url: str, stream: str, subject: str) -> FastAPI:
+    app = FastAPI(lifespan=raw_lifespan(url))
 
     @app.post("/orders", status_code=202)
     async def create(order: Order, request: Request) -> dict[str, object]:
         ack = await request.app.state.js.publish(subject, order.model_dump_json().encode())
+        return {"stream": ack.stream, "seq": ack.seq}
+
+    return app
+
+
+def raw_depends_app(url: str, stream: str, subject: str) -> FastAPI:
+    """The control: raw nats-py reached through an ``async def`` dependency, the shape of ours' route, so
+    that the table shows what FastAPI's solving of one ``Depends`` costs apart from either client."""
+    app = FastAPI(lifespan=raw_lifespan(url))
+
+    async def get_js(request: Request) -> Any:
+        return request.app.state.js
+
+    @app.post("/orders", status_code=202)
+    async def create(order: Order, js: Any = Depends(get_js)) -> dict[str, object]:
+        ack = await js.publish(subject, order.model_dump_json().encode())
         return {"stream": ack.stream, "seq": ack.seq}
 
     return app
@@ -90,7 +112,7 @@ def faststream_app(url: str, stream: str, subject: str) -> FastAPI:
     return app
 
 
-APPS = {"ours": ours_app, "raw": raw_app, "faststream": faststream_app}
+APPS = {"ours": ours_app, "raw": raw_app, "raw_depends": raw_depends_app, "faststream": faststream_app}
 
 
 def main(argv: list[str]) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from common import NOT_INSTALLED, Sample, ratio, spread
 from http_route import HttpSample, ServerConfig
@@ -22,6 +22,20 @@ from slow_handler import CONCURRENCY, HANDLER_SLEEP, IDEAL_RATE, SlowSample
 from throughput import SCENARIOS
 
 IMPLS = ("raw", "ours", "faststream")
+HTTP_IMPLS = ("raw", "raw_depends", "ours", "faststream")
+HTTP_LABELS = {
+    "raw": "raw (`request.app.state`)",
+    "raw_depends": "raw through `Depends` (control)",
+    "ours": "ours (`Depends(get_broker)`)",
+    "faststream": "faststream (`Depends`)",
+}
+
+
+def P99(sample: Any) -> float:
+    """A sample's p99 latency, for :func:`paired`."""
+    return float(sample.p99_ms)
+
+
 NO_GROWTH_MB = 1.0  # RSS growth past the first tenth of the publishes below this is noise, not a leak
 
 
@@ -64,6 +78,23 @@ def median_cpu(samples: Sequence[Rated]) -> float:
     return statistics.median(s.cpu_us for s in samples)
 
 
+def per_round(ours: Sequence[Any], other: Sequence[Any], value: Callable[[Any], float]) -> list[float]:
+    """``value(ours) / value(other)`` for each round: the two ran back to back in it (interleaved rounds)."""
+    return [value(a) / value(b) for a, b in zip(ours, other, strict=True)]
+
+
+def paired(ours: Sequence[Any], other: Sequence[Any], value: Callable[[Any], float] = lambda s: s.rate) -> float:
+    """The median of the per-round ratios. The ratio targets use it: a machine whose speed drifts from one
+    round to the next moves both sides of a round together, while a ratio of medians can pair one
+    implementation's fast round with the other's slow one."""
+    return statistics.median(per_round(ours, other, value))
+
+
+def paired_cell(ours: Sequence[Any], other: Sequence[Any], value: Callable[[Any], float] = lambda s: s.rate) -> str:
+    """``median (min..max)`` of the per-round ratios."""
+    return spread(per_round(ours, other, value), ".2f") if other else "-"
+
+
 def throughput_table(r: Results) -> str:
     """One row per throughput scenario that ran, in ``SCENARIOS`` order."""
     lines = [
@@ -85,14 +116,14 @@ def throughput_table(r: Results) -> str:
         else:
             fs_cells = [
                 spread([s.rate for s in fs]),
-                ratio(median_rate(ours), median_rate(fs)),
+                paired_cell(ours, fs),
                 f"{median_cpu(fs):.1f}",
             ]
         ceiling = runs.get("ceiling")
         ceiling_cells = (
             [
                 spread([s.rate for s in ceiling]),
-                ratio(median_rate(ours), median_rate(ceiling)),
+                paired_cell(ours, ceiling),
                 f"{median_cpu(ceiling):.1f}",
             ]
             if ceiling
@@ -101,7 +132,7 @@ def throughput_table(r: Results) -> str:
         lines.append(
             f"| {sc.title} | {r.sizes[sc.key]} | {r.rounds} | {spread([s.rate for s in raw])} "
             f"| {spread([s.rate for s in ours])} | {fs_cells[0]} | {ceiling_cells[0]} "
-            f"| {ratio(median_rate(ours), median_rate(raw))} | {fs_cells[1]} | {ceiling_cells[1]} "
+            f"| {paired_cell(ours, raw)} | {fs_cells[1]} | {ceiling_cells[1]} "
             f"| {median_cpu(raw):.1f} | {median_cpu(ours):.1f} | {fs_cells[2]} | {ceiling_cells[2]} |"
         )
     return "\n".join(lines)
@@ -162,18 +193,18 @@ def http_table(r: Results) -> str:
     ]
     for config in r.http_configs:
         raw = r.http[config.label, "raw"]
-        for impl in IMPLS:
+        for impl in HTTP_IMPLS:
             samples = r.http.get((config.label, impl))
             if samples is None:
                 lines.append(f"| {config.label} | {impl} | | | {NOT_INSTALLED} | | | | | |")
                 continue
             p50 = statistics.median(s.p50_ms for s in samples)
             p99 = statistics.median(s.p99_ms for s in samples)
-            raw_p99 = statistics.median(s.p99_ms for s in raw)
             lines.append(
-                f"| {config.label} | {impl} | {samples[0].requests} | {len(samples)} "
-                f"| {spread([s.rate for s in samples])} | {ratio(median_rate(samples), median_rate(raw))} "
-                f"| {p50:.1f} | {p99:.1f} | {ratio(p99, raw_p99)} | {median_cpu(samples):.0f} |"
+                f"| {config.label} | {HTTP_LABELS[impl]} | {samples[0].requests} | {len(samples)} "
+                f"| {spread([s.rate for s in samples])} | {paired_cell(samples, raw)} "
+                f"| {p50:.1f} | {p99:.1f} | {paired_cell(samples, raw, P99)} "
+                f"| {median_cpu(samples):.0f} |"
             )
     lines += [f"| {label} | all | | | {why} | | | | | |" for label, why in r.http_skipped]
     return "\n".join(lines)
@@ -207,12 +238,12 @@ def throughput_targets(r: Results) -> list[Row]:
     rows: list[Row] = []
     t = r.throughput
 
-    def rate(key: str, impl: str) -> float:
-        return median_rate(t[key][impl])
+    def vs(key: str, other: str) -> float:
+        return paired(t[key]["ours"], t[key][other])
 
     if "seq" in t:
-        seq = rate("seq", "ours") / rate("seq", "raw")
-        seq_cpu = median_cpu(t["seq"]["ours"]) / median_cpu(t["seq"]["raw"])
+        seq = vs("seq", "raw")
+        seq_cpu = paired(t["seq"]["ours"], t["seq"]["raw"], lambda s: s.cpu_us)
         rows.append(
             (
                 "sequential publish >= 0.97x raw, CPU/msg <= 1.05x",
@@ -221,17 +252,17 @@ def throughput_targets(r: Results) -> list[Row]:
             )
         )
     if "many" in t:
-        many = rate("many", "ours") / rate("many", "raw")
+        many = vs("many", "raw")
         rows.append(("publish_many >= 1.5x raw gather", f"{many:.2f}x", many >= 1.5))
     if "consume" in t:
-        consume = rate("consume", "ours") / rate("consume", "raw")
+        consume = vs("consume", "raw")
         if r.loop == "asyncio":  # issue #11 keeps this one for asyncio; the ceiling covers both loops
             rows.append(("consume no-op >= 3x raw fetch(100) (on asyncio)", f"{consume:.2f}x", consume >= 3))
         if "ceiling" in t["consume"]:
-            vs_ceiling = rate("consume", "ours") / rate("consume", "ceiling")
+            vs_ceiling = vs("consume", "ceiling")
             rows.append(("consume no-op >= 0.9x the ceiling", f"{vs_ceiling:.2f}x", vs_ceiling >= 0.9))
         if r.faststream:
-            vs_fs = rate("consume", "ours") / rate("consume", "faststream")
+            vs_fs = vs("consume", "faststream")
             rows.append(("consume no-op >= 8x FastStream", f"{vs_fs:.2f}x", vs_fs >= 8))
         else:
             rows.append(("consume no-op >= 8x FastStream", NOT_INSTALLED, None))
@@ -264,8 +295,8 @@ def http_targets(r: Results) -> list[Row]:
     rows: list[Row] = []
     for config in r.http_configs:
         ours, raw = r.http[config.label, "ours"], r.http[config.label, "raw"]
-        rps = median_rate(ours) / median_rate(raw)
-        p99 = statistics.median(s.p99_ms for s in ours) / statistics.median(s.p99_ms for s in raw)
+        rps = paired(ours, raw)
+        p99 = paired(ours, raw, P99)
         rows.append(
             (
                 f"HTTP publish route ({config.label}) >= 0.97x raw, p99 within 10%",
@@ -313,7 +344,8 @@ def targets(r: Results) -> str | None:
     if not rows:
         return None
     verdict = {True: "met", False: "**unmet**", None: "not measured"}
-    lines = ["| target (issues #5, #11, #15) | measured (medians) | |", "|---|---:|---|"]
+    header = "| target (issues #5, #11, #15) | measured (medians; a ratio: the median of its per-round ratios) | |"
+    lines = [header, "|---|---:|---|"]
     if r.smoke:
         lines.insert(0, "--smoke: one round of tiny sizes; the verdicts below mean nothing.\n")
     lines += [f"| {name} | {measured} | {verdict[ok]} |" for name, measured, ok in rows]

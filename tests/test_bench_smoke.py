@@ -43,7 +43,8 @@ def test_bench_http_falls_back_to_the_python_load_generator() -> None:
     assert result.returncode == 0, result.stderr
     assert "warning: not using wrk" in result.stderr
     assert "load from bench/loadgen.py" in result.stdout
-    assert "| asyncio + h11 | ours |" in result.stdout
+    assert "| asyncio + h11 | ours (`Depends(get_broker)`) |" in result.stdout
+    assert "| asyncio + h11 | raw through `Depends` (control) |" in result.stdout
 
 
 def test_bench_only_runs_the_chosen_sections() -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
-from .handling import Action, ConsumerSettings, Verdict, run_handler
+from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .requests import REPLY_TO, Replier
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class Processor:
         self.settings = settings
         """The subscription's resolved consumer settings (``max_deliver`` as the handler sees it)."""
         self._store_dead_letter = store_dead_letter if settings.dead_letter else None
+        # Past max_deliver the handler is not run again (see the module docstring); None: no such check.
+        self._limit = settings.max_deliver if settings.dead_letter and settings.max_deliver != -1 else None
         self._settled = settled
         self._watch = watch  # spans and metrics (observability), None when both are off
         self.stopping = asyncio.Event()
@@ -80,23 +82,27 @@ class Processor:
         """The last message held because its dead letter could not be stored (for health probes)."""
 
     async def __call__(self, message: Message) -> Verdict:
+        # The hot path: one coroutine around the handler's (run_handler's), and the usual outcome, the
+        # shared ACKED verdict, recognised by identity before anything else is looked at.
         watch = self._watch
-        if watch is None:
-            try:
-                return await self._decide(message)
-            finally:
-                self._settled()
-        run = watch.start(message)  # the run inside its span, and timed
+        run = watch.start(message) if watch is not None else None
         verdict: Verdict | None = None
         try:
-            verdict = await self._decide(message)
+            limit = self._limit
+            if limit is not None and message.attempt > limit:
+                verdict = self._past_limit(message, limit)
+            else:
+                verdict = await run_handler(self._handler, message, self._settings)
+            if verdict is not ACKED:
+                verdict = await self._decide(message, verdict)
             return verdict
         finally:
             self._settled()
-            watch.finish(run, message, verdict, self._store_dead_letter is not None)
+            if watch is not None and run is not None:
+                watch.finish(run, message, verdict, self._store_dead_letter is not None)
 
-    async def _decide(self, message: Message) -> Verdict:
-        verdict = self._past_limit(message) or await run_handler(self._handler, message, self._settings)
+    async def _decide(self, message: Message, verdict: Verdict) -> Verdict:
+        """Anything but a plain ack: answer a request, store a dead letter."""
         if (verdict.result is not None or verdict.action is Action.TERM) and self._replier is not None:
             address = message.headers.get(REPLY_TO)
             if address is not None and self._replier.can_answer(message, address):
@@ -127,10 +133,7 @@ class Processor:
             await replier.fail(message, verdict.error, address)
         return verdict
 
-    def _past_limit(self, message: Message) -> Verdict | None:
-        limit = self._settings.max_deliver
-        if self._store_dead_letter is None or limit == -1 or message.attempt <= limit:
-            return None
+    def _past_limit(self, message: Message, limit: int) -> Verdict:
         self.counters["delivered_past_limit"] += 1
         return Verdict(Action.TERM, error=DeliveryLimitError(message.attempt, limit))
 

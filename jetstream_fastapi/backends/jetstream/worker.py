@@ -165,9 +165,11 @@ class PullWorker:
 
     def _wanted(self) -> int:
         """The size of the pull request to send now (0: none)."""
-        if self.state is not WorkerState.RUNNING or self._paused or self._checking is not None:
+        # Asked after every ack: the usual answer (too few free slots yet) comes first.
+        free = self._slots.to_pull(len(self._lanes.ready))
+        if free == 0 or self.state is not WorkerState.RUNNING or self._paused or self._checking is not None:
             return 0
-        return min(self._slots.to_pull(len(self._lanes.ready)), self._settings.batch_size)
+        return min(free, self._settings.batch_size)
 
     async def _pull(self) -> None:
         slots = self._slots
