@@ -78,7 +78,10 @@ async def get_broker(connection: HTTPConnection) -> Broker:
     ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
     and ~200 µs of CPU per request for this one attribute read.
     """
-    broker = getattr(connection.state, STATE_KEY, None)
+    # The lifespan state as the dict the server copied into this request's scope: ``connection.state``
+    # would wrap that same dict in a new ``State`` first, a microsecond or two on every request.
+    state = connection.scope.get("state")
+    broker = state.get(STATE_KEY) if state is not None else None
     if broker is None:
         raise RuntimeError(
             "no JetStream broker in the lifespan state: create the app with "
