@@ -53,12 +53,14 @@ from common import (
     HAVE_FASTSTREAM,
     HAVE_HTTPTOOLS,
     HAVE_UVLOOP,
+    LOAD_CPU,
     LOOPS,
     NOT_INSTALLED,
     RUN_TIMEOUT,
     Sample,
     Target,
     fresh_stream,
+    move_to_cpu,
     rotated,
     run_on,
 )
@@ -192,7 +194,15 @@ async def run_lifecycle(url: str, results: Results) -> None:
         )
 
 
-async def run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -> None:
+async def run_http(url: str, server_pid: int, results: Results, impls: list[str], sizes: Sizes) -> None:
+    move_to_cpu(server_pid, LOAD_CPU)  # beside wrk, off uvicorn's CPU (common.PIN); moved back after
+    try:
+        await _run_http(url, results, impls, sizes)
+    finally:
+        move_to_cpu(server_pid, f"0-{(os.cpu_count() or 1) - 1}")
+
+
+async def _run_http(url: str, results: Results, impls: list[str], sizes: Sizes) -> None:
     results.http_configs = [PLAIN]
     if not sizes.http_fast:
         results.http_skipped.append((FAST.label, "skipped in --smoke"))
@@ -265,7 +275,7 @@ async def run(url: str, server_pid: int, results: Results, sizes: Sizes, only: C
     if "lifecycle" in only:
         await run_lifecycle(url, results)
     if "http" in only:
-        await run_http(url, results, ["raw", "raw_depends", *impls[1:]], sizes)
+        await run_http(url, server_pid, results, ["raw", "raw_depends", *impls[1:]], sizes)
     if "keyorder" in only:
         await run_keyorder(url, server_pid, results, sizes)
     if "scale" in only:

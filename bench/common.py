@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -156,6 +158,27 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+# -- CPU placement of the HTTP scenario --------------------------------------------------------------
+
+PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None and os.environ.get("BENCH_PIN") != "0"
+"""Whether the HTTP scenario pins its processes: uvicorn alone on CPU 1, wrk and nats-server on CPU 0.
+Left to the scheduler, the server under test shared its core with wrk's threads or nats-server in a
+different way each run, and one implementation's rounds moved by up to 30% against another's
+(``BENCH_PIN=0`` turns it off)."""
+SERVER_CPU, LOAD_CPU = "1", "0"
+
+
+def on_cpu(cpu: str) -> list[str]:
+    """The command prefix that starts a process on ``cpu`` (nothing when not pinning)."""
+    return ["taskset", "-c", cpu] if PIN else []
+
+
+def move_to_cpu(pid: int, cpus: str) -> None:
+    """Move every thread of process ``pid`` to ``cpus`` (a taskset list such as ``"0"`` or ``"0-1"``)."""
+    if PIN:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -3,7 +3,8 @@
 For every run: a fresh stream, a uvicorn process serving one implementation of the route
 (``http_app.py``, one worker, the given event loop and HTTP parser), then the load: ``wrk`` (2 threads,
 32 keep-alive connections; ``wrk_load.py``) when installed, else the Python generator ``loadgen.py``
-(with a warning), warming up and then measuring for a fixed time. Server startup is not timed; the
+(with a warning), warming up and then measuring for a fixed time. On two CPUs or more, uvicorn runs
+alone on CPU 1 and the load and nats-server on CPU 0 (``common.PIN``). Server startup is not timed; the
 server's CPU time over the measured part is read from ``/proc``.
 """
 
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common import BENCH_DIR, Target, fresh_stream
+from common import BENCH_DIR, LOAD_CPU, SERVER_CPU, Target, fresh_stream, on_cpu
 from wrk_load import WRK, wrk_run
 
 CONNECTIONS = 32
@@ -94,6 +95,7 @@ async def stop(server: asyncio.subprocess.Process) -> None:
 async def python_load(port: int, seconds: int, warmup: int, server_pid: int) -> dict[str, Any]:
     """The fallback generator, in its own process."""
     load = await asyncio.create_subprocess_exec(
+        *on_cpu(LOAD_CPU),
         sys.executable,
         str(BENCH_DIR / "loadgen.py"),
         str(port),
@@ -120,6 +122,7 @@ async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, seconds:
     port = free_port()
     async with fresh_stream(url, target.stream, [target.subject]):
         server = await asyncio.create_subprocess_exec(
+            *on_cpu(SERVER_CPU),
             sys.executable,
             str(BENCH_DIR / "http_app.py"),
             impl,

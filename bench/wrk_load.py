@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ORDER_BODY, proc_cpu_seconds
+from common import LOAD_CPU, ORDER_BODY, on_cpu, proc_cpu_seconds
 
 # BENCH_LOADGEN=python forces the fallback generator (the smoke test covers both).
 WRK = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
@@ -40,6 +40,7 @@ end
 async def _wrk(script: Path, port: int, seconds: int, connections: int) -> dict[str, Any]:
     assert WRK is not None
     process = await asyncio.create_subprocess_exec(
+        *on_cpu(LOAD_CPU),
         WRK,
         f"-t{THREADS}",
         f"-c{connections}",
