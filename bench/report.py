@@ -21,7 +21,6 @@ from scaleout import ScaleSample
 from slow_handler import CONCURRENCY, HANDLER_SLEEP, IDEAL_RATE, SlowSample
 from throughput import SCENARIOS
 
-IMPLS = ("raw", "ours", "faststream")
 HTTP_IMPLS = ("raw", "raw_depends", "ours", "faststream")
 HTTP_LABELS = {
     "raw": "raw (`request.app.state`)",
@@ -31,7 +30,7 @@ HTTP_LABELS = {
 }
 
 
-def P99(sample: Any) -> float:
+def p99_ms(sample: Any) -> float:
     """A sample's p99 latency, for :func:`paired`."""
     return float(sample.p99_ms)
 
@@ -203,7 +202,7 @@ def http_table(r: Results) -> str:
             lines.append(
                 f"| {config.label} | {HTTP_LABELS[impl]} | {samples[0].requests} | {len(samples)} "
                 f"| {spread([s.rate for s in samples])} | {paired_cell(samples, raw)} "
-                f"| {p50:.1f} | {p99:.1f} | {paired_cell(samples, raw, P99)} "
+                f"| {p50:.1f} | {p99:.1f} | {paired_cell(samples, raw, p99_ms)} "
                 f"| {median_cpu(samples):.0f} |"
             )
     lines += [f"| {label} | all | | | {why} | | | | | |" for label, why in r.http_skipped]
@@ -296,7 +295,7 @@ def http_targets(r: Results) -> list[Row]:
     for config in r.http_configs:
         ours, raw = r.http[config.label, "ours"], r.http[config.label, "raw"]
         rps = paired(ours, raw)
-        p99 = paired(ours, raw, P99)
+        p99 = paired(ours, raw, p99_ms)
         rows.append(
             (
                 f"HTTP publish route ({config.label}) >= 0.97x raw, p99 within 10%",

@@ -46,7 +46,7 @@ class Slots:
 
     def to_pull(self, ready: int) -> int:
         """How many messages the next pull request should ask for (0: do not pull yet)."""
-        free = self.concurrency - self.outstanding - ready - self.in_flight  # self.free(ready), inlined: hot
+        free = self.free(ready)
         return free if free >= self.threshold else 0
 
     def delivered(self) -> None:
