@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -64,7 +65,7 @@ from common import (
     rotated,
     run_on,
 )
-from http_route import FAST, GENERATOR, PLAIN, http_run
+from http_route import FAST, GENERATOR, PLAIN, ServerConfig, http_load, serving
 from keyorder import CONFIGS, MODES, SMOKE_CONFIGS, key_names, keyorder_run
 from lifecycle import lifecycle_round
 from memory import measure_drain, measure_publish
@@ -96,8 +97,9 @@ class Sizes:
     slow: int  # messages through the 10 ms handler
     drain: int  # backlog drained in the memory measurement
     publish: int  # publishes in the memory measurement
-    http_seconds: int  # measured load per HTTP run
-    http_warmup: int  # seconds of load before it
+    http_seconds: int  # measured load per HTTP burst
+    http_bursts: int  # bursts per route and round, the routes taking turns
+    http_warmup: int  # seconds of load on each route's server before its first burst
     http_fast: bool  # also serve with uvloop + httptools (when installed)
     scale: int  # backlog drained by 1, 2 and 4 consumer processes
     scale_processes: tuple[int, ...]
@@ -111,8 +113,9 @@ FULL = Sizes(
     slow=20_000,
     drain=200_000,
     publish=1_000_000,
-    http_seconds=5,
-    http_warmup=2,
+    http_seconds=3,
+    http_bursts=3,
+    http_warmup=1,
     http_fast=True,
     scale=100_000,
     scale_processes=PROCESSES,
@@ -126,6 +129,7 @@ SMOKE = Sizes(
     drain=2_000,
     publish=5_000,
     http_seconds=1,
+    http_bursts=1,
     http_warmup=0,
     http_fast=False,  # each HTTP run starts two processes (~1 s): the smoke serves asyncio + h11 only
     scale=1_000,
@@ -218,11 +222,26 @@ async def _run_http(url: str, results: Results, impls: list[str], sizes: Sizes) 
     results.http_generator = GENERATOR
     for rnd in range(1, results.rounds + 1):
         for config in results.http_configs:
-            for impl in rotated(impls, rnd):
-                sample = await http_run(url, impl, config, rnd, sizes.http_seconds, sizes.http_warmup)
+            await _http_round(url, results, impls, sizes, config, rnd)
+
+
+async def _http_round(
+    url: str, results: Results, impls: list[str], sizes: Sizes, config: ServerConfig, rnd: int
+) -> None:
+    """One round: every route served at once by a process of its own, then bursts of load taking turns (the
+    one that goes first rotates), so that the bursts a ratio compares ran seconds apart on warm servers."""
+    async with contextlib.AsyncExitStack() as stack:
+        served = {impl: await stack.enter_async_context(serving(url, impl, config, rnd)) for impl in impls}
+        if sizes.http_warmup > 0:
+            for impl in impls:
+                await http_load(served[impl], sizes.http_warmup)
+        for burst in range(sizes.http_bursts):
+            for impl in rotated(impls, rnd + burst):
+                sample = await http_load(served[impl], sizes.http_seconds)
                 results.http.setdefault((config.label, impl), []).append(sample)
                 progress(
-                    f"HTTP {config.label} round {rnd} {impl}: {sample.rate:,.0f} req/s, p99 {sample.p99_ms:.1f} ms"
+                    f"HTTP {config.label} round {rnd} burst {burst + 1} {impl}: {sample.rate:,.0f} req/s, "
+                    f"p99 {sample.p99_ms:.1f} ms"
                 )
 
 

@@ -1,21 +1,22 @@
 """The README's HTTP publish route under uvicorn: ours vs raw nats-py vs FastStream, req/s and latency.
 
-For every run: a fresh stream, a uvicorn process serving one implementation of the route
-(``http_app.py``, one worker, the given event loop and HTTP parser), then the load: ``wrk`` (2 threads,
+:func:`serving` runs one implementation of the route (``http_app.py``, one worker, the given event loop
+and HTTP parser) in a uvicorn process on a fresh stream; :func:`http_load` puts it under ``wrk`` (2 threads,
 32 keep-alive connections; ``wrk_load.py``) when installed, else the Python generator ``loadgen.py``
-(with a warning), warming up and then measuring for a fixed time. On two CPUs or more, uvicorn runs
-alone on CPU 1 and the load and nats-server on CPU 0 (``common.PIN``). Server startup is not timed; the
-server's CPU time over the measured part is read from ``/proc``.
+(with a warning), for a fixed time, and reads the server's CPU time over it from ``/proc``. On two CPUs
+or more, uvicorn runs alone on CPU 1 and the load and nats-server on CPU 0 (``common.PIN``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,18 @@ async def python_load(port: int, seconds: int, warmup: int, server_pid: int) -> 
     return result
 
 
-async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, seconds: int, warmup: int) -> HttpSample:
+@dataclass(frozen=True)
+class Served:
+    """One route being served: its implementation and the uvicorn process's port and pid."""
+
+    impl: str
+    port: int
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def serving(url: str, impl: str, config: ServerConfig, rnd: int) -> AsyncIterator[Served]:
+    """A uvicorn process serving ``impl`` on a stream of its own, from listening to stopped."""
     key = f"{config.loop}_{impl}_r{rnd}"
     target = Target(url, f"BENCH_HTTP_{key.upper()}", f"bench.http.{key}")
     port = free_port()
@@ -135,13 +147,18 @@ async def http_run(url: str, impl: str, config: ServerConfig, rnd: int, seconds:
         )
         try:
             await wait_listening(port, server)
-            if WRK:
-                result = await wrk_run(port, seconds, CONNECTIONS, warmup, server.pid)
-            else:
-                result = await python_load(port, seconds, warmup, server.pid)
+            yield Served(impl, port, server.pid)
         finally:
             await stop(server)
+
+
+async def http_load(served: Served, seconds: int) -> HttpSample:
+    """``seconds`` of load on ``served``, with the server's CPU over them."""
+    if WRK:
+        result = await wrk_run(served.port, seconds, CONNECTIONS, 0, served.pid)
+    else:
+        result = await python_load(served.port, seconds, 0, served.pid)
     sample = HttpSample(**result)
     if sample.errors:
-        raise RuntimeError(f"{impl} ({config.label}): {sample.errors} requests did not answer 202")
+        raise RuntimeError(f"{served.impl}: {sample.errors} requests did not answer 202")
     return sample

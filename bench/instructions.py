@@ -13,7 +13,12 @@ runs ``instructions.py --one`` under ``valgrind --tool=callgrind`` twice: the ap
 (a full collection's place in the run would otherwise move the count). The difference between the two
 runs' totals, divided by the difference of their request counts, is one request's instructions of this
 process: the route, FastAPI, pydantic, the client library and the event loop; not the kernel, not
-nats-server. Needs Debian's ``valgrind``; a run of the defaults takes about 6 minutes on 2 cores.
+nats-server. Needs Debian's ``valgrind``; a run of the defaults takes about 9 minutes on 2 cores.
+
+Under valgrind the process runs some 50 times slower while nats-server does not, so what depends on time
+counts differently: the PubAck inbox's timers shared by the requests due in the same 10 ms
+(``backends/jetstream/replies.py``) are shared by none here, and ours' count is high by up to the ~15k
+instructions a timer of its own costs on asyncio's loop.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def lifecycle_table(r: Results) -> str:
 def http_table(r: Results) -> str:
     lines = [
         f"README route `POST /orders` (`Depends(get_broker)`), load from {r.http_generator}\n",
-        "| server | route | requests (1st run) | rounds | req/s median (min..max) | vs raw | p50 ms | p99 ms "
+        "| server | route | requests (1st burst) | bursts | req/s median (min..max) | vs raw | p50 ms | p99 ms "
         "| p99 vs raw | server CPU µs/req |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
