@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from jetstream_fastapi import Message, Retry
 from jetstream_fastapi.clock import ManualClock
 from jetstream_fastapi.server import NatsServer
-from tests.conftest import BrokerFactory
+from tests.conftest import BrokerFactory, eventually
 from tests.test_contract import Recorder
 
 ACK_WAIT = 2.0  # short enough for the real server, long enough for the worker's in-progress under load
@@ -143,6 +143,12 @@ async def test_server_applies_a_late_answer_to_the_message(nats_server: NatsServ
             [second] = await sub.fetch(1, timeout=10)  # the ack wait of the first delivery expired
             await (first.ack() if answer == "ack" else first.nak())
             await nc.flush()
+            if answer == "ack":  # the server applies the ack after the flush has returned: wait for it
+
+                async def acked(durable: str = answer) -> None:
+                    assert (await js.consumer_info(stream, durable)).num_ack_pending == 0
+
+                await eventually(acked)
             info = await js.consumer_info(stream, answer)
             try:
                 [third] = await sub.fetch(1, timeout=0.5)
