@@ -63,23 +63,38 @@ def scope(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class InProcess:
+    """Calls an app in process as an ASGI server would, ``IN_FLIGHT`` requests at a time, and keeps the status
+    of every answer."""
+
+    def __init__(self, manager: LifespanManager) -> None:
+        self._app = manager.app
+        self._state = manager._state
+        self.statuses: list[int] = []
+
+    async def _receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": ORDER_BODY, "more_body": False}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.statuses.append(message["status"])
+
+    async def burst(self) -> None:
+        """``IN_FLIGHT`` requests at once."""
+        await asyncio.gather(*(self._app(scope(self._state), self._receive, self._send) for _ in range(IN_FLIGHT)))
+
+    def check(self, route: str) -> None:
+        """Raise unless every answer was 202."""
+        if set(self.statuses) != {202}:
+            raise RuntimeError(f"{route}: answers {sorted(set(self.statuses))}, not only 202")
+
+
 async def route_run(url: str, route: str, requests: int, freeze: bool) -> str:
     name = f"GC_{route.upper()}_{int(freeze)}"
     async with fresh_stream(url, name, [name.lower()], max_msgs=100_000):
         app = APPS[route](url, name, name.lower())
         async with LifespanManager(app) as manager:
-            statuses: list[int] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": ORDER_BODY, "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    statuses.append(message["status"])
-
-            async def one() -> None:
-                await manager.app(scope(manager._state), receive, send)
-
+            caller = InProcess(manager)
             if freeze:
                 gc.freeze()  # what an app can do once its startup is over
             pauses = Pauses()
@@ -87,20 +102,20 @@ async def route_run(url: str, route: str, requests: int, freeze: bool) -> str:
             try:
                 started = time.perf_counter()
                 for _ in range(requests // IN_FLIGHT):
-                    await asyncio.gather(*(one() for _ in range(IN_FLIGHT)))
+                    await caller.burst()
                 seconds = time.perf_counter() - started
             finally:
                 gc.callbacks.remove(pauses)
                 gc.unfreeze()
-            if set(statuses) != {202}:
-                raise RuntimeError(f"{route}: answers {sorted(set(statuses))}, not only 202")
+            caller.check(route)
     cells = []
     for generation in (0, 1, 2):
         times = pauses.by_generation.get(generation, [])
         longest = max(times, default=0.0) * 1e3
         cells.append(f"{len(times)} / {longest:.1f} / {sum(times) * 1e3:.0f}")
     frozen = "yes" if freeze else "no"
-    return f"| {route} | {frozen} | {len(statuses)} | {len(statuses) / seconds:,.0f} | " + " | ".join(cells) + " |"
+    answered = len(caller.statuses)
+    return f"| {route} | {frozen} | {answered} | {answered / seconds:,.0f} | " + " | ".join(cells) + " |"
 
 
 async def main(requests: int) -> None:

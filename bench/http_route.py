@@ -93,7 +93,7 @@ async def stop(server: asyncio.subprocess.Process) -> None:
         raise RuntimeError(f"the HTTP server did not stop within {STOP_TIMEOUT:g} s of SIGINT") from None
 
 
-async def python_load(port: int, seconds: int, warmup: int, server_pid: int) -> dict[str, Any]:
+async def python_load(port: int, seconds: int, server_pid: int) -> dict[str, Any]:
     """The fallback generator, in its own process."""
     load = await asyncio.create_subprocess_exec(
         *on_cpu(LOAD_CPU),
@@ -102,12 +102,11 @@ async def python_load(port: int, seconds: int, warmup: int, server_pid: int) -> 
         str(port),
         str(seconds),
         str(CONNECTIONS),
-        str(warmup),
         str(server_pid),
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        out, _ = await asyncio.wait_for(load.communicate(), timeout=seconds + warmup + STARTUP_TIMEOUT)
+        out, _ = await asyncio.wait_for(load.communicate(), timeout=seconds + STARTUP_TIMEOUT)
     except TimeoutError:
         load.kill()
         raise
@@ -155,9 +154,9 @@ async def serving(url: str, impl: str, config: ServerConfig, rnd: int) -> AsyncI
 async def http_load(served: Served, seconds: int) -> HttpSample:
     """``seconds`` of load on ``served``, with the server's CPU over them."""
     if WRK:
-        result = await wrk_run(served.port, seconds, CONNECTIONS, 0, served.pid)
+        result = await wrk_run(served.port, seconds, CONNECTIONS, served.pid)
     else:
-        result = await python_load(served.port, seconds, 0, served.pid)
+        result = await python_load(served.port, seconds, served.pid)
     sample = HttpSample(**result)
     if sample.errors:
         raise RuntimeError(f"{served.impl}: {sample.errors} requests did not answer 202")

@@ -24,7 +24,6 @@ instructions a timer of its own costs on asyncio's loop.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import re
@@ -34,52 +33,32 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-IN_FLIGHT = 32
+from asgi_lifespan import LifespanManager
+from common import fresh_stream, run_on
+from gc_pauses import IN_FLIGHT, InProcess
+from http_app import APPS
+
 WARMUP = 64
-ROUTES = ("raw", "raw_depends", "ours", "faststream")
-LABELS = {
-    "raw": "raw (`request.app.state`)",
-    "raw_depends": "raw through `Depends` (control)",
-    "ours": "ours (`Depends(get_broker)`)",
-    "faststream": "faststream (`Depends`)",
-}
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 async def _requests(url: str, route: str, requests: int) -> None:
     """The measured process: ``requests`` requests of ``route`` after the warm-up."""
-    from asgi_lifespan import LifespanManager
-    from common import ORDER_BODY, fresh_stream
-    from gc_pauses import scope
-    from http_app import APPS
-
     name = f"INSN_{route.upper()}_{os.getpid()}"
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": ORDER_BODY, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
     app = APPS[route](url, name, name.lower())
     async with fresh_stream(url, name, [name.lower()], max_msgs=100_000), LifespanManager(app) as manager:
-        state = manager._state
-
-        async def burst() -> None:
-            await asyncio.gather(*(manager.app(scope(state), receive, send) for _ in range(IN_FLIGHT)))
-
+        caller = InProcess(manager)
         for _ in range(WARMUP // IN_FLIGHT):
-            await burst()
+            await caller.burst()
         gc.collect()
         gc.freeze()
         for _ in range(requests // IN_FLIGHT):
-            await burst()
-    if set(statuses) != {202}:
-        raise SystemExit(f"{route}: answers {sorted(set(statuses))}, not only 202")
+            await caller.burst()
+    try:
+        caller.check(route)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _count(url: str, route: str, loop: str, requests: int) -> int:
@@ -114,6 +93,8 @@ def _per_request(url: str, route: str, loop: str, counts: tuple[int, int]) -> fl
 
 
 def main(requests: tuple[int, int], routes: list[str], loops: list[str], jobs: int) -> None:
+    from report import HTTP_LABELS
+
     from jetstream_fastapi.server import NatsServer
 
     if shutil.which("valgrind") is None:
@@ -135,21 +116,19 @@ def main(requests: tuple[int, int], routes: list[str], loops: list[str], jobs: i
             for route in routes:
                 vs_raw = f"{per[route] / per['raw']:.3f}" if "raw" in per else "-"
                 vs_control = f"{per[route] / per['raw_depends']:.3f}" if "raw_depends" in per else "-"
-                lines.append(f"| {loop} | {LABELS[route]} | {per[route] / 1e3:,.0f}k | {vs_raw} | {vs_control} |")
+                lines.append(f"| {loop} | {HTTP_LABELS[route]} | {per[route] / 1e3:,.0f}k | {vs_raw} | {vs_control} |")
             sys.stderr.write(f"{loop}: done\n")
         print("\n".join(lines))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
-        from common import run_on
-
         route, loop, count, url = sys.argv[2:6]
         run_on(loop, _requests(url, route, int(count)))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="320,1280", help="the two request counts, small,large")
-    parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--routes", default="raw,raw_depends,ours,faststream")
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()

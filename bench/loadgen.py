@@ -3,16 +3,16 @@ sending ``POST /orders`` back to back.
 
 Usage (``bench/http_route.py`` starts it, in its own process)::
 
-    loadgen.py PORT SECONDS CONNECTIONS WARMUP_SECONDS SERVER_PID
+    loadgen.py PORT SECONDS CONNECTIONS SERVER_PID
 
 A minimal HTTP/1.1 client on asyncio streams (uvloop when installed) rather than httpx: on a 2-core
 machine the client shares the CPUs with the server under test, and ``httpx.AsyncClient`` (0.28, 32
 connections) managed only ~450-490 req/s at ~2 ms of client CPU per request against the same server
 where this loop does 2.7-3.5k req/s at 45-60 µs: with httpx the benchmark would measure httpx.
 
-Requests go for ``WARMUP_SECONDS`` first (not counted), then for ``SECONDS``. Prints one JSON object:
-requests answered, seconds, errors, latency percentiles (ms), and the server's CPU seconds over the
-measured part (``/proc/<SERVER_PID>/stat``), the same fields as ``wrk_load.py``.
+Requests go for ``SECONDS``. Prints one JSON object: requests answered, seconds, errors, latency
+percentiles (ms), and the server's CPU seconds over them (``/proc/<SERVER_PID>/stat``), the same fields
+as ``wrk_load.py``.
 """
 
 from __future__ import annotations
@@ -73,10 +73,8 @@ class Load:
 
 async def main(argv: list[str]) -> None:
     port, seconds, connections = int(argv[0]), float(argv[1]), int(argv[2])
-    warmup, server_pid = float(argv[3]), int(argv[4])
+    server_pid = int(argv[3])
     load = Load(port)
-    if warmup > 0:
-        await load.run(UNBOUNDED, connections, warmup)
     cpu = proc_cpu_seconds(server_pid)
     seconds = await load.run(UNBOUNDED, connections, seconds)
     cpu = proc_cpu_seconds(server_pid) - cpu

@@ -59,13 +59,11 @@ async def _wrk(script: Path, port: int, seconds: int, connections: int) -> dict[
     return result
 
 
-async def wrk_run(port: int, seconds: int, connections: int, warmup: int, server_pid: int) -> dict[str, Any]:
-    """``warmup`` s of load (not counted), then ``seconds`` s measured, with the server's CPU over them."""
+async def wrk_run(port: int, seconds: int, connections: int, server_pid: int) -> dict[str, Any]:
+    """``seconds`` s of load, with the server's CPU over them."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "orders.lua"
         script.write_text(SCRIPT)
-        if warmup > 0:
-            await _wrk(script, port, warmup, connections)
         cpu = proc_cpu_seconds(server_pid)
         result = await _wrk(script, port, seconds, connections)
         result["server_cpu"] = proc_cpu_seconds(server_pid) - cpu
