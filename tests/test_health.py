@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -345,3 +346,43 @@ async def test_a_stalled_server_is_not_ready(
 async def _expect_status(client: httpx.AsyncClient, status: int) -> None:
     response = await client.get("/health/ready")
     assert response.status_code == status, response.text
+
+
+# -- the server is asked at most once a second --------------------------------------------------------------
+
+
+class Counting(InMemoryBroker):
+    """An in-memory broker that counts the server requests a readiness check makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pings = 0
+        self.state_reads = 0
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        self.pings += 1
+        return await super().ping(timeout)
+
+    async def consumer_states(self) -> Any:
+        self.state_reads += 1
+        return await super().consumer_states()
+
+
+async def test_readiness_asks_the_server_once_per_cache_period() -> None:
+    assert inspect.signature(health_router).parameters["cache_seconds"].default == 1.0
+    broker = Counting()
+    router = ConsumerRouter()
+    router.handle("orders.created", queue="processor")(Gate().handle)
+    app = FastAPI(lifespan=jetstream_lifespan(broker, router))
+    app.include_router(health_router(cache_seconds=3600))  # no probe here outlives it: no timing asserted
+    app.include_router(health_router(prefix="/uncached", cache_seconds=0))
+    async with client_of(app) as client:
+        probes = await asyncio.gather(*(client.get("/health/ready") for _ in range(20)))
+        probes += [await client.get("/health/ready") for _ in range(5)]
+        assert {probe.status_code for probe in probes} == {200}
+        assert (broker.pings, broker.state_reads) == (1, 1)  # one of each for 25 probes
+        for _ in range(3):
+            assert (await client.get("/uncached/ready")).status_code == 200
+        assert (broker.pings, broker.state_reads) == (4, 4)
+        await broker.disconnect()  # what the broker knows without asking is never cached
+        assert (await client.get("/health/ready")).json()["connected"] is False

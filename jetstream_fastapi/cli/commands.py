@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .output import dead_letter_rows, emit, table
+from .output import dead_letter_rows, emit, printable, table
 
 if TYPE_CHECKING:
     from ..backends.jetstream.broker import JetStreamBroker
 
 T = TypeVar("T")
+MAX_REPLAY = 1000
+"""Most dead letters one ``replay --all`` publishes again (each is read whole first)."""
 
 
 class Context:
@@ -75,7 +77,8 @@ class Context:
         try:
             return asyncio.run(main())
         except JetStreamError as error:
-            raise click.ClickException(str(error)) from None
+            # An error may quote message data (a dead letter's subject): escaped like the rest.
+            raise click.ClickException(printable(str(error))) from None
 
 
 _pass_context = click.make_pass_decorator(Context)
@@ -209,10 +212,12 @@ def show(ctx: Context, seq: int) -> None:
     letter = ctx.run(work).as_dict()
 
     def text() -> str:
-        lines = [f"{key}: {letter[key]}" for key in ("seq", "subject", "stream", "sequence", "consumer", "attempts")]
+        # Everything but the body on one line each; the body keeps its line breaks and tabs.
+        fields = ("seq", "subject", "stream", "sequence", "consumer", "attempts")
+        lines = [f"{key}: {letter[key]}" for key in fields]
         lines += [f"error: {letter['error_type']}: {letter['error']}", f"dead since: {letter['timestamp']}", "headers:"]
         lines += [f"  {key}: {value}" for key, value in dict(letter["headers"]).items()]
-        return "\n".join([*lines, "body:", str(letter["body"])])
+        return "\n".join([*map(printable, lines), "body:", printable(str(letter["body"]), keep="\n\t")])
 
     emit(ctx.as_json, letter, text)
 
@@ -239,18 +244,32 @@ def _selection(seqs: Sequence[int], every: bool, stream: str | None, consumer: s
 @click.option("--all", "every", is_flag=True, help="Every dead letter (of --stream/--consumer).")
 @_filters
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --all).")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(1, MAX_REPLAY),
+    default=100,
+    show_default=True,
+    help="With --all: the most dead letters (the oldest) this call replays.",
+)
 @pass_context
 def replay(
-    ctx: Context, seqs: tuple[int, ...], every: bool, stream: str | None, consumer: str | None, yes: bool
+    ctx: Context, seqs: tuple[int, ...], every: bool, stream: str | None, consumer: str | None, yes: bool, limit: int
 ) -> None:
-    """Publish dead letters SEQS (or --all) again to their original subjects, and remove them."""
+    """Publish dead letters SEQS (or --all, --limit at a time) again to their original subjects, and remove
+    them."""
     _selection(seqs, every, stream, consumer)
     if every:
         which = " of ".join(filter(None, ["every dead letter", consumer and f"consumer {consumer}", stream]))
-        _confirm(yes, f"Replay {which}?")
+        _confirm(yes, f"Replay {which} (the oldest {limit})?")
+    more = False
 
     async def work(broker: JetStreamBroker) -> list[dict[str, Any]]:
-        targets = list(seqs) or [d.seq for d in await broker.list_dead_letters(10**9, stream=stream, consumer=consumer)]
+        nonlocal more
+        targets = list(seqs)
+        if every:  # one more than asked: whether some remain
+            targets = [d.seq for d in await broker.list_dead_letters(limit + 1, stream=stream, consumer=consumer)]
+            more, targets = len(targets) > limit, targets[:limit]
         for seq in targets:
             await broker.dead_letter(seq)  # every one exists before the first is replayed
         done = []
@@ -260,7 +279,13 @@ def replay(
         return done
 
     done = ctx.run(work)
-    emit(ctx.as_json, done, lambda: "\n".join(f"replayed {d['seq']} as {d['stream']} #{d['stream_seq']}" for d in done))
+    if more:
+        click.echo(f"more dead letters remain (--limit {limit}): run the command again", err=True)
+    emit(
+        ctx.as_json,
+        done,
+        lambda: "\n".join(printable(f"replayed {d['seq']} as {d['stream']} #{d['stream_seq']}") for d in done),
+    )
 
 
 @dead_letters.command()

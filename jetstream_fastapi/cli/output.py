@@ -1,4 +1,11 @@
-"""How the command-line tool prints: JSON for scripts, or plain aligned tables for people."""
+"""How the command-line tool prints: JSON for scripts, or plain aligned tables for people.
+
+Message data (subjects, headers, bodies, errors) is written by whoever published it: in text mode every
+character a terminal would act on (C0 and C1 controls, DEL, hence every escape sequence; bidi overrides
+and other invisible format characters; line and paragraph separators) is shown escaped (``\\x1b``,
+``\\u202e``) by :func:`printable`, so that it can neither redraw nor retitle the terminal, nor hide
+or reorder what is shown. JSON mode escapes them by JSON's own rules.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +36,23 @@ def _cell(value: Any) -> str:
     else:
         text = str(value)
     # One line per row: a dead letter's body may hold newlines or terminal escapes; show them escaped.
-    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    text = printable(text)
     return text if len(text) <= _CELL else text[: _CELL - 1] + "…"
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    """``text`` with every non-printable character but those in ``keep`` (``"\\n\\t"`` for a body shown
+    on several lines) written as a Python escape."""
+    if text.isprintable():  # the common case, in C
+        return text
+    return "".join(char if char.isprintable() or char in keep else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{code:02x}")
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -12,6 +12,10 @@
   body is the same :class:`Readiness` document either way, so a failing probe says why. It turns ``503``
   while the connection is being re-established and ``200`` again once it is back.
 
+The probe asks the server (a JetStream request, and one per durable consumer for its pause) at most once
+per ``cache_seconds`` (1 s by default, as metrics do), however many orchestrators and load balancers probe
+it; what the broker knows without asking (connected, consumers running) is read at every probe.
+
 The broker is the one :func:`~jetstream_fastapi.jetstream_lifespan` put in the lifespan state; before
 startup (or in an app without that lifespan) readiness is a ``503`` naming the problem, never a ``500``.
 An app that manages its broker itself passes it: ``health_router(broker=broker)``.
@@ -20,6 +24,7 @@ An app that manages its broker itself passes it: ``health_router(broker=broker)`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
@@ -121,37 +126,63 @@ async def _ping(broker: Broker, timeout: float) -> bool:
         return False
 
 
-async def _mark_paused(broker: Broker, consumers: list[ConsumerHealth], timeout: float) -> None:
-    """Fill in ``paused_until`` from the server's consumer states (one request per durable consumer);
-    left out if the broker cannot say or the server is slow."""
+async def _paused(broker: Broker, consumers: list[ConsumerHealth], timeout: float) -> dict[str, datetime | None]:
+    """Until when each paused durable consumer is paused, from the server's consumer states (one request
+    per durable consumer); empty if the broker cannot say or the server is slow."""
     states = getattr(broker, "consumer_states", None)
     if states is None or not any(consumer.queue for consumer in consumers):
-        return
+        return {}
     try:
         async with asyncio.timeout(timeout):
-            paused = {state.name: state.paused_until for state in await states() if state.paused}
+            return {state.name: state.paused_until for state in await states() if state.paused}
     except Exception:
-        return
-    for consumer in consumers:
-        if consumer.queue is not None:
-            consumer.paused_until = paused.get(consumer.queue)
+        return {}
+
+
+class _ServerAnswers:
+    """What the server said at the last check, reused for ``seconds``: whether JetStream answered, and
+    which consumers are paused. One check at a time: concurrent probes share it."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._lock = asyncio.Lock()
+        self._broker: Broker | None = None
+        self._answers: tuple[bool, dict[str, datetime | None]] = (False, {})
+        self._read_at = -float("inf")
+
+    async def read(
+        self, broker: Broker, consumers: list[ConsumerHealth], timeout: float
+    ) -> tuple[bool, dict[str, datetime | None]]:
+        async with self._lock:
+            fresh = time.monotonic() - self._read_at < self._seconds
+            if not (fresh and self._broker is broker):
+                jetstream = await _ping(broker, timeout)
+                self._answers = (jetstream, await _paused(broker, consumers, timeout) if jetstream else {})
+                self._broker, self._read_at = broker, time.monotonic()
+            return self._answers
 
 
 async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
     """The readiness of ``broker``: connected, JetStream answering within ``timeout`` s, every consumer running.
 
     ``None`` (no broker yet) is not ready. Never raises for a broker's failure; usable outside FastAPI
-    (a CLI check, a custom route).
+    (a CLI check, a custom route). Asks the server at every call (the probe of :func:`health_router`
+    caches its answers).
     """
+    return await _check(broker, timeout, _ServerAnswers(0.0))
+
+
+async def _check(broker: Broker | None, timeout: float, server: _ServerAnswers) -> Readiness:
     if timeout <= 0:
         raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
     if broker is None:
         return Readiness(ready=False, connected=False, jetstream=False, consumers=[], detail=_NO_BROKER)
     connected = bool(broker.is_connected)
-    jetstream = connected and await _ping(broker, timeout)
     consumers = [_consumer_health(sub) for sub in _grouped(broker.subscriptions)]
-    if jetstream:
-        await _mark_paused(broker, consumers, timeout)
+    jetstream, paused = await server.read(broker, consumers, timeout) if connected else (False, {})
+    for consumer in consumers:
+        if consumer.queue is not None:
+            consumer.paused_until = paused.get(consumer.queue)
     stopped = [consumer for consumer in consumers if consumer.state != "running"]
     problems: list[str] = []
     if not connected:
@@ -178,15 +209,20 @@ def health_router(
     timeout: float = 1.0,
     tags: Sequence[str | Enum] = ("health",),
     include_in_schema: bool = True,
+    cache_seconds: float = 1.0,
 ) -> APIRouter:
     """An ``APIRouter`` with the liveness (``prefix + live_path``) and readiness (``prefix + ready_path``) probes.
 
     ``broker`` defaults to the one in the lifespan state of :func:`~jetstream_fastapi.jetstream_lifespan`.
     ``timeout`` bounds the JetStream request of each readiness check; keep it below the probe's own
-    timeout (Kubernetes ``timeoutSeconds``, 1 s by default). ``app.include_router(health_router())``.
+    timeout (Kubernetes ``timeoutSeconds``, 1 s by default). ``cache_seconds`` is how long the server's
+    answers are reused by later probes (``0``: asked at every probe). ``app.include_router(health_router())``.
     """
     if timeout <= 0:
         raise InvalidArgumentError(f"timeout must be positive, got {timeout!r}")
+    if not isinstance(cache_seconds, int | float) or cache_seconds < 0:
+        raise InvalidArgumentError(f"cache_seconds must be zero or positive, got {cache_seconds!r}")
+    server = _ServerAnswers(cache_seconds)
     for name, path in (("live_path", live_path), ("ready_path", ready_path)):
         if not path.startswith("/"):
             raise InvalidArgumentError(f"{name} must start with '/', got {path!r}")
@@ -208,7 +244,7 @@ def health_router(
     async def ready(request: Request, response: Response) -> Readiness:
         """``200`` when connected, JetStream answers and every consumer runs; ``503`` otherwise."""
         current = broker if broker is not None else getattr(request.state, STATE_KEY, None)
-        result = await check_readiness(current, timeout=timeout)
+        result = await _check(current, timeout, server)
         response.headers["Cache-Control"] = "no-store"
         if not result.ready:
             response.status_code = 503
