@@ -1,8 +1,10 @@
 """``python -m example_app``: serve the orders service with uvicorn.
 
 ``HOST`` and ``PORT`` (default ``127.0.0.1:8000``; use ``HOST=0.0.0.0`` in a container) set where it
-listens. With ``NATS_URL`` set it uses that server; otherwise it starts an embedded ``nats-server`` with
-its store in a temporary directory, and stops it after uvicorn exits. SIGTERM and Ctrl-C shut down
+listens. ``ADMIN_TOKEN`` guards the admin page and the dead-letter routes; without it the admin page is
+served only when ``HOST`` is a loopback address, and only to requests addressed to a loopback name.
+With ``NATS_URL`` set it uses that server; otherwise it starts an embedded ``nats-server`` with its store
+in a temporary directory, and stops it after uvicorn exits. SIGTERM and Ctrl-C shut down
 gracefully (in-flight handlers finish) and exit with status 0. An invalid setting (an ``http://`` URL in
 ``NATS_URL``, say) exits at once with status 1, saying what is wrong.
 """
@@ -22,7 +24,7 @@ from jetstream_fastapi import BrokerSettings, InvalidArgumentError
 from jetstream_fastapi.backends.jetstream.connection import redact_url
 from jetstream_fastapi.server import NatsServer
 
-from .app import create_app
+from .app import create_app, listens_on_loopback
 
 logger = logging.getLogger("example_app")
 
@@ -59,7 +61,20 @@ def main() -> None:
             nats_url = server.url
             which = f"an embedded nats-server at {nats_url}, store in {server.store_dir} (set NATS_URL to use another)"
         logger.info("orders service on http://%s:%d using %s", host, port, which)
-        uvicorn.run(create_app(settings.broker(servers=nats_url)), host=host, port=port)
+        try:
+            app = create_app(settings.broker(servers=nats_url), local_admin=listens_on_loopback(host))
+        except ValueError as error:
+            raise SystemExit(f"example_app: invalid configuration: {error}") from None
+        logger.info("admin page: %s", _admin_mode(host))
+        uvicorn.run(app, host=host, port=port)
+
+
+def _admin_mode(host: str) -> str:
+    if os.environ.get("ADMIN_TOKEN"):
+        return "/admin/jetstream, behind ADMIN_TOKEN"
+    if listens_on_loopback(host):
+        return "/admin/jetstream, for local use only (set ADMIN_TOKEN to serve it elsewhere)"
+    return f"off: HOST={host} is not loopback and ADMIN_TOKEN is not set"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The admin page in real headless Chromium (Debian's, driven by Playwright): replay by a click, bodies as text.
+"""The admin page in real headless Chromium (Debian's, driven by Playwright): replay by a click, bodies as text,
+its own script allowed by its Content-Security-Policy, and a page of another site that can neither frame
+it nor make the browser replay or purge.
 
 The example app runs under uvicorn on a nats-server of this test's own. The browser comes from the system
 packages (``.ci/run`` installs ``chromium``); without it the test fails in CI and skips only on a machine
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -86,6 +89,100 @@ def test_replay_by_click_and_bodies_shown_as_text(fresh_server: NatsServer) -> N
             _check_page(playwright, base)
 
 
+def test_another_site_can_neither_frame_the_page_nor_replay(fresh_server: NatsServer) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with served(fresh_server.url) as base:
+        asyncio.run(_dead_letters(fresh_server.url))
+        with sync_playwright() as playwright:
+            _check_hostile_site(playwright, base)
+        # Nothing was replayed or purged.
+        assert len(httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()) == 2
+
+
+@contextlib.contextmanager
+def hostile_site(html: str) -> Iterator[str]:
+    """A page of another site, served on loopback (Chromium's local network access checks would block a
+    public site before our defences are reached; a site on this machine, or a rebound DNS name, is not
+    blocked). Yields its URL, ``http://localhost:PORT/``: another site than ``127.0.0.1``."""
+    body = html.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://localhost:{httpd.server_address[1]}/"
+        finally:
+            httpd.shutdown()
+            thread.join(10)
+
+
+def _check_hostile_site(playwright: Any, base: str) -> None:
+    """A page on another site frames the admin page, posts a form to it and fetches it."""
+    seqs = [d["seq"] for d in httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()]
+    replay = f"{base}/admin/jetstream/api/dead-letters/{seqs[0]}/replay"
+    evil = f"""<!doctype html><title>evil</title>
+<iframe id="framed" src="{base}/admin/jetstream"></iframe>
+<form id="form" method="post" action="{replay}" target="sink"></form><iframe name="sink"></iframe>
+<script>
+window.results = [];
+async function attack() {{
+  for (const mode of ["no-cors", "cors"]) {{
+    try {{
+      const r = await fetch("{base}/admin/jetstream/api/dead-letters/purge", {{
+        method: "POST", mode, credentials: "include",
+        headers: {{"X-JetStream-Admin": "1", "Content-Type": "text/plain"}}, body: '{{"confirm": true}}'}});
+      window.results.push(mode + ":" + r.type + ":" + r.status);
+    }} catch (e) {{ window.results.push(mode + ":refused"); }}
+  }}
+  document.getElementById("form").submit();
+}}
+</script>"""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    try:
+        _attack(browser.new_page(), evil, replay)
+    finally:
+        browser.close()
+
+
+def _attack(page: Any, evil: str, replay: str) -> None:
+    with hostile_site(evil) as site:
+        refusals: list[str] = []
+        page.on("console", lambda message: refusals.append(message.text))
+        page.goto(site)
+        page.wait_for_load_state("load")
+        with page.expect_response(lambda response: response.url == replay) as form_post:
+            page.evaluate("attack()")
+            page.wait_for_function("window.results.length === 2")
+        # The framed admin page was not displayed: its frame holds Chromium's error page, not the page.
+        framed = [frame for frame in page.frames if frame.name != "sink" and frame != page.main_frame]
+        assert framed and not any(_rendered(frame) for frame in framed)
+        assert any("frame-ancestors" in text or "X-Frame-Options" in text for text in refusals), refusals
+        results = page.evaluate("window.results")
+        # no-cors: the browser drops the custom header, the server refuses (an opaque answer the page cannot
+        # read); cors: the preflight finds no CORS answer, the browser never sends the post.
+        assert results[0] == "no-cors:opaque:0" and results[1] == "cors:refused", results
+        assert form_post.value.status == 403  # the form post: no custom header
+
+
+def _rendered(frame: Any) -> bool:
+    try:
+        return bool(frame.locator("#consumers").count())
+    except Exception:
+        return False
+
+
 def _check_page(playwright: Any, base: str) -> None:
     from playwright.sync_api import expect
 
@@ -99,6 +196,11 @@ def _check_page(playwright: Any, base: str) -> None:
             dialog.accept()
 
         page.on("dialog", accept)
+        # The page's own script and style run under its policy (by their hashes): nothing is refused.
+        refused: list[str] = []
+        page.on("console", lambda message: refused.append(message.text) if "Content Security" in message.text else None)
+        posts: list[dict[str, str]] = []
+        page.on("request", lambda request: posts.append(request.headers) if request.method == "POST" else None)
         page.goto(f"{base}/admin/jetstream")
         expect(page.locator("#consumers tbody tr")).to_have_count(1)
         expect(page.locator("#consumers tbody tr td").nth(1)).to_have_text(ORDER_PROCESSOR)
@@ -129,5 +231,9 @@ def _check_page(playwright: Any, base: str) -> None:
         evil.locator("button.purge").click()
         expect(page.locator("#status")).to_contain_text("Purged 1 dead letter")
         expect(page.locator("#dead-letters tbody")).to_contain_text("No dead letters.")
+        assert len(posts) == 2 and all(headers.get("x-jetstream-admin") == "1" for headers in posts), posts
+        assert refused == []
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(250, 251, 252)"  # the inline style applied
     finally:
         browser.close()

@@ -102,7 +102,7 @@ def test_app_is_wired_to_nats_and_probed_for_readiness(compose: dict[str, Any]) 
     assert env["NATS_URL"] == "nats://nats:4222"  # the service name, the client port
     assert env["HOST"] == "0.0.0.0"
     port = str(env["PORT"])
-    assert f"{port}:{port}" in app["ports"]
+    assert f"127.0.0.1:{port}:{port}" in app["ports"]
     assert app["depends_on"]["nats"]["condition"] == "service_healthy"
     check = " ".join(app["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/health/ready" in check

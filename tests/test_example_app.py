@@ -33,6 +33,7 @@ from jetstream_fastapi.server import NatsServer
 
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1, jitter=0.0)
 ORDER = {"id": "order-1", "item": "book", "quantity": 2}
+ADMIN_TOKEN = "example-admin-token"
 
 
 # `broker` comes from the testing kit (jetstream_fastapi.testing): each test below that takes it runs on
@@ -41,16 +42,18 @@ ORDER = {"id": "order-1", "item": "book", "quantity": 2}
 
 @pytest.fixture
 async def client(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(create_app(broker)) as client:
+    # With an admin token (sent by this client): the service's /dead-letters routes exist only with one.
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with serve(create_app(broker, admin_token=ADMIN_TOKEN), headers=bearer) as client:
         yield client
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(app: FastAPI, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of ``app`` with its lifespan running (the broker connected, the consumer started)."""
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orders.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://orders.test", headers=headers) as client:
             yield client
 
 
