@@ -325,6 +325,7 @@ async def wait_until_healthy(
 async def test_end_to_end_under_uvicorn(nats_server: NatsServer) -> None:
     port = free_port()
     env = {**os.environ, "NATS_URL": nats_server.url, "HOST": "127.0.0.1", "PORT": str(port)}
+    env.pop("ADMIN_TOKEN", None)  # the local-only admin is checked below
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "example_app", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -347,6 +348,9 @@ async def test_end_to_end_under_uvicorn(nats_server: NatsServer) -> None:
                 assert time.monotonic() < deadline, f"order not processed within 10 s: {status}\n{output}"
                 await asyncio.sleep(0.05)
             assert status == {"id": order["id"], "status": "processed", "attempts": 1}
+            # No ADMIN_TOKEN, on loopback: the admin page for local use, the dead-letter routes not mounted.
+            assert (await http.get("/admin/jetstream")).status_code == 200
+            assert (await http.get("/dead-letters")).status_code == 404
 
         process.send_signal(signal.SIGTERM)
         returncode = await asyncio.wait_for(process.wait(), timeout=5.0)
@@ -354,6 +358,7 @@ async def test_end_to_end_under_uvicorn(nats_server: NatsServer) -> None:
         assert returncode == 0, str(output)
         assert f"orders service on http://127.0.0.1:{port} using NATS at {nats_server.url}" in str(output)
         assert "Application shutdown complete" in str(output)
+        assert "admin page: /admin/jetstream, for local use only" in str(output)
     finally:
         if process.returncode is None:
             process.kill()
