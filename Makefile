@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench
+.PHONY: run test lint docs bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,15 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/python -m example_app
 
-## Lint, type-check (mypy strict) and run every test: unit, contract, integration, end to end.
-test: lint
+## Lint, type-check (mypy strict), build the documentation site (strict) and run every test: unit, contract,
+## integration, end to end.
+test: lint docs
 	$(BIN)/python -m pytest
+
+## Build the documentation site into site/ (`$(BIN)/mkdocs serve` to read it while writing); --strict fails
+## on a broken link or an API reference that no longer resolves.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 ## Benchmark against raw nats-py (see bench/README.md).
 bench: $(VENV)/.installed
