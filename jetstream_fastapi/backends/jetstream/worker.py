@@ -41,7 +41,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ...core.handling import ACKED, Action, ConsumerSettings
+from ...core.handling import ACKED, Action, ConsumerSettings, is_handler_failure
 from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
 from .conditions import is_schedule
@@ -265,10 +265,14 @@ class PullWorker:
                 payload = b"+TERM " + verdict.reason.encode()[:1024]
             self._release(reply)
             await self._publish(reply, payload, "", None)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as error:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             await self._give_back(msg)
-            raise
+            if not is_handler_failure(error):
+                raise
+            # Not this task being cancelled (run_handler turns a handler's own into a failed attempt, so this
+            # is a bug below it): this task may be nats-py's subscription task, which must outlive it.
+            self._failed("settle_failed", "could not process", msg.reply, error)
         except Exception as error:
             # SEND_ERRORS: the ack, nak or term could not be sent, and the server redelivers after the ack
             # wait. Anything else (a reply subject that does not decode) is a bug, logged with its
@@ -307,7 +311,7 @@ class PullWorker:
     def _note(self, problem: str) -> None:
         self.last_error = problem
 
-    def _failed(self, counter: str, what: str, reply: str | None, error: Exception) -> None:
+    def _failed(self, counter: str, what: str, reply: str | None, error: BaseException) -> None:
         """Count, record and log a failure the worker survives (one line, with the message if any)."""
         self.counters[counter] += 1
         about = f" {where(reply)}" if reply else ""
