@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from ...core.redaction import redact
+
 logger = logging.getLogger("jetstream_fastapi")
 
 ACK = b"+ACK"
@@ -117,7 +119,7 @@ class Recovery:
                 await self._ensure_consumer()
             except Exception as error:  # the library's own errors and nats-py's: retried, logged, counted
                 self._counters["recreate_failed"] += 1
-                self.last_error = f"recreating consumer {self._consumer!r} failed: {one_line(repr(error))}"
+                self.last_error = f"recreating consumer {self._consumer!r} failed: {one_line(redact(repr(error)))}"
                 logger.warning("%s", self.last_error)
                 await asyncio.sleep(_RECREATE_DELAYS[min(attempt, len(_RECREATE_DELAYS) - 1)])
                 attempt += 1

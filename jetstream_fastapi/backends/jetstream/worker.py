@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ...core.handling import ACKED, Action, ConsumerSettings, is_handler_failure
+from ...core.redaction import redact
 from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
 from .conditions import is_schedule
@@ -315,7 +316,7 @@ class PullWorker:
         """Count, record and log a failure the worker survives (one line, with the message if any)."""
         self.counters[counter] += 1
         about = f" {where(reply)}" if reply else ""
-        self.last_error = f"{what}{about}: {one_line(repr(error))}"
+        self.last_error = f"{what}{about}: {one_line(redact(repr(error)))}"
         expected = isinstance(error, SEND_ERRORS)
         level = logging.WARNING if expected else logging.ERROR
         logger.log(
