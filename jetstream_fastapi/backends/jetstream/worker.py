@@ -55,8 +55,21 @@ logger = logging.getLogger("jetstream_fastapi")
 
 _MAX_HEARTBEAT = 30.0
 _KEEP_ACKS = 10_000
-"""Acks remembered for a resend after a reconnect or a check (about 1 MB): an ack applied by a server that
-then died may not have reached its replicas or its disk yet, for longer than the last few acks take."""
+"""At most this many acks are remembered per worker for a resend after a reconnect or a check (about 1 MB)."""
+_ACKS_PER_SLOT = 64
+
+
+def acks_to_keep(settings: ConsumerSettings) -> int:
+    """How many of its last acks a worker keeps for a resend (see :mod:`.recovery`).
+
+    An ack applied by a server that then died may not have reached its replicas or its disk yet, for longer
+    than the last few acks take: a consumer-leader kill at ~1,600 acks/s (``concurrency=8``, 5 ms handlers)
+    lost some, and 3 runs of 8 waited out the 30 s ack wait while only the last 24 were kept. A worker acks
+    at most ``concurrency`` messages per handler time, so the memory scales with its handler slots (64 acks
+    each: 1,024 there, 0 of 8 runs waited), capped at :data:`_KEEP_ACKS`; a key-order partition
+    (``concurrency=1``) keeps 128, so 256 partitions keep ~32,000 subjects instead of 2.5 million.
+    """
+    return min(_KEEP_ACKS, _ACKS_PER_SLOT * (settings.concurrency + settings.batch_size))
 
 
 class WorkerState(enum.Enum):
@@ -111,13 +124,15 @@ class PullWorker:
         """How often each rare path was taken, for metrics: every failure the worker survives is counted.
         Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
         status replies: ``pull_refused``, ``pin_lost`` (exclusive: another instance holds the pin),
-        ``no_responders``, ``consumer_deleted``; recovery: ``check_retried``, ``recreated``,
+        ``no_responders``, ``consumer_deleted``, ``forged_status`` (a 503 naming an ack subject of another
+        consumer: ignored); recovery: ``check_retried``, ``recreated``,
         ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
         self._recovery = Recovery(
             nc,
             info_subject=f"{api_prefix}.CONSUMER.INFO.{stream}.{consumer}",
             consumer=consumer,
-            keep=max(_KEEP_ACKS, 2 * settings.concurrency + settings.batch_size),
+            stream=stream,
+            keep=acks_to_keep(settings),
             ensure_consumer=ensure_consumer,
             publish=self._publish,
             counters=self.counters,
@@ -220,7 +235,7 @@ class PullWorker:
             # is being elected, or the consumer is gone. The check tells which.
             subject = no_responders_subject(headers)
             if subject.startswith("$JS.ACK."):
-                self._recovery.refused_acks.add(subject)  # not applied: resent once the consumer answers
+                self._recovery.refused(subject)  # not applied: resent once the consumer answers
             self.counters["no_responders"] += 1
             slots.outstanding = 0
             self._schedule_check(f"no responders for {subject or 'a pull request'}")
