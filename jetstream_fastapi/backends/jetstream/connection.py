@@ -9,7 +9,6 @@ service should instead keep trying until it is told to stop, so ``max_reconnect_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -146,7 +145,7 @@ class Connection:
             await asyncio.wait_for(self._connect_unless_refused(nc, options), timeout=self.connect_timeout)
         except BaseException as error:
             self.closing = True  # nats-py reports a failed first connect as a disconnect: not a reconnect
-            await self._abandon(nc)
+            await self.abandon(nc)
             if isinstance(error, asyncio.CancelledError):
                 raise
             where = self.redact(", ".join(map(redact_url, self.servers)))
@@ -189,10 +188,30 @@ class Connection:
             raise _Refused
         connecting.result()
 
-    async def _abandon(self, nc: NATS) -> None:
-        # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them.
-        with contextlib.suppress(Exception):
+    async def close(self, nc: NATS, timeout: float) -> None:
+        """Drain ``nc`` within ``timeout`` (flushing the acks and naks the workers wrote), else close it.
+
+        Never raises (but ``CancelledError``): with the server gone, drain refuses (reconnecting) and close
+        writes the reconnect buffer to a dead socket, which raises ``OSError`` or nats-py's errors, and on
+        Python 3.13 a ``TypeError`` from asyncio's torn-down transport. The connection is over either way:
+        nothing from below may come out of ``disconnect()``.
+        """
+        self.closing = True
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+            return
+        except Exception as error:
+            logger.debug("NATS drain failed, closing instead: %s", self.describe(error))
+        await self.abandon(nc)
+
+    async def abandon(self, nc: NATS) -> None:
+        """Close ``nc`` without draining; never raises (but ``CancelledError``)."""
+        # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them. Whatever close()
+        # raises, the client is closed for good (nats-py sets that first): said at debug level, not raised.
+        try:
             await asyncio.wait_for(nc.close(), timeout=1.0)
+        except Exception as error:
+            logger.debug("NATS close failed: %s", self.describe(error))
 
     def describe(self, error: BaseException) -> str:
         """``error`` as ``Type: text`` with secrets removed."""
