@@ -33,6 +33,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from ..core.redaction import redact
 from ..driver import Broker, Subscriber
 from ..errors import InvalidArgumentError
 from .lifespan import STATE_KEY
@@ -93,7 +94,8 @@ def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
         queue=subscription.queue,
         state=subscription.state,
         in_flight=subscription.in_flight,
-        last_error=subscription.last_error,
+        # A backend's error text may quote a server URL (one of nats-py's, say): never its user info.
+        last_error=None if subscription.last_error is None else redact(subscription.last_error),
         active=subscription.active,
     )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -129,7 +127,7 @@ class JetStreamBackend:
             publisher = Publisher(nc, registry)
             await publisher.start()
         except BaseException:
-            await nc.close()
+            await self._connection.abandon(nc)
             raise
         self._nc, self._jsm, self._registry, self._publisher = nc, jsm, registry, publisher
 
@@ -138,14 +136,7 @@ class JetStreamBackend:
         if nc is None:
             return
         self._nc = self._jsm = self._registry = self._publisher = None
-        self._connection.closing = True
-        try:
-            # Flushes the acks and naks written by the workers; bounded in case the server is gone.
-            await asyncio.wait_for(nc.drain(), timeout=timeout)
-        except (TimeoutError, nats.errors.Error, OSError):
-            # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await nc.close()
+        await self._connection.close(nc, timeout)
 
     async def ping(self, timeout: float) -> bool:
         nc = self._nc

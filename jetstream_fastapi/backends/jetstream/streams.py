@@ -24,6 +24,9 @@ from ...errors import NoStreamError, StreamConfigError
 
 logger = logging.getLogger("jetstream_fastapi")
 
+SUBJECTS_KEPT = 4096
+"""Subjects whose stream a :class:`StreamRegistry` remembers (about 0.5 MB); an older one is asked again."""
+
 StreamMismatch = Literal["error", "warn", "update"]
 _DEFAULTS = StreamConfig()
 # Fields the server fills in or normalises: comparing them would report differences nobody declared.
@@ -107,8 +110,12 @@ class StreamRegistry:
         return self._by_subject.get(subject)
 
     def remember(self, subject: str, stream: str) -> None:
-        """Record that ``stream`` captures ``subject`` (learned from a PubAck)."""
-        self._by_subject[subject] = stream
+        """Record that ``stream`` captures ``subject`` (learned from a PubAck, or asked), among the last
+        :data:`SUBJECTS_KEPT` subjects: an app publishing to ``orders.<id>`` meets a new subject every time."""
+        by_subject = self._by_subject
+        if len(by_subject) >= SUBJECTS_KEPT and subject not in by_subject:
+            del by_subject[next(iter(by_subject))]  # the oldest: dicts keep insertion order
+        by_subject[subject] = stream
 
     async def find(self, subject: str) -> str | None:
         """The stream capturing ``subject`` (wildcards allowed), asking the server once; ``None`` if none."""
@@ -119,7 +126,7 @@ class StreamRegistry:
             stream = await self._jsm.find_stream_name_by_subject(subject)
         except NotFoundError:
             return None
-        self._by_subject[subject] = stream
+        self.remember(subject, stream)
         return stream
 
     async def stream_for(self, subject: str) -> str:
