@@ -16,6 +16,7 @@ directly in a unit test::
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, Unpack, runtime_checkable
@@ -264,6 +265,11 @@ class Subscriber(Protocol):
     @property
     def active(self) -> bool | None:
         """With ``exclusive=True``: whether this instance handles the queue now; ``None`` otherwise."""
+        ...
+
+    @property
+    def counters(self) -> Counter[str]:
+        """How often each rare path was taken (``dead_letters_lost``, ``replay_skipped``, a failed ack...)."""
         ...
 
     async def unsubscribe(self) -> None:

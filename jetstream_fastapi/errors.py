@@ -25,6 +25,7 @@
     │   └── ReplyTimeoutError               no reply to a ``request()`` within its timeout
     ├── RemoteHandlerError                  the handler of a ``request()`` failed (its type and text)
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
+    ├── DeadLetterReplayError               a dead letter that may not be replayed (malformed, truncated, foreign)
     ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
     ├── DeliveryLimitError                  a delivery past ``max_deliver`` (recorded in its dead letter, never raised)
@@ -200,6 +201,17 @@ class DeadLetterNotFoundError(JetStreamError, LookupError):
     def __init__(self, seq: int) -> None:
         super().__init__(f"no dead letter with sequence {seq}")
         self.seq = seq
+
+
+class DeadLetterReplayError(JetStreamError):
+    """A dead letter that replay refuses (nothing is published, the letter is kept): malformed, truncated,
+    or asking for a subject its original stream does not capture (``$...``, an inbox, another stream's), or
+    for a consumer that no longer exists."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"dead letter {seq} cannot be replayed: {reason}")
+        self.seq = seq
+        self.reason = reason
 
 
 class StreamNotFoundError(JetStreamError, LookupError):

@@ -101,6 +101,10 @@ class BrokerSettings(BaseSettings):
     """``NATS_MAX_ACK_PENDING``: unacknowledged messages a consumer may have across all its instances."""
     dead_letters: bool | None = None
     """``NATS_DEAD_LETTERS``: republish terminated messages to the dead-letter stream (``true``/``false``)."""
+    dead_letter_max_age: PositiveFloat | None = None
+    """``NATS_DEAD_LETTER_MAX_AGE``: seconds the dead-letter stream keeps a letter (when it creates it)."""
+    dead_letter_max_bytes: PositiveInt | None = None
+    """``NATS_DEAD_LETTER_MAX_BYTES``: most bytes of the dead-letter stream (when it creates it)."""
     deliver_policy: Literal["all", "new", "last"] | None = None
     """``NATS_DELIVER_POLICY``: where a new consumer starts (``all``, ``new``, ``last``)."""
     inactive_threshold: PositiveFloat | None = None

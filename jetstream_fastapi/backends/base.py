@@ -81,6 +81,9 @@ class StreamFacts:
     subjects: tuple[str, ...]
     allow_msg_schedules: bool
     allow_msg_ttl: bool
+    source: tuple[str, str] | None = None
+    """For a key-ordered queue's partitioned stream: the stream it sources and the subject filter it
+    sources (what stores a message it gets); ``None`` for any other stream."""
 
 
 @dataclass(frozen=True, slots=True)

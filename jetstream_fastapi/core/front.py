@@ -48,7 +48,15 @@ class Front:
         """Seconds running handlers get to finish on ``unsubscribe``/``disconnect``."""
         return self._settings.shutdown_timeout
 
-    async def publish(self, subject: str, message: Payload, *, msg_id: str | None = None) -> PubAck:
+    async def publish(
+        self,
+        subject: str,
+        message: Payload,
+        *,
+        msg_id: str | None = None,
+        ttl: float | None = None,
+        expected_stream: str | None = None,
+    ) -> PubAck:
         """Store ``message`` on ``subject`` (the broker's :meth:`~jetstream_fastapi.core.broker.BaseBroker.publish`)."""
         raise NotImplementedError
 

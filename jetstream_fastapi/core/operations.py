@@ -13,8 +13,8 @@ from datetime import datetime
 
 from ..backends.base import ConsumerState
 from ..driver import PubAck
-from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
-from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
+from ..errors import InvalidArgumentError, JetStreamError
+from .dead_letter_ops import check_seq, fetch, letter_filter, purge, replay_target, scan
 from .deadletters import DEAD_LETTER_STREAM, DeadLetter
 from .front import Front
 from .pausing import consumer_of, pause_until
@@ -84,18 +84,27 @@ class Operations(Front):
         return await self._below(fetch(self._backend, seq))
 
     async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
-        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none,
-        :class:`NoStreamError` if its original stream is gone (nothing is published then)."""
+        """Publish dead letter ``seq`` again to its original subject, for the consumer that dead-lettered it
+        only, then delete it from the dead-letter stream.
+
+        The replay carries the original body and headers (the TTL restored; no ``Nats-*`` instruction), a
+        msg id of its own, and :data:`~jetstream_fastapi.core.deadletters.REPLAY_CONSUMER` naming the consumer:
+        this library's other consumers of the subject ack it without running their handler. It is stored
+        only into the letter's own stream (never a provisioned one), and only if the letter is well formed
+        and whole, its subject captured by that stream and its consumer still there:
+        :class:`DeadLetterReplayError` otherwise, :class:`NoStreamError` if the stream is gone (nothing is
+        published then), :class:`DeadLetterNotFoundError` if there is no such letter. If the server answers
+        ``duplicate`` (this replay was stored before), the letter is kept and the PubAck says ``duplicate``.
+        """
         letter = await self.dead_letter(seq)
-        # Published to a deleted stream's subject, a replay would land in an auto-provisioned stream no
-        # consumer reads (or nowhere): refuse it instead.
-        if letter.stream and not await self._below(self._backend.has_stream(letter.stream)):
-            raise NoStreamError(
-                letter.subject, f"dead letter {seq} came from stream {letter.stream!r}, which no longer exists"
-            )
+        stream = await self._below(replay_target(self._backend, letter))
         replay = letter.replay()
-        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
+        ack = await self.publish(
+            letter.subject, replay, msg_id=replay.msg_id, ttl=letter.replay_ttl, expected_stream=stream
+        )
+        if ack.duplicate:
+            logger.warning("dead letter %d was replayed before (duplicate): kept, nothing stored", seq)
+            return ack
         await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
         return ack
 

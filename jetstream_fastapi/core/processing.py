@@ -24,11 +24,12 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
+from .deadletters import REPLAY_CONSUMER
 from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .requests import REPLY_TO, Replier
 
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("jetstream_fastapi")
 
-StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
-"""Stores a message's dead letter; False when it could not be stored (the message is then held)."""
+DeadLetterOutcome = Literal["stored", "retry", "lost"]
+"""What became of a dead letter: stored; not stored for a reason that may pass (the message is held and it
+is retried); refused for good (the message is terminated without one, counted in ``dead_letters_lost``)."""
+StoreDeadLetter = Callable[[Message, Verdict], Awaitable[DeadLetterOutcome]]
+"""Stores a message's dead letter (see :data:`DeadLetterOutcome`)."""
 ProcessorFactory = Callable[
     [Handler, ConsumerSettings, StoreDeadLetter, Callable[[], None], "ConsumerWatch | None", "Replier | None"],
     "Processor",
@@ -77,13 +81,18 @@ class Processor:
         self.stopping = asyncio.Event()
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
-        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``, ``reply_failed``."""
+        """How often a rare path was taken: ``dead_letter_failed``, ``dead_letters_lost``, ``delivered_past_limit``,
+        ``reply_failed``, ``replay_skipped``."""
         self.last_error: str | None = None
         """The last message held because its dead letter could not be stored (for health probes)."""
 
     async def __call__(self, message: Message) -> Verdict:
         # The hot path: one coroutine around the handler's (run_handler's), and the usual outcome, the
-        # shared ACKED verdict, recognised by identity before anything else is looked at.
+        # shared ACKED verdict, recognised by identity before anything else is looked at. A replay is meant
+        # for one consumer: the others settle it unhandled (one dict lookup for every other message).
+        target = message.headers.get(REPLAY_CONSUMER)
+        if target is not None and message.delivery is not None and target != message.delivery.consumer:
+            return self._not_ours(message, target)
         watch = self._watch
         run = watch.start(message) if watch is not None else None
         verdict: Verdict | None = None
@@ -133,13 +142,23 @@ class Processor:
             await replier.fail(message, verdict.error, address)
         return verdict
 
+    def _not_ours(self, message: Message, target: str) -> Verdict:
+        """A dead letter's replay meant for consumer ``target``: acked without running the handler."""
+        self.counters["replay_skipped"] += 1
+        logger.debug("a replay on %s is for consumer %s: acked unhandled", message.subject, target)
+        self._settled()
+        return ACKED
+
     def _past_limit(self, message: Message, limit: int) -> Verdict:
         self.counters["delivered_past_limit"] += 1
         return Verdict(Action.TERM, error=DeliveryLimitError(message.attempt, limit))
 
     async def _dead_letter(self, message: Message, verdict: Verdict, store: StoreDeadLetter) -> Verdict:
         failures = 0
-        while not await store(message, verdict):
+        while (outcome := await store(message, verdict)) != "stored":
+            if outcome == "lost":
+                self.counters["dead_letters_lost"] += 1
+                return verdict  # terminated without a letter: logged and counted, never held for good
             failures += 1
             self.counters["dead_letter_failed"] += 1
             delivery = message.delivery

@@ -10,6 +10,7 @@ import itertools
 import re
 
 from ..errors import InvalidQueueError, InvalidSubjectError, NoStreamError
+from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 
 # Characters NATS forbids in consumer (and so queue) names; whitespace is checked separately.
 _BAD_NAME_CHARS = frozenset(".*>/\\")
@@ -89,7 +90,8 @@ def provisioned_stream(subject: str) -> tuple[str, list[str]] | None:
     first token is a wildcard cannot be provisioned.
     """
     token = subject.split(".", 1)[0]
-    if token in ("*", ">"):
+    if token in ("*", ">") or token == DEAD_LETTER_PREFIX:
+        # Dead letters belong in DEAD_LETTERS, recreated when missing: never in a stream of their own.
         return None
     name = token.upper()
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -104,6 +106,8 @@ def stream_to_provision(subject: str, *, auto_provision: bool) -> tuple[str, lis
     if not auto_provision:
         raise NoStreamError(subject, "declare a stream for it (streams=[...]) or enable auto_provision")
     plan = provisioned_stream(subject)
+    if plan is None and subject.split(".", 1)[0] == DEAD_LETTER_PREFIX:
+        raise NoStreamError(subject, f"the dead-letter stream {DEAD_LETTER_STREAM} is missing")
     if plan is None:
         raise NoStreamError(subject, "auto-provisioning needs a literal first token; declare a stream")
     return plan

@@ -71,6 +71,9 @@ class ConsumerHealth(BaseModel):
     paused_until: datetime | None = None
     """Until when its durable consumer is paused on the server (``broker.pause``); ``None`` if it is not.
     A paused consumer is ready: it was paused on purpose."""
+    dead_letters_lost: int = 0
+    """Messages it terminated without a dead letter because the server refused the letter for good (each
+    logged at ERROR). Not a reason to be unready: an alert to raise."""
 
 
 class Readiness(BaseModel):
@@ -86,6 +89,8 @@ class Readiness(BaseModel):
     """Every subscription of the broker."""
     detail: str | None = None
     """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
+    dead_letters_lost: int = 0
+    """Every consumer's ``dead_letters_lost`` added up (this process, since its subscriptions started)."""
 
 
 def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
@@ -97,6 +102,7 @@ def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
         # A backend's error text may quote a server URL (one of nats-py's, say): never its user info.
         last_error=None if subscription.last_error is None else redact(subscription.last_error),
         active=subscription.active,
+        dead_letters_lost=subscription.counters["dead_letters_lost"],
     )
 
 
@@ -199,6 +205,7 @@ async def _check(broker: Broker | None, timeout: float, server: _ServerAnswers) 
         jetstream=jetstream,
         consumers=consumers,
         detail="; ".join(problems) or None,
+        dead_letters_lost=sum(consumer.dead_letters_lost for consumer in consumers),
     )
 
 

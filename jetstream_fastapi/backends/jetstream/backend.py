@@ -32,13 +32,13 @@ from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection
 from .consumers import consumer_config, ensure_consumer
-from .dead_letters import DEAD_LETTER_CONFIG
+from .dead_letters import dead_letter_config
 from .idle import consumer_idle
 from .inbox import open_inbox, send_reply
 from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
 from .stored import last_on_subject, stored, stream_facts
-from .streams import StreamRegistry
+from .streams import StreamMismatch, StreamRegistry
 from .worker import PullWorker
 
 logger = logging.getLogger("jetstream_fastapi")
@@ -176,7 +176,10 @@ class JetStreamBackend:
         return True
 
     async def ensure_dead_letter_stream(self) -> None:
-        await self._require()[2].ensure(DEAD_LETTER_CONFIG)
+        # An existing DEAD_LETTERS (made by an older version, or tuned by an operator) is kept unless the
+        # policy says "update": a warning says what differs.
+        mismatch: StreamMismatch = "update" if self._streams.on_mismatch == "update" else "warn"
+        await self._require()[2].ensure(dead_letter_config(self._streams), on_mismatch=mismatch)
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         _, jsm, registry, _ = self._require()

@@ -76,6 +76,7 @@ class StreamRegistry:
         self._on_mismatch = on_mismatch
         self._by_subject: dict[str, str] = {}
         self._configs: dict[str, StreamConfig] = {}
+        self._warned: set[str] = set()
         self._lock = asyncio.Lock()
 
     async def declare_all(self) -> None:
@@ -83,9 +84,11 @@ class StreamRegistry:
         for config in self._declared:
             await self.ensure(config)
 
-    async def ensure(self, config: StreamConfig) -> None:
-        """Create ``config`` if missing; if it differs on the server, act on the mismatch policy."""
+    async def ensure(self, config: StreamConfig, *, on_mismatch: StreamMismatch | None = None) -> None:
+        """Create ``config`` if missing; if it differs on the server, act on the mismatch policy (this
+        registry's, or ``on_mismatch``)."""
         assert config.name is not None
+        policy = on_mismatch or self._on_mismatch
         try:
             info = await self._jsm.stream_info(config.name)
         except NotFoundError:
@@ -95,11 +98,13 @@ class StreamRegistry:
         differences = stream_differences(config, info.config)
         if not differences:
             return
-        if self._on_mismatch == "update":
+        if policy == "update":
             logger.warning("updating stream %s: %s", config.name, differences)
             await self._jsm.update_stream(config)
-        elif self._on_mismatch == "warn":
-            logger.warning("stream %s differs from its declaration, left as is: %s", config.name, differences)
+        elif policy == "warn":
+            if config.name not in self._warned:  # once per connection, not at every subscribe
+                self._warned.add(config.name)
+                logger.warning("stream %s differs from its declaration, left as is: %s", config.name, differences)
         else:
             raise StreamConfigError(
                 config.name, differences, "pass stream_mismatch='update' to update it, or 'warn' to keep it"

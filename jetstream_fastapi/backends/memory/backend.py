@@ -212,7 +212,8 @@ class MemoryBackend:
         return name in self.streams
 
     async def ensure_dead_letter_stream(self) -> None:
-        return None  # always there
+        if DEAD_LETTER_STREAM not in self.streams:  # deleted by a test: recreated, as on a server
+            self.streams[DEAD_LETTER_STREAM] = MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         self._require()
@@ -413,7 +414,8 @@ class MemoryBackend:
         found = self.streams.get(stream)
         if found is None:
             raise StreamNotFoundError(stream)
-        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl)
+        source = (found.sourced.source, found.sourced.subject) if found.sourced is not None else None
+        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl, source)
 
     def _require(self) -> None:
         if not self._open:
