@@ -110,16 +110,18 @@ class StreamRegistry:
         """Record that ``stream`` captures ``subject`` (learned from a PubAck)."""
         self._by_subject[subject] = stream
 
-    async def find(self, subject: str) -> str | None:
-        """The stream capturing ``subject`` (wildcards allowed), asking the server once; ``None`` if none."""
-        stream = self._by_subject.get(subject)
+    async def find(self, subject: str, *, cache: bool = True) -> str | None:
+        """The stream capturing ``subject`` (wildcards allowed: a stream capturing any subject it matches),
+        asking the server once (every time with ``cache=False``); ``None`` if none."""
+        stream = self._by_subject.get(subject) if cache else None
         if stream is not None:
             return stream
         try:
             stream = await self._jsm.find_stream_name_by_subject(subject)
         except NotFoundError:
             return None
-        self._by_subject[subject] = stream
+        if cache:
+            self._by_subject[subject] = stream
         return stream
 
     async def stream_for(self, subject: str) -> str:
