@@ -39,7 +39,7 @@ from jetstream_fastapi import (
 )
 from jetstream_fastapi.core.requests import REPLY_TO
 from jetstream_fastapi.server import NatsServer
-from tests.conftest import BrokerFactory, eventually
+from tests.conftest import FAST_BACKOFF, BrokerFactory, eventually
 from tests.test_contract_request import Answering
 
 VICTIM_MESSAGES = 3
@@ -392,3 +392,23 @@ async def test_a_raw_client_cannot_make_the_app_send_a_long_control_line(
         seq = await _forge(forger, scene, "_INBOX.a." + "b" * length)
         await _settled(broker, scene, queue, seq)
         await _still_connected(broker, scene)
+
+
+async def test_a_reply_address_that_cannot_be_checked_is_retried_like_a_reply_not_sent(prefix: str) -> None:
+    """The server could not say whether a stream captures the address: not answered now, not acked either."""
+    async with InMemoryBroker(backoff=FAST_BACKOFF) as broker:
+        backend = broker._memory
+        original = backend.captures
+        failures = [RuntimeError("the stream lookup timed out")]
+
+        async def captures(subject: str) -> bool:
+            if failures:
+                raise failures.pop()
+            return await original(subject)
+
+        backend.captures = captures  # type: ignore[method-assign]
+        handler = Answering(lambda msg: f"answer {msg.attempt}".encode())
+        subscription = await broker.subscribe(f"{prefix}.jobs", handler, queue=f"{prefix}-worker")
+        reply = await broker.request(f"{prefix}.jobs", b"x", timeout=5.0)
+        assert reply.body == b"answer 2" and handler.attempts == [1, 2]
+        assert subscription.counters["reply_failed"] == 1 and subscription.counters["reply_refused"] == 0

@@ -113,13 +113,11 @@ class Processor:
                 except Exception as error:  # could not ask whether a stream captures it: as a reply not sent
                     if verdict.action is Action.ACK:
                         return self._not_sent(message, error)
-                    self.counters["reply_failed"] += 1
-                    allowed = False
+                    self.counters["reply_failed"] += 1  # terminated all the same, without its error reply
                 else:
-                    if not allowed:
-                        self.counters["reply_refused"] += 1
-                if allowed:
-                    return await self._answer(message, verdict, address, replier)
+                    if allowed:
+                        return await self._answer(message, verdict, address, replier)
+                    self.counters["reply_refused"] += 1  # forged or foreign: handled as a plain message
         if verdict.action is Action.TERM and self._store_dead_letter is not None:
             verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
         return verdict
