@@ -4,7 +4,8 @@
 
     JetStreamError
     ├── InvalidArgumentError (ValueError)   bad input, raised before anything reaches the server
-    │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards
+    │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards, too long for the wire
+    │   ├── InvalidHeaderError              header name not a token, line break in a value, headers past 64 KiB
     │   ├── InvalidQueueError               queue (durable) name with ".", "*", ">", "/", "\\" or spaces
     │   ├── InvalidHandlerError (TypeError) a handler that is not an ``async def``
     │   ├── UnknownOptionError (TypeError)  a misspelt or unsupported option ("did you mean batch_size?")
@@ -56,7 +57,13 @@ class InvalidArgumentError(JetStreamError, ValueError):
 
 
 class InvalidSubjectError(InvalidArgumentError):
-    """A subject is empty, contains whitespace, or uses wildcards where they are not allowed."""
+    """A subject is empty, contains whitespace, uses wildcards where they are not allowed, or is longer than
+    the server's protocol line (``max_control_line``) leaves room for."""
+
+
+class InvalidHeaderError(InvalidArgumentError):
+    """A header cannot travel: its name is not an HTTP token, its value is not one line of text, or the
+    headers together are larger than the 64 KiB a JetStream server stores."""
 
 
 class InvalidQueueError(InvalidArgumentError):

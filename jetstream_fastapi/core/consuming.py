@@ -98,7 +98,7 @@ class Consuming(Front):
         ``queue``), the messages of one key (the subject's ``*`` tokens) are handled one at a time in stream
         order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.keyorder`).
         """
-        check_subject(subject, wildcards=True)
+        check_subject(subject, wildcards=True, max_length=self._preparer.max_subject)
         if queue is not None:
             check_queue(queue)
         check_exclusive(exclusive, queue)

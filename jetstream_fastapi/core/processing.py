@@ -82,7 +82,8 @@ class Processor:
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
         """How often a rare path was taken: ``dead_letter_failed``, ``dead_letters_lost``, ``delivered_past_limit``,
-        ``reply_failed``, ``replay_skipped``."""
+        ``reply_failed``, ``reply_refused`` (a reply address not made by ``request()``: not answered),
+        ``replay_skipped``."""
         self.last_error: str | None = None
         """The last message held because its dead letter could not be stored (for health probes)."""
 
@@ -112,13 +113,30 @@ class Processor:
 
     async def _decide(self, message: Message, verdict: Verdict) -> Verdict:
         """Anything but a plain ack: answer a request, store a dead letter."""
-        if (verdict.result is not None or verdict.action is Action.TERM) and self._replier is not None:
+        replier = self._replier
+        if (verdict.result is not None or verdict.action is Action.TERM) and replier is not None:
             address = message.headers.get(REPLY_TO)
-            if address is not None and self._replier.can_answer(message, address):
-                return await self._answer(message, verdict, address, self._replier)
+            if address is not None:
+                try:
+                    allowed = await replier.allows(message, address)
+                except Exception as error:  # could not ask whether a stream captures it: as a reply not sent
+                    if verdict.action is Action.ACK:
+                        return self._not_sent(message, error)
+                    self.counters["reply_failed"] += 1  # terminated all the same, without its error reply
+                else:
+                    if allowed:
+                        return await self._answer(message, verdict, address, replier)
+                    self.counters["reply_refused"] += 1  # forged or foreign: handled as a plain message
         if verdict.action is Action.TERM and self._store_dead_letter is not None:
             verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
         return verdict
+
+    def _not_sent(self, message: Message, error: Exception) -> Verdict:
+        """A reply that could not be sent: the request is not acked either, so it comes back."""
+        self.counters["reply_failed"] += 1
+        what = "could not send the reply to %s; redelivering it: %r"
+        logger.warning(what, message.subject, error, extra=message_extra(message))
+        return Verdict(Action.NAK, self._settings.backoff.delay(message.attempt, random.random()), error)
 
     async def _answer(self, message: Message, verdict: Verdict, address: str, replier: Replier) -> Verdict:
         """Reply to a request, then settle it: the reply before the ack, an error reply after the dead letter."""
@@ -128,10 +146,7 @@ class Processor:
                 try:
                     await replier.send(address, reply)
                 except Exception as error:  # not sent: not acked either, so redelivered
-                    self.counters["reply_failed"] += 1
-                    what = "could not send the reply to %s; redelivering it: %r"
-                    logger.warning(what, message.subject, error, extra=message_extra(message))
-                    return Verdict(Action.NAK, self._settings.backoff.delay(message.attempt, random.random()), error)
+                    return self._not_sent(message, error)
                 return verdict
             what = "the reply to %s cannot be sent, dead-lettering it: %s"
             logger.error(what, message.subject, reply, extra=message_extra(message))

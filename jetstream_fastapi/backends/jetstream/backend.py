@@ -18,6 +18,7 @@ from nats.js.manager import JetStreamManager
 from ...clock import Clock, MonotonicClock
 from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import StreamPolicy
+from ...core.subjects import DEFAULT_INBOX_PREFIX, DEFAULT_MAX_CONTROL_LINE, check_inbox_prefix
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
@@ -70,6 +71,8 @@ class JetStreamBackend:
             if not isinstance(config, StreamConfig) or not config.name or not config.subjects:
                 raise InvalidArgumentError(f"streams must be StreamConfig objects with a name and subjects: {config!r}")
         self._streams = streams
+        # The inboxes nats-py makes (requests' reply addresses) start with its inbox_prefix connect option.
+        self.inbox_prefix = check_inbox_prefix(connect_options.get("inbox_prefix", DEFAULT_INBOX_PREFIX))
         self._connection = Connection(
             self.servers,
             connect_timeout=connect_timeout,
@@ -95,6 +98,10 @@ class JetStreamBackend:
     @property
     def max_payload(self) -> int:
         return self._nc.max_payload if self._nc is not None else _DEFAULT_MAX_PAYLOAD
+
+    @property
+    def max_control_line(self) -> int:
+        return DEFAULT_MAX_CONTROL_LINE  # not in the server's INFO: see DEFAULT_MAX_CONTROL_LINE
 
     @property
     def server_version(self) -> tuple[int, int, int] | None:
@@ -288,6 +295,9 @@ class JetStreamBackend:
 
     async def reply(self, address: str, message: Outgoing) -> None:
         await send_reply(self._require()[0], address, message)
+
+    async def captures(self, subject: str) -> bool:
+        return await self._require()[2].find(subject, cache=False) is not None
 
     # -- stored messages ---------------------------------------------------------------------------
 

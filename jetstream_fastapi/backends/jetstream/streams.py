@@ -122,16 +122,18 @@ class StreamRegistry:
             del by_subject[next(iter(by_subject))]  # the oldest: dicts keep insertion order
         by_subject[subject] = stream
 
-    async def find(self, subject: str) -> str | None:
-        """The stream capturing ``subject`` (wildcards allowed), asking the server once; ``None`` if none."""
-        stream = self._by_subject.get(subject)
+    async def find(self, subject: str, *, cache: bool = True) -> str | None:
+        """The stream capturing ``subject`` (wildcards allowed: a stream capturing any subject it matches),
+        asking the server once (every time with ``cache=False``); ``None`` if none."""
+        stream = self._by_subject.get(subject) if cache else None
         if stream is not None:
             return stream
         try:
             stream = await self._jsm.find_stream_name_by_subject(subject)
         except NotFoundError:
             return None
-        self.remember(subject, stream)
+        if cache:
+            self.remember(subject, stream)
         return stream
 
     async def stream_for(self, subject: str) -> str:
