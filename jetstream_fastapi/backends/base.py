@@ -75,12 +75,14 @@ class PartitionedStream:
 
 @dataclass(frozen=True, slots=True)
 class StreamFacts:
-    """What the front needs to know of a stream to keep recurring schedules in it."""
+    """What the front needs to know of a stream to keep recurring schedules in it, and its duplicate window."""
 
     name: str
     subjects: tuple[str, ...]
     allow_msg_schedules: bool
     allow_msg_ttl: bool
+    duplicate_window: float = 120.0
+    """Seconds a ``Nats-Msg-Id`` is remembered (from its first sighting, not sliding)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,4 +39,5 @@ async def stream_facts(registry: StreamRegistry, stream: str) -> StreamFacts:
     except nats.js.errors.NotFoundError:
         raise StreamNotFoundError(stream) from None
     subjects = tuple(config.subjects or ())
-    return StreamFacts(stream, subjects, bool(config.allow_msg_schedules), bool(config.allow_msg_ttl))
+    window = float(config.duplicate_window or 0) or 120.0  # 0: the server's default, two minutes
+    return StreamFacts(stream, subjects, bool(config.allow_msg_schedules), bool(config.allow_msg_ttl), window)

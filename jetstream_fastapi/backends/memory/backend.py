@@ -413,7 +413,9 @@ class MemoryBackend:
         found = self.streams.get(stream)
         if found is None:
             raise StreamNotFoundError(stream)
-        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl)
+        return StreamFacts(
+            found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl, self.duplicate_window
+        )
 
     def _require(self) -> None:
         if not self._open:
