@@ -269,3 +269,56 @@ async def test_postgres_notify_wakes_a_relay_of_another_instance(postgres_server
     finally:
         await relay_engine.dispose()
         await writer_engine.dispose()
+
+
+async def test_two_relays_on_postgres_share_the_rows_each_key_in_order(postgres_server: Any, prefix: str) -> None:
+    import asyncpg
+
+    name = f"r{prefix[-10:]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres_server.port}/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    first_engine, second_engine = (create_async_engine(postgres_server.url(name)) for _ in range(2))
+    keys, per_key = [f"k{n}" for n in range(6)], 25
+    first = await _outbox(first_engine, batch_size=10, concurrency=3)
+    second = Outbox(second_engine, batch_size=10, concurrency=3, poll_interval=0.5, lease_ttl=2.0)
+    async with AsyncSession(first_engine) as session, session.begin():
+        for n in range(per_key):
+            for key in keys:
+                await first.publish(session, f"{prefix}.{key}", f"{key}-{n}", key=key)
+    try:
+        async with InMemoryBroker() as broker:
+            received = await _consume(broker, f"{prefix}.>")
+            await first.start(broker)
+            await second.start(broker)
+            try:
+                await received.until(lambda: len(received.messages) >= len(keys) * per_key, "every event")
+                await broker.wait_until_idle(WAIT)
+            finally:
+                await first.stop()
+                await second.stop()
+    finally:
+        await first_engine.dispose()
+        await second_engine.dispose()
+    bodies = received.bodies()
+    assert len(bodies) == len(set(bodies)) == len(keys) * per_key
+    for key in keys:
+        assert [body for body in bodies if body.startswith(f"{key}-")] == [f"{key}-{n}" for n in range(per_key)]
+
+
+async def test_jetstream_lifespan_runs_the_relay_around_the_handlers(engine: AsyncEngine, prefix: str) -> None:
+    from asgi_lifespan import LifespanManager
+    from fastapi import FastAPI
+
+    from jetstream_fastapi import ConsumerRouter, jetstream_lifespan
+
+    broker, router, received = InMemoryBroker(), ConsumerRouter(), Received()
+    outbox = await _outbox(engine)
+    router.handle(f"{prefix}.>", queue="reader")(received.handler)
+    app = FastAPI(lifespan=jetstream_lifespan(broker, router, outbox=outbox))
+    async with LifespanManager(app):
+        assert outbox.relay is not None
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, f"{prefix}.created", "via the lifespan")
+        await received.until(lambda: len(received.messages) == 1, "the event")
+    assert outbox.relay is None

@@ -8,7 +8,8 @@
     async def create(order: Order, broker: Broker = Depends(get_broker)) -> dict[str, object]: ...
 
 With ``outbox=`` (a :class:`jetstream_fastapi.outbox.Outbox`) its relay runs from before the handlers start
-until after they stopped, so that what handlers publish through the outbox is relayed.
+until after they stopped, so that what handlers publish through the outbox is relayed; with ``inbox=`` (a
+:class:`jetstream_fastapi.inbox.Inbox`) its old rows are pruned meanwhile.
 
 Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
 enter the app's own lifespan, declare the recurring schedules of every router (at once, so that one
@@ -62,10 +63,14 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]
 
 
 def jetstream_lifespan(
-    broker: Broker, *routers: ConsumerRouter, lifespan: AppLifespan | None = None, outbox: Relayed | None = None
+    broker: Broker,
+    *routers: ConsumerRouter,
+    lifespan: AppLifespan | None = None,
+    outbox: Relayed | None = None,
+    inbox: Relayed | None = None,
 ) -> Lifespan:
-    """A FastAPI ``lifespan`` running ``broker``, the handlers of ``routers`` and the relay of ``outbox``,
-    around ``lifespan``."""
+    """A FastAPI ``lifespan`` running ``broker``, the handlers of ``routers``, the relay of ``outbox`` and
+    the pruning of ``inbox``, around ``lifespan``."""
 
     @contextlib.asynccontextmanager
     async def _lifespan(app: Any) -> AsyncIterator[Mapping[str, Any]]:
@@ -81,6 +86,9 @@ def jetstream_lifespan(
                     await outbox.start(broker)
                     stack.push_async_callback(outbox.stop)  # after the handlers stopped: they may publish
                     state[OUTBOX_KEY] = outbox
+                if inbox is not None:
+                    await inbox.start(broker)
+                    stack.push_async_callback(inbox.stop)
                 subscribers: list[Subscriber] = []
                 stack.push_async_callback(_stop, subscribers)
                 state[SCHEDULES_KEY] = await declare_schedules(broker, routers)
