@@ -322,3 +322,27 @@ async def test_jetstream_lifespan_runs_the_relay_around_the_handlers(engine: Asy
             await outbox.publish(session, f"{prefix}.created", "via the lifespan")
         await received.until(lambda: len(received.messages) == 1, "the event")
     assert outbox.relay is None
+
+
+async def test_readiness_reports_the_outbox_backlog(engine: AsyncEngine, prefix: str) -> None:
+    import httpx
+    from asgi_lifespan import LifespanManager
+    from fastapi import FastAPI
+
+    from jetstream_fastapi import health_router, jetstream_lifespan
+
+    broker = InMemoryBroker()
+    outbox = await _outbox(engine)
+    app = FastAPI(lifespan=jetstream_lifespan(broker, outbox=outbox))
+    app.include_router(health_router())
+    async with LifespanManager(app) as manager:
+        broker.faults.drop_connection()  # the row waits
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, f"{prefix}.created", "waiting")
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            body = (await client.get("/health/ready")).json()
+        broker.faults.restore_connection()
+    assert body["outbox"]["backlog"] == 1
+    assert body["outbox"]["failed"] == 0
+    assert body["outbox"]["oldest_age"] >= 0

@@ -23,16 +23,16 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from ..driver import Broker, Subscriber
 from ..errors import InvalidArgumentError
-from .lifespan import STATE_KEY
+from .lifespan import OUTBOX_KEY, STATE_KEY
 
-__all__ = ["ConsumerHealth", "Liveness", "Readiness", "check_readiness", "health_router"]
+__all__ = ["ConsumerHealth", "Liveness", "OutboxHealth", "Readiness", "check_readiness", "health_router"]
 
 _NO_BROKER = (
     "no JetStream broker yet: the app's lifespan has not started, or the app was not created with "
@@ -67,6 +67,19 @@ class ConsumerHealth(BaseModel):
     A paused consumer is ready: it was paused on purpose."""
 
 
+class OutboxHealth(BaseModel):
+    """The outbox table, as the readiness probe reports it (with ``jetstream_lifespan(..., outbox=...)``)."""
+
+    backlog: int | None
+    """Rows waiting to be published (``None``: the database did not answer within the probe's timeout)."""
+    oldest_age: float | None
+    """Seconds since the oldest waiting row was written."""
+    failed: int | None
+    """Rows that could neither be published nor dead-lettered: they wait for an operator."""
+    last_error: str | None = None
+    """The relay's last problem (the database or NATS unreachable), ``None`` after a good round."""
+
+
 class Readiness(BaseModel):
     """The answer to the readiness probe (``200`` when ``ready``, ``503`` otherwise)."""
 
@@ -80,6 +93,8 @@ class Readiness(BaseModel):
     """Every subscription of the broker."""
     detail: str | None = None
     """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
+    outbox: OutboxHealth | None = None
+    """The outbox's backlog, when the app has one (reported; a backlog does not make the app unready)."""
 
 
 def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
@@ -135,6 +150,21 @@ async def _mark_paused(broker: Broker, consumers: list[ConsumerHealth], timeout:
     for consumer in consumers:
         if consumer.queue is not None:
             consumer.paused_until = paused.get(consumer.queue)
+
+
+async def outbox_health(outbox: Any, timeout: float) -> OutboxHealth:
+    """Backlog, oldest row's age and failed rows of ``outbox`` (an :class:`~jetstream_fastapi.outbox.Outbox`),
+    with ``None`` figures when its database does not answer within ``timeout`` seconds."""
+    relay = outbox.relay
+    last_error = relay.last_error if relay is not None else "the relay is not running"
+    try:
+        async with asyncio.timeout(timeout):
+            stats = await outbox.stats()
+    except Exception as error:
+        return OutboxHealth(backlog=None, oldest_age=None, failed=None, last_error=f"database: {type(error).__name__}")
+    return OutboxHealth(
+        backlog=stats.backlog, oldest_age=round(stats.oldest_age, 3), failed=stats.failed, last_error=last_error
+    )
 
 
 async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
@@ -209,6 +239,9 @@ def health_router(
         """``200`` when connected, JetStream answers and every consumer runs; ``503`` otherwise."""
         current = broker if broker is not None else getattr(request.state, STATE_KEY, None)
         result = await check_readiness(current, timeout=timeout)
+        outbox = getattr(request.state, OUTBOX_KEY, None)
+        if outbox is not None:
+            result.outbox = await outbox_health(outbox, timeout)
         response.headers["Cache-Control"] = "no-store"
         if not result.ready:
             response.status_code = 503
