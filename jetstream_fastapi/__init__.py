@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import ManualClock
 from .core.deadletters import DeadLetter, DeadLetterAdmin
 from .driver import (
+    Ack,
     Backoff,
     Broker,
     ConsumerOptions,
@@ -101,6 +102,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Ack",
     "Backoff",
     "BatchStoredError",
     "Broker",

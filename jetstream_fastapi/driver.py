@@ -39,6 +39,7 @@ from .errors import (
 )
 
 __all__ = [
+    "Ack",
     "Backoff",
     "Broker",
     "ConnectError",
@@ -216,6 +217,19 @@ class Retry(Exception):
 
     def __repr__(self) -> str:
         return f"Retry(after={self.after!r}, reason={self.reason!r})"
+
+
+class Ack(Exception):
+    """Raised by a handler or one of its dependencies: acknowledge this message now, without running the
+    rest of the handler. The inbox (:mod:`jetstream_fastapi.inbox`) raises it for a redelivery of a message
+    whose handling committed before."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "acked")
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Ack(reason={self.reason!r})"
 
 
 class Reject(Exception):

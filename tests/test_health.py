@@ -97,7 +97,14 @@ async def test_ready_without_a_started_lifespan_is_a_clear_503(with_lifespan: bo
     body = ready.json()
     assert body["detail"] is not None
     assert "jetstream_lifespan" in body.pop("detail")
-    assert body == {"ready": False, "connected": False, "jetstream": False, "consumers": [], "dead_letters_lost": 0}
+    assert body == {
+        "ready": False,
+        "connected": False,
+        "jetstream": False,
+        "consumers": [],
+        "dead_letters_lost": 0,
+        "outbox": None,
+    }
     assert ready.headers["cache-control"] == "no-store"
 
 
@@ -120,6 +127,7 @@ async def test_explicit_broker_is_not_ready_until_connected() -> None:
             "consumers": [],
             "detail": None,
             "dead_letters_lost": 0,
+            "outbox": None,
         }
         await broker.disconnect()
         assert (await client.get("/health/ready")).status_code == 503
@@ -143,6 +151,7 @@ async def test_ready_on_the_in_memory_broker() -> None:
             "consumers": [running("orders.created", "processor")],
             "detail": None,
             "dead_letters_lost": 0,
+            "outbox": None,
         }
         await broker.publish("orders.created", b"x")
         await asyncio.wait_for(gate.started.wait(), WAIT)

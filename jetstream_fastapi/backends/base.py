@@ -76,7 +76,7 @@ class PartitionedStream:
 
 @dataclass(frozen=True, slots=True)
 class StreamFacts:
-    """What the front needs to know of a stream to keep recurring schedules in it."""
+    """What the front needs to know of a stream to keep recurring schedules in it, and its duplicate window."""
 
     name: str
     subjects: tuple[str, ...]
@@ -85,6 +85,8 @@ class StreamFacts:
     source: tuple[str, str] | None = None
     """For a key-ordered queue's partitioned stream: the stream it sources and the subject filter it
     sources (what stores a message it gets); ``None`` for any other stream."""
+    duplicate_window: float = 120.0
+    """Seconds a ``Nats-Msg-Id`` is remembered (from its first sighting, not sliding)."""
 
 
 @dataclass(frozen=True, slots=True)

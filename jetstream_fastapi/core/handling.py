@@ -1,8 +1,9 @@
 """What both brokers share about consuming: resolved consumer settings and the handler's verdict.
 
 A message's fate is decided here, once, so the in-memory broker and the JetStream worker cannot drift:
-the handler returns → ack; raises :class:`Retry` → nak after its delay; raises :class:`Reject` → terminate;
-raises anything else → nak after the backoff delay, or terminate when it was the last allowed attempt.
+the handler returns (or raises :class:`Ack`) → ack; raises :class:`Retry` → nak after its delay; raises
+:class:`Reject` → terminate; raises anything else → nak after the backoff delay, or terminate when it was
+the last allowed attempt.
 Imports nothing from ``nats``.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
+from ..driver import Ack, Backoff, ConsumerOptions, Handler, Message, Reject, Retry
 from ..errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
 from ..observability.logs import message_extra
 
@@ -135,6 +136,9 @@ async def run_handler(handler: Handler, message: Message, settings: ConsumerSett
             result = await handler(message)
         else:
             result = await _with_timeout(handler, message, settings.handler_timeout)
+    except Ack as ack:
+        logger.debug("message on %s acked without handling: %s", message.subject, ack.reason)
+        return ACKED
     except Retry as retry:
         return _failed(message, settings, retry, retry.after)
     except Reject as reject:

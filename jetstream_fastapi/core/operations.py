@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from ..backends.base import ConsumerState
-from ..driver import PubAck
+from ..driver import Message, PubAck
 from ..errors import InvalidArgumentError, JetStreamError
 from .dead_letter_ops import check_seq, fetch, letter_filter, purge, replay_target, scan
-from .deadletters import DEAD_LETTER_STREAM, DeadLetter
+from .deadletters import DEAD_LETTER_STREAM, DeadLetter, dead_letter_headers, dead_letter_subject
 from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
+from .subjects import check_subject
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -120,3 +121,24 @@ class Operations(Front):
         wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
         self._require()
         return await self._below(purge(self._backend, wanted, subject))
+
+    async def publish_dead_letter(
+        self, message: Message, error: BaseException, *, source: str, consumer: str, msg_id: str
+    ) -> PubAck:
+        """Store ``message`` (its ``subject``, body and headers) as a dead letter of ``source`` and
+        ``consumer`` with why it died, for producers of the library's own (the outbox relay) whose messages
+        never reached a stream: it is listed by ``list_dead_letters(stream=source, consumer=consumer)`` and
+        replayed to its subject like any other. ``msg_id`` stores a retried dead-lettering once."""
+        letter_filter(source, consumer)  # the same name rules as the filter that lists them
+        self._require()
+        await self._below(self._backend.ensure_dead_letter_stream())
+        letter = Message(body=message.body, headers=dead_letter_headers(message, error))
+        return await self.publish(dead_letter_subject(source, consumer), letter, msg_id=msg_id)
+
+    async def duplicate_window(self, subject: str) -> float:
+        """Seconds the stream capturing ``subject`` remembers a ``msg_id`` (counted from its first sighting):
+        a publish retried with the same id later than that is stored twice."""
+        check_subject(subject, wildcards=False)
+        self._require()
+        stream = await self._below(self._backend.stream_for(subject))
+        return (await self._below(self._backend.stream_facts(stream))).duplicate_window

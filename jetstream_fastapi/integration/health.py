@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
@@ -36,9 +36,9 @@ from pydantic import BaseModel
 from ..core.redaction import redact
 from ..driver import Broker, Subscriber
 from ..errors import InvalidArgumentError
-from .lifespan import STATE_KEY
+from .lifespan import OUTBOX_KEY, STATE_KEY
 
-__all__ = ["ConsumerHealth", "Liveness", "Readiness", "check_readiness", "health_router"]
+__all__ = ["ConsumerHealth", "Liveness", "OutboxHealth", "Readiness", "check_readiness", "health_router"]
 
 _NO_BROKER = (
     "no JetStream broker yet: the app's lifespan has not started, or the app was not created with "
@@ -76,6 +76,19 @@ class ConsumerHealth(BaseModel):
     logged at ERROR). Not a reason to be unready: an alert to raise."""
 
 
+class OutboxHealth(BaseModel):
+    """The outbox table, as the readiness probe reports it (with ``jetstream_lifespan(..., outbox=...)``)."""
+
+    backlog: int | None
+    """Rows waiting to be published (``None``: the database did not answer within the probe's timeout)."""
+    oldest_age: float | None
+    """Seconds since the oldest waiting row was written."""
+    failed: int | None
+    """Rows that could neither be published nor dead-lettered: they wait for an operator."""
+    last_error: str | None = None
+    """The relay's last problem (the database or NATS unreachable), ``None`` after a good round."""
+
+
 class Readiness(BaseModel):
     """The answer to the readiness probe (``200`` when ``ready``, ``503`` otherwise)."""
 
@@ -91,6 +104,8 @@ class Readiness(BaseModel):
     """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
     dead_letters_lost: int = 0
     """Every consumer's ``dead_letters_lost`` added up (this process, since its subscriptions started)."""
+    outbox: OutboxHealth | None = None
+    """The outbox's backlog, when the app has one (reported; a backlog does not make the app unready)."""
 
 
 def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
@@ -168,6 +183,21 @@ class _ServerAnswers:
                 self._answers = (jetstream, await _paused(broker, consumers, timeout) if jetstream else {})
                 self._broker, self._read_at = broker, time.monotonic()
             return self._answers
+
+
+async def outbox_health(outbox: Any, timeout: float) -> OutboxHealth:
+    """Backlog, oldest row's age and failed rows of ``outbox`` (an :class:`~jetstream_fastapi.outbox.Outbox`),
+    with ``None`` figures when its database does not answer within ``timeout`` seconds."""
+    relay = outbox.relay
+    last_error = relay.last_error if relay is not None else "the relay is not running"
+    try:
+        async with asyncio.timeout(timeout):
+            stats = await outbox.stats()
+    except Exception as error:
+        return OutboxHealth(backlog=None, oldest_age=None, failed=None, last_error=f"database: {type(error).__name__}")
+    return OutboxHealth(
+        backlog=stats.backlog, oldest_age=round(stats.oldest_age, 3), failed=stats.failed, last_error=last_error
+    )
 
 
 async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
@@ -254,6 +284,9 @@ def health_router(
         """``200`` when connected, JetStream answers and every consumer runs; ``503`` otherwise."""
         current = broker if broker is not None else getattr(request.state, STATE_KEY, None)
         result = await _check(current, timeout, server)
+        outbox = getattr(request.state, OUTBOX_KEY, None)
+        if outbox is not None:
+            result.outbox = await outbox_health(outbox, timeout)
         response.headers["Cache-Control"] = "no-store"
         if not result.ready:
             response.status_code = 503

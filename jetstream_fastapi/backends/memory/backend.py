@@ -437,7 +437,14 @@ class MemoryBackend:
         if found is None:
             raise StreamNotFoundError(stream)
         source = (found.sourced.source, found.sourced.subject) if found.sourced is not None else None
-        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl, source)
+        return StreamFacts(
+            found.name,
+            tuple(found.subjects),
+            found.allow_msg_schedules,
+            found.allow_msg_ttl,
+            source=source,
+            duplicate_window=self.duplicate_window,
+        )
 
     def _require(self) -> None:
         if not self._open:
