@@ -42,30 +42,79 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]
 """What :func:`jetstream_lifespan` returns: it always yields the lifespan state."""
 
 
-def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLifespan | None = None) -> Lifespan:
-    """A FastAPI ``lifespan`` running ``broker`` and the handlers of ``routers``, around ``lifespan``."""
+def jetstream_lifespan(
+    broker: Broker, *routers: ConsumerRouter, lifespan: AppLifespan | None = None
+) -> JetStreamLifespan:
+    """A FastAPI ``lifespan`` running ``broker`` and the handlers of ``routers``, around ``lifespan``.
+
+    The returned :class:`JetStreamLifespan` keeps what it runs (``.broker``, ``.routers``), so that tools
+    find them from the app alone (:func:`lifespan_of`; ``jetstream-fastapi asyncapi module:app``)."""
+    return JetStreamLifespan(broker, routers, lifespan)
+
+
+class JetStreamLifespan:
+    """What :func:`jetstream_lifespan` returns: a FastAPI lifespan that says what it runs.
+
+    ``broker`` and ``routers`` are what the app runs; :func:`lifespan_of` finds this object from the app,
+    also after FastAPI merged it with the lifespans of included routers."""
+
+    def __init__(self, broker: Broker, routers: tuple[ConsumerRouter, ...], lifespan: AppLifespan | None) -> None:
+        self.broker = broker
+        self.routers = routers
+        self.lifespan = lifespan
+
+    def __call__(self, app: Any) -> AbstractAsyncContextManager[Mapping[str, Any]]:
+        return self._run(app)
 
     @contextlib.asynccontextmanager
-    async def _lifespan(app: Any) -> AsyncIterator[Mapping[str, Any]]:
+    async def _run(self, app: Any) -> AsyncIterator[Mapping[str, Any]]:
+        broker = self.broker
         await broker.connect()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 state: dict[str, Any] = {}
-                if lifespan is not None:
-                    inner: Mapping[str, Any] | None = await stack.enter_async_context(lifespan(app))
+                if self.lifespan is not None:
+                    inner: Mapping[str, Any] | None = await stack.enter_async_context(self.lifespan(app))
                     state.update(inner or {})
                 state[STATE_KEY] = broker
                 subscribers: list[Subscriber] = []
                 stack.push_async_callback(_stop, subscribers)
-                state[SCHEDULES_KEY] = await declare_schedules(broker, routers)
-                for router in routers:
+                state[SCHEDULES_KEY] = await declare_schedules(broker, self.routers)
+                for router in self.routers:
                     subscribers += await router.start(broker, state, schedules=False)
                 warn_fan_out(subscribers)
                 yield state
         finally:
             await broker.disconnect()
 
-    return _lifespan
+    def __repr__(self) -> str:
+        return f"JetStreamLifespan(broker={self.broker!r}, routers={list(self.routers)!r})"
+
+
+def lifespan_of(app: Any) -> JetStreamLifespan | None:
+    """The :class:`JetStreamLifespan` an app (FastAPI or Starlette) runs, or ``None``.
+
+    FastAPI wraps the app's lifespan in a new function at each ``include_router`` (merging the included
+    router's lifespan): the search follows the wrapped functions' closures down to ours."""
+    router = getattr(app, "router", None)
+    return _find(getattr(router, "lifespan_context", None), depth=16, seen=set())
+
+
+def _find(obj: object, depth: int, seen: set[int]) -> JetStreamLifespan | None:
+    if isinstance(obj, JetStreamLifespan):
+        return obj
+    if depth == 0 or id(obj) in seen or not callable(obj):
+        return None
+    seen.add(id(obj))
+    inner: list[object] = [getattr(obj, "__wrapped__", None)]
+    for cell in getattr(obj, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            inner.append(cell.cell_contents)
+    for candidate in inner:
+        found = _find(candidate, depth - 1, seen)
+        if found is not None:
+            return found
+    return None
 
 
 async def _stop(subscribers: list[Subscriber]) -> None:
