@@ -36,9 +36,9 @@ from .backends.jetstream.connection import check_server_urls, redact_url
 from .core.options import BROKER_OPTIONS
 from .errors import InvalidArgumentError
 
-# Settings passed to JetStreamBroker under their own name, when set: the broker options, and its own
-# connect_timeout (the others are read into nats.connect options below).
-_BROKER_OPTIONS = (*sorted(BROKER_OPTIONS), "connect_timeout")
+# Settings passed to JetStreamBroker under their own name, when set: the broker options (the others are
+# read into nats.connect options below).
+_BROKER_OPTIONS = tuple(sorted(BROKER_OPTIONS))
 _FILES = ("creds_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
 
 

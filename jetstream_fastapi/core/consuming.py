@@ -24,6 +24,7 @@ from .handling import Verdict, check_handler, check_one_filter
 from .keyorder import check_key_order, subscribe_partitioned
 from .partitioned import PartitionedSubscription
 from .processing import Processor, ProcessorFactory, store_max_deliver
+from .publish_options import check_server_version
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -108,6 +109,8 @@ class Consuming(Front):
         check_handler(handler)
         settings = self.defaults.merged(options)
         self._require()
+        if exclusive:
+            check_server_version(["exclusive consumers"], self._backend.server_version)
         if count:
             assert queue is not None
             return await self._below(subscribe_partitioned(self, subject, handler, queue, count, dict(options)))

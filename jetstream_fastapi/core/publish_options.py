@@ -32,8 +32,10 @@ MIN_SERVER_VERSION: dict[str, tuple[int, int, int]] = {
     "atomic batch publish": (2, 12, 0),
     "consumer pause": (2, 11, 0),
     "key order": (2, 11, 0),
+    "exclusive consumers": (2, 11, 0),  # priority groups, pinned client (ADR-42)
 }
-"""The first nats-server release with each feature."""
+"""The first nats-server release with each feature: the one gate of every feature that needs a recent
+server (:func:`check_server_version`, raising :class:`~jetstream_fastapi.errors.ServerVersionError`)."""
 
 
 @dataclass(frozen=True, slots=True)
