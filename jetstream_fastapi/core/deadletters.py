@@ -6,7 +6,7 @@ captured by the ``DEAD_LETTERS`` stream (Limits retention, so it can be inspecte
 record where it came from and why it died. Only once that publish is acknowledged is the original
 terminated; if it fails, the original is held (kept in progress) and its dead letter retried with
 backoff; a worker that stops meanwhile gives it back, and its next delivery is dead-lettered (see
-:mod:`~jetstream_fastapi.worker`).
+:mod:`~jetstream_fastapi.core.processing`).
 
 Imports nothing from ``nats``: both brokers build and read dead letters with these functions.
 """
@@ -14,11 +14,10 @@ Imports nothing from ``nats``: both brokers build and read dead letters with the
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from ..driver import MSG_ID_HEADER, Message, PubAck
+from ..driver import MSG_ID_HEADER, Message
+from ..driver import DeadLetterAdmin as DeadLetterAdmin  # the contract's; imported from here before
 
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_PREFIX = "deadletter"
@@ -132,28 +131,3 @@ class DeadLetter:
             "headers": self.headers,
             "timestamp": self.timestamp.isoformat() if self.timestamp else None,
         }
-
-
-@runtime_checkable
-class DeadLetterAdmin(Protocol):
-    """Inspecting and replaying dead letters; both brokers of this package have it."""
-
-    async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
-    ) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
-        ...
-
-    async def dead_letter(self, seq: int) -> DeadLetter:
-        """Dead letter ``seq``; ``LookupError`` if none."""
-        ...
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject and remove it; ``LookupError`` if none."""
-        ...
-
-    async def purge_dead_letters(
-        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
-    ) -> int:
-        """Delete the dead letters ``seqs`` (or all of them, of ``stream``/``consumer``); how many."""
-        ...

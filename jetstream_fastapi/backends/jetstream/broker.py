@@ -10,7 +10,6 @@ from nats.aio.client import Client as NATS
 
 from ...core.broker import BaseBroker
 from ...core.options import BROKER_OPTIONS, BrokerOptions, FrontSettings
-from ...core.subscription import Subscription
 from ...errors import UnknownOptionError
 from .backend import JetStreamBackend
 from .connection import redact_url
@@ -75,7 +74,3 @@ class JetStreamBroker(BaseBroker):
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
         servers = [redact_url(url) for url in self.servers]
         return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
-
-
-JetStreamSubscription = Subscription
-"""A subscription of a :class:`JetStreamBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""

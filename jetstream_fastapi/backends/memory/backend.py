@@ -11,8 +11,8 @@ It also models what a test needs to see and a real server shows only with effort
 (an unanswered message comes back with the next attempt; a long handler keeps its message with
 in-progress, as the JetStream worker does), ``max_ack_pending`` across members, all on a clock a test can
 advance without sleeping (``clock=ManualClock()``, :mod:`~jetstream_fastapi.clock`); and fault injection
-(``broker.faults``, :mod:`~jetstream_fastapi.faults`): redeliver an acked message, fail publishes, lose
-acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.memory_consumer`.
+(``broker.faults``, :mod:`~jetstream_fastapi.backends.memory.faults`): redeliver an acked message, fail publishes, lose
+acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.backends.memory.consumers`.
 Imports nothing from ``nats``.
 """
 
@@ -31,7 +31,6 @@ from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
 from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
-from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, Message, PubAck
 from ...errors import (
     ConsumerConfigError,
@@ -88,7 +87,7 @@ class InMemoryBroker(BaseBroker):
         self.clock: Clock = backend.clock
         """The clock of every timer (nak delays, ack wait, in-progress, duplicate window)."""
         self.faults: Faults = backend.faults
-        """Fault injection: see :class:`~jetstream_fastapi.faults.Faults`."""
+        """Fault injection: see :class:`~jetstream_fastapi.backends.memory.faults.Faults`."""
 
     def idle(self) -> bool:
         """Whether nothing is running, nothing is waiting for redelivery, and no subscribed consumer has
@@ -99,10 +98,6 @@ class InMemoryBroker(BaseBroker):
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
         streams = {name: len(stream.messages) for name, stream in self._memory.streams.items()}
         return f"InMemoryBroker(state={state!r}, streams={streams}, subscriptions={len(self._subscriptions)})"
-
-
-InMemorySubscription = Subscription
-"""A subscription of an :class:`InMemoryBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""
 
 
 @dataclass(slots=True)
