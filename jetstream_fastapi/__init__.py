@@ -10,6 +10,7 @@ outside the standard library: no ``nats``, ``fastapi``, ``starlette``, ``pydanti
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .clock import ManualClock
 from .core.deadletters import DeadLetter
 from .driver import (
@@ -61,13 +62,10 @@ from .errors import (
     UnknownOptionError,
 )
 
-__version__ = "0.1.0"
-"""This release; the single source of the package version (pyproject.toml reads it at build time)."""
-
 if TYPE_CHECKING:
     from .backends.jetstream.broker import JetStreamBroker
     from .backends.jetstream.inspection import Inspector
-    from .backends.memory.backend import InMemoryBroker
+    from .backends.memory.broker import InMemoryBroker
     from .core.partitioned import PartitionedSubscription
     from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
     from .core.subscription import Subscription
@@ -85,7 +83,7 @@ _LAZY = {
     "BrokerSettings": "settings",
     "ConsumerHealth": "integration.health",
     "ConsumerRouter": "integration.routing",
-    "InMemoryBroker": "backends.memory.backend",
+    "InMemoryBroker": "backends.memory.broker",
     "Inspector": "backends.jetstream.inspection",
     "JetStreamBroker": "backends.jetstream.broker",
     "PartitionedSubscription": "core.partitioned",

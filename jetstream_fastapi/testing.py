@@ -40,7 +40,7 @@ except ImportError as error:
         "jetstream_fastapi.testing needs pytest-asyncio: pip install 'jetstream-fastapi[testing]'"
     ) from error
 
-from .backends.memory.backend import InMemoryBroker
+from .backends.memory.broker import InMemoryBroker
 from .driver import Broker
 from .server import NatsServer
 
