@@ -23,7 +23,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -122,6 +131,22 @@ class BrokerSettings(BaseSettings):
     """``NATS_METRICS``: record the Prometheus and OpenTelemetry metrics (``true``/``false``)."""
     name: str | None = Field(default=None, min_length=1)
     """``NATS_NAME``: the connection name shown by the server's monitoring."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise self._by_variable(error) from None
+
+    @classmethod
+    def _by_variable(cls, error: ValidationError) -> ValidationError:
+        """``error`` with each field named by its variable (``NATS_URL``, not ``url``): what the user sets."""
+        details: list[Any] = [
+            {key: value for key, value in line.items() if key in ("type", "input", "ctx")}
+            | {"loc": (cls._variable(str(line["loc"][0])), *line["loc"][1:]) if line["loc"] else ()}
+            for line in error.errors(include_url=False)
+        ]
+        return ValidationError.from_exception_data(error.title, details, hide_input=True)
 
     @classmethod
     def _variable(cls, field: str) -> str:

@@ -259,7 +259,8 @@ def test_invalid_values_fail_with_pydantic_errors(
     with pytest.raises(ValidationError) as caught:
         BrokerSettings()
     [error] = caught.value.errors()
-    assert error["loc"] == (field,)
+    assert error["loc"] == (name,)  # the variable to fix, not the field it sets
+    assert str(caught.value).splitlines()[1] == name
     assert message in str(caught.value)
     assert TOKEN not in str(caught.value)
 

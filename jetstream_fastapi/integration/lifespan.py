@@ -10,7 +10,8 @@
 Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
 enter the app's own lifespan, declare the recurring schedules of every router (at once, so that one
 router's schedules are not reported as undeclared by another's), then subscribe every handler of every
-router (warning about a handler without a queue when this is one of several worker processes:
+router (warning about a handler without a queue: it misses what was published while the app was down,
+and, when this is one of several worker processes, every process gets each of its messages:
 :mod:`~jetstream_fastapi.integration.workers`).
 Shutdown runs in reverse: stop the consumers (in-flight handlers finish, the rest is given back), leave
 the app's lifespan (its resources outlive the handlers that use them), then drain and close the connection.
@@ -28,7 +29,7 @@ from starlette.requests import HTTPConnection
 
 from ..driver import Broker, Subscriber
 from .routing import ConsumerRouter, declare_schedules
-from .workers import warn_fan_out
+from .workers import warn_fan_out, warn_without_queue
 
 STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
@@ -83,6 +84,9 @@ class JetStreamLifespan:
                 for router in self.routers:
                     subscribers += await router.start(broker, state, schedules=False)
                 warn_fan_out(subscribers)
+                warn_without_queue(
+                    (spec.subject, spec.queue, spec.options) for router in self.routers for spec in router
+                )
                 yield state
         finally:
             await broker.disconnect()
