@@ -351,8 +351,9 @@ class Broker(Protocol):
         ``timeout`` seconds."""
         ...
 
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
+    async def list_dead_letters(self, limit: int = 100, *, after: int | None = None) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters with a sequence above ``after`` (a cursor: the last ``seq`` of
+        the page before; ``None``: from the first); at most ``limit`` are read from the store."""
         ...
 
     async def replay_dead_letter(self, seq: int) -> PubAck:

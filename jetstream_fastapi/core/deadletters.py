@@ -312,9 +312,15 @@ class DeadLetterAdmin(Protocol):
     """Inspecting and replaying dead letters; both brokers of this package have it."""
 
     async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+        self,
+        limit: int = 100,
+        *,
+        stream: str | None = None,
+        consumer: str | None = None,
+        after: int | None = None,
     ) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
+        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given) with a
+        sequence above ``after`` (the last ``seq`` of the page before; ``None``: from the first)."""
         ...
 
     async def dead_letter(self, seq: int) -> DeadLetter:
