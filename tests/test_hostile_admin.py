@@ -300,6 +300,8 @@ async def test_cli_escapes_what_a_planted_dead_letter_says(fresh_server: NatsSer
     refused = await asyncio.to_thread(cli, None, "dead-letters", "replay", str(ack.seq), env=env)
     assert refused.returncode == 1
     _visible(refused.stderr)
+    _visible(refused.stdout)  # the skipped letter's reason quotes its subject: escaped
+    assert f"skipped {ack.seq}: " in refused.stdout and "\\x1b]0;pwned" in refused.stdout
 
 
 async def test_cli_replay_of_every_letter_is_bounded_per_call(fresh_server: NatsServer) -> None:
