@@ -50,22 +50,21 @@ def ack_prefix(stream: str, consumer: str) -> str:
 def is_ack_of(reply: str, stream: str, consumer: str) -> bool:
     """Whether ``reply`` is an ack subject of a message ``consumer`` of ``stream`` delivered: the v1 form
     (``$JS.ACK.<stream>.<consumer>.``, 9 tokens in all) or the v2 form of nats-server 2.16
-    (``$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.``, 11 tokens or more), its numbers numbers.
+    (``$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.``, 11 tokens or more).
 
     A message on a worker's inbox whose reply is anything else is no delivery of its consumer: someone
     published it there (or made another consumer deliver there), and settling it would ack, nak or
     terminate a message of someone else, or publish to a subject of the sender's choosing."""
-    tokens = reply.split(".")
-    if len(tokens) != 9 and len(tokens) < 11:
+    if not reply.startswith("$JS.ACK."):
         return False
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
+    tokens = reply.count(".") + 1
+    if tokens != 9 and tokens < 11:
         return False
     try:
-        fields = reply_fields(reply)
+        fields = reply_fields(reply)  # stream, consumer, and the delivery count and sequence as numbers
     except ValueError:  # a number token that is not one
         return False
-    numbers = tokens[6:9] if len(tokens) == 9 else tokens[8:11]
-    return fields.get("stream") == stream and fields.get("consumer") == consumer and all(t.isdecimal() for t in numbers)
+    return fields.get("stream") == stream and fields.get("consumer") == consumer
 
 
 def reply_fields(reply: str) -> dict[str, object]:
