@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 from .clock import ManualClock
-from .core.deadletters import DeadLetter
+from .core.dead_letters import DeadLetter
 from .driver import (
     Ack,
     Backoff,

@@ -283,7 +283,7 @@ class Reject(Exception):
 
 if TYPE_CHECKING:
     # DeadLetter is part of the contract but still lives above it (it moves down with the module reshape).
-    from .core.deadletters import DeadLetter
+    from .core.dead_letters import DeadLetter
     from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
 
 

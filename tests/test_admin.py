@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 
 from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
 from jetstream_fastapi import Broker, InvalidArgumentError, JetStreamBroker, admin_router
-from jetstream_fastapi.core.deadletters import (
+from jetstream_fastapi.core.dead_letters import (
     CONSUMER,
     ERROR,
     ORIGINAL_SEQUENCE,

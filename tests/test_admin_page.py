@@ -243,7 +243,7 @@ def _check_page(playwright: Any, base: str) -> None:
 async def _letters_replay_refuses(url: str) -> dict[str, int]:
     """Four dead letters of the example app's consumer: malformed, partial, foreign (a subject no stream
     captures for it) and one whose replay was stored before (a duplicate); their sequences by name."""
-    from jetstream_fastapi.core.deadletters import (
+    from jetstream_fastapi.core.dead_letters import (
         CONSUMER,
         ORIGINAL_SEQUENCE,
         ORIGINAL_SIZE,

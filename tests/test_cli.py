@@ -300,7 +300,7 @@ def test_a_server_that_does_not_answer(fresh_server: NatsServer) -> None:
 
 async def _plant(broker: JetStreamBroker, prefix: str, stream: str, **changes: str) -> int:
     """A dead letter of ``<prefix>.orders`` for consumer ``dl``, with header ``changes`` (``""`` removes one)."""
-    from jetstream_fastapi.core.deadletters import CONSUMER, ORIGINAL_SEQUENCE, ORIGINAL_STREAM, ORIGINAL_SUBJECT
+    from jetstream_fastapi.core.dead_letters import CONSUMER, ORIGINAL_SEQUENCE, ORIGINAL_STREAM, ORIGINAL_SUBJECT
 
     headers = {ORIGINAL_SUBJECT: f"{prefix}.orders", ORIGINAL_STREAM: stream, ORIGINAL_SEQUENCE: "1", CONSUMER: "dl"}
     headers = {k: v for k, v in {**headers, **changes}.items() if v}

@@ -22,7 +22,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from jetstream_fastapi import Broker, InMemoryBroker, Message, admin_router
-from jetstream_fastapi.core.deadletters import (
+from jetstream_fastapi.core.dead_letters import (
     CONSUMER,
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,

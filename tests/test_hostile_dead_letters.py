@@ -31,7 +31,7 @@ from jetstream_fastapi import (
     Reject,
 )
 from jetstream_fastapi.clock import ManualClock
-from jetstream_fastapi.core.deadletters import DEAD_LETTER_STREAM, REPLAY_CONSUMER
+from jetstream_fastapi.core.dead_letters import DEAD_LETTER_STREAM, REPLAY_CONSUMER
 from jetstream_fastapi.integration.health import check_readiness
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import FAST_BACKOFF, WAIT, BrokerFactory, eventually

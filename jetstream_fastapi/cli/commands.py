@@ -317,7 +317,7 @@ def replay(
 
 
 async def _replay_one(broker: JetStreamBroker, letter: Any) -> dict[str, Any]:
-    """Replay ``letter`` (a :class:`~jetstream_fastapi.core.deadletters.DeadLetter`): what became of it, as
+    """Replay ``letter`` (a :class:`~jetstream_fastapi.core.dead_letters.DeadLetter`): what became of it, as
     fields (``outcome`` ``replayed``, ``kept`` or ``skipped``, and the ``reason``)."""
     from ..errors import DeadLetterNotFoundError, DeadLetterReplayError, NoStreamError
 

@@ -18,7 +18,7 @@ from ..backends.base import ConsumerSpec, PartitionedStream
 from ..driver import ConsumerOptions, Handler, Message
 from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
 from ..observability.logs import message_extra
-from .deadletters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, dead_letter_subject, permanent
+from .dead_letters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, dead_letter_subject, permanent
 from .exclusive import check_exclusive
 from .front import Front
 from .handling import Verdict, check_handler, check_one_filter

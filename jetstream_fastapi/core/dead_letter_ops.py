@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from ..backends.base import Backend, Stored
 from ..errors import DeadLetterNotFoundError, DeadLetterReplayError, InvalidArgumentError, NoStreamError
-from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
+from .dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
 from .subjects import check_subject, subject_matches
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from ..driver import ConsumerOptions
 from ..errors import InvalidArgumentError, UnknownOptionError
-from .deadletters import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
+from .dead_letters import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
 from .handling import ConsumerSettings
 
 StreamMismatch = Literal["error", "warn", "update"]

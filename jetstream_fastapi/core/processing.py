@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
-from .deadletters import REPLAY_CONSUMER
+from .dead_letters import REPLAY_CONSUMER
 from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .requests import REPLY_TO, Replier
 

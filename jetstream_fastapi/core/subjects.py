@@ -10,7 +10,7 @@ import itertools
 import re
 
 from ..errors import InvalidArgumentError, InvalidQueueError, InvalidSubjectError, NoStreamError
-from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from .dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 
 # Characters NATS forbids in consumer (and so queue) names; whitespace is checked separately.
 _BAD_NAME_CHARS = frozenset(".*>/\\")

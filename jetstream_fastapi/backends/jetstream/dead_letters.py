@@ -1,6 +1,6 @@
 """The dead-letter stream on a real server: how it is declared.
 
-The format of a dead letter (subject, headers) lives in :mod:`jetstream_fastapi.core.deadletters`, and
+The format of a dead letter (subject, headers) lives in :mod:`jetstream_fastapi.core.dead_letters`, and
 the front lists, replays and purges them through the backend's ``read`` and ``delete``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ...core.dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.options import StreamPolicy
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...clock import Clock, MonotonicClock
-from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ...core.dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import StreamPolicy
 from ...core.payloads import headers_size
