@@ -157,7 +157,7 @@ class BaseBroker(Consuming, Scheduling, Operations):
         optimistic: if one does not hold, nothing is stored and :class:`PublishConflictError` says the
         current sequence (see :mod:`~jetstream_fastapi.core.publish_options`). With ``delay`` (seconds or a
         ``timedelta``) or ``at`` (an aware ``datetime``) the message is kept by the server and delivered
-        to ``subject`` at that time (see :mod:`~jetstream_fastapi.core.schedules`); the PubAck is the
+        to ``subject`` at that time (see :mod:`~jetstream_fastapi.core.delayed`); the PubAck is the
         stored schedule's.
         """
         if not self._opened:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..driver import Payload
 from ..errors import InvalidArgumentError, NoStreamError, PublishConflictError, StreamFlagError
+from .delayed import SCHEDULE_TOKEN
 from .payloads import coerce_message
 from .publish_options import PublishConditions, check_server_version
 from .recurring import (
@@ -41,7 +42,6 @@ from .recurring import (
     recurring_subject,
     server_cron,
 )
-from .schedules import SCHEDULE_TOKEN
 from .subjects import check_subject
 
 __all__ = [

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, ServerVersionError, UnknownOptionError
+from .delayed import due
 from .payloads import check_msg_id
-from .schedules import due
 
 MIN_TTL = 1.0
 """The shortest per-message TTL a server accepts, in seconds."""

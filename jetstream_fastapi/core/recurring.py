@@ -32,7 +32,7 @@ from typing import Literal
 from cronsim import CronSim, CronSimError
 
 from ..errors import InvalidArgumentError
-from .schedules import SCHEDULE_TOKEN
+from .delayed import SCHEDULE_TOKEN
 
 RECURRING_TOKEN = "recurring"
 """The token after ``_schedule`` that marks a recurring schedule's subject (delayed ones have an id there)."""

@@ -13,9 +13,9 @@ import re
 import uuid
 from typing import Any
 
+from ...core.delayed import schedule_subject, unschedulable
 from ...core.payloads import headers_size
 from ...core.publish_options import PublishConditions
-from ...core.schedules import schedule_subject, unschedulable
 from ...errors import PayloadTooLargeError, PublishConflictError, PublishError, StreamFlagError
 from ..base import Outgoing
 from .streams import StreamRegistry

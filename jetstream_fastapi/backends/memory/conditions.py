@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ...core.delayed import schedule_subject, unschedulable
 from ...core.publish_options import PublishConditions
-from ...core.schedules import schedule_subject, unschedulable
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import BatchStoredError, JetStreamError, PublishConflictError, StreamFlagError
 
