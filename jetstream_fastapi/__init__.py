@@ -69,8 +69,8 @@ if TYPE_CHECKING:
     from .backends.jetstream.broker import JetStreamBroker
     from .backends.jetstream.inspection import Inspector
     from .backends.memory.broker import InMemoryBroker
+    from .core.cron import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
     from .core.partitioned import PartitionedSubscription
-    from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
     from .core.subscription import Subscription
     from .integration.admin import admin_router
     from .integration.asyncapi import asyncapi_document, asyncapi_router
@@ -92,10 +92,10 @@ _LAZY = {
     "PartitionedSubscription": "core.partitioned",
     "Publication": "integration.publishing",
     "Readiness": "integration.health",
-    "RecurringSchedule": "core.recurring",
-    "ScheduleDeclared": "core.recurring",
-    "ScheduleInfo": "core.recurring",
-    "ScheduleReport": "core.recurring",
+    "RecurringSchedule": "core.cron",
+    "ScheduleDeclared": "core.cron",
+    "ScheduleInfo": "core.cron",
+    "ScheduleReport": "core.cron",
     "Subscription": "core.subscription",
     "admin_router": "integration.admin",
     "asyncapi_document": "integration.asyncapi",

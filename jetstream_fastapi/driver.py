@@ -283,8 +283,8 @@ class Reject(Exception):
 
 if TYPE_CHECKING:
     # DeadLetter is part of the contract but still lives above it (it moves down with the module reshape).
+    from .core.cron import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
     from .core.dead_letters import DeadLetter
-    from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
 
 
 @runtime_checkable

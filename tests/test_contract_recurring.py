@@ -187,8 +187,8 @@ async def test_bad_targets_and_names_are_refused(make_broker: BrokerFactory, pre
 
 
 def test_cron_forms_the_server_reads() -> None:
+    from jetstream_fastapi.core.cron import go_duration
     from jetstream_fastapi.core.declaring import recurring_schedule
-    from jetstream_fastapi.core.recurring import go_duration
 
     def pattern(**options: Any) -> str:
         return recurring_schedule("a.b", **options).pattern

@@ -20,10 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..driver import Payload
 from ..errors import InvalidArgumentError, NoStreamError, PublishConflictError, StreamFlagError
-from .delayed import SCHEDULE_TOKEN
-from .payloads import coerce_message
-from .publish_options import PublishConditions, check_server_version
-from .recurring import (
+from .cron import (
     SCHEDULE_HEADER,
     TARGET_HEADER,
     TIME_ZONE_HEADER,
@@ -42,6 +39,9 @@ from .recurring import (
     recurring_subject,
     server_cron,
 )
+from .delayed import SCHEDULE_TOKEN
+from .payloads import coerce_message
+from .publish_options import PublishConditions, check_server_version
 from .subjects import check_subject
 
 __all__ = [

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
+from ..core.cron import RecurringSchedule, ScheduleReport
 from ..core.declaring import recurring_schedule
 from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
 from ..core.keyorder import check_key_order
-from ..core.recurring import RecurringSchedule, ScheduleReport
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Payload, Subscriber
 from ..errors import InvalidArgumentError
@@ -168,7 +168,7 @@ class ConsumerRouter:
         return decorator
 
     def add_schedule(self, schedule: RecurringSchedule) -> None:
-        """Add a checked :class:`~jetstream_fastapi.core.recurring.RecurringSchedule`; one per name."""
+        """Add a checked :class:`~jetstream_fastapi.core.cron.RecurringSchedule`; one per name."""
         existing = self._schedules.get(schedule.name)
         if existing is not None and existing != schedule:
             raise InvalidArgumentError(

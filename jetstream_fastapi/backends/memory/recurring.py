@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import TYPE_CHECKING
 
-from ...core.recurring import (
+from ...core.cron import (
     PREDEFINED,
     SCHEDULE_HEADER,
     TARGET_HEADER,
