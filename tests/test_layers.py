@@ -54,7 +54,7 @@ FRONT = {
     "core.scheduling",
     "core.subscription",
     "core.partitioned",
-    "core.declaring",
+    "core.recurring",
     "observability.router",
     "settings",
 }

@@ -8,7 +8,7 @@ schedule per subject (a new one replaces it), so the subject is made from the sc
 (``reports._schedule.recurring.<name>``) and every app instance declaring it writes the same one. This
 module holds the schedules' values (:class:`RecurringSchedule`, what the server keeps:
 :class:`ScheduleInfo`, and what declaring did: :class:`ScheduleDeclared`, :class:`ScheduleReport`; part of the
-contract, so imported from nothing above) and the server's forms; :mod:`~jetstream_fastapi.core.declaring`
+contract, so imported from nothing above) and the server's forms; :mod:`~jetstream_fastapi.core.recurring`
 checks what a caller asks for (at import time, in the decorator) and declares it.
 
 The server's cron grammar (``server/cron.go``): six fields, seconds first; ``*``, ``?``, numbers, ranges,

@@ -1,6 +1,6 @@
 """The broker's recurring schedules: :class:`Scheduling`, a base of
 :class:`~jetstream_fastapi.core.broker.BaseBroker` (see :mod:`~jetstream_fastapi.core.cron` for what a
-schedule is, :mod:`~jetstream_fastapi.core.declaring` for how it is declared once across instances)."""
+schedule is, :mod:`~jetstream_fastapi.core.recurring` for how it is declared once across instances)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from .cron import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport, check_name
-from .declaring import declare, declare_all, listing, recurring_schedule, remove
 from .front import Front
 from .publish_options import check_stream_name
+from .recurring import declare, declare_all, listing, recurring_schedule, remove
 from .subjects import check_subject
 
 if TYPE_CHECKING:

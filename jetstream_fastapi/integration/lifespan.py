@@ -38,7 +38,7 @@ from .workers import warn_fan_out, warn_without_queue
 STATE_KEY = "jetstream_broker"
 """The lifespan-state key under which the broker is stored (``request.state.jetstream_broker``)."""
 SCHEDULES_KEY = "jetstream_schedules"
-"""The lifespan-state key of the startup's :class:`~jetstream_fastapi.core.declaring.ScheduleReport`
+"""The lifespan-state key of the startup's :class:`~jetstream_fastapi.core.recurring.ScheduleReport`
 (``request.state.jetstream_schedules``; ``None`` when the routers have no handler and no schedule)."""
 
 OUTBOX_KEY = "jetstream_outbox"

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
 from ..core.cron import RecurringSchedule, ScheduleReport
-from ..core.declaring import recurring_schedule
 from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
 from ..core.keyorder import check_key_order
+from ..core.recurring import recurring_schedule
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Payload, Subscriber
 from ..errors import InvalidArgumentError
@@ -156,7 +156,7 @@ class ConsumerRouter:
         interval (seconds or a ``timedelta``, at least 1 s), once per tick however many instances run.
         Registered when called; as a decorator it returns the function unchanged. ``name`` (default:
         ``subject``) tells apart several schedules of one subject; ``ttl`` (seconds, at least 1) has each
-        tick leave the stream after that time. Declared at startup (see :mod:`~jetstream_fastapi.core.declaring`)."""
+        tick leave the stream after that time. Declared at startup (see :mod:`~jetstream_fastapi.core.recurring`)."""
         schedule = recurring_schedule(
             subject, cron=cron, every=every, timezone=timezone, message=message, headers=headers, name=name, ttl=ttl
         )
