@@ -30,7 +30,7 @@ from common import PAYLOAD, Sample, Target, Timer, proc_cpu_seconds, spread
 from throughput import Counter
 
 from jetstream_fastapi import JetStreamBroker
-from jetstream_fastapi.core.keyorder import partition_of
+from jetstream_fastapi.core.key_order import partition_of
 from jetstream_fastapi.driver import Message
 
 HANDLER_SLEEP = 0.001

@@ -14,7 +14,7 @@ import pytest
 from nats.js.api import RetentionPolicy
 
 from jetstream_fastapi import ConsumerRouter, InMemoryBroker, InvalidArgumentError, Message, Reject, ServerVersionError
-from jetstream_fastapi.core.keyorder import derived_stream_name, key_of, partition_of, partition_transform
+from jetstream_fastapi.core.key_order import derived_stream_name, key_of, partition_of, partition_transform
 from jetstream_fastapi.integration.health import check_readiness
 from tests.conftest import WAIT, BrokerFactory
 

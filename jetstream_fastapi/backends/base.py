@@ -77,7 +77,7 @@ class Stored:
 @dataclass(frozen=True, slots=True)
 class PartitionedStream:
     """A stream whose only input is ``subject`` of stream ``source``, each subject prefixed with its
-    partition of ``partitions`` (see :mod:`~jetstream_fastapi.core.keyorder`); work-queue retention."""
+    partition of ``partitions`` (see :mod:`~jetstream_fastapi.core.key_order`); work-queue retention."""
 
     name: str
     source: str

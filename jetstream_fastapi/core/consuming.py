@@ -22,7 +22,7 @@ from .dead_letters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, d
 from .exclusive import check_exclusive
 from .front import Front
 from .handling import Verdict, check_handler, check_one_filter
-from .keyorder import OriginalSubject, check_key_order, check_same, consumer_name, derived_stream_name
+from .key_order import OriginalSubject, check_key_order, check_same, consumer_name, derived_stream_name
 from .partitioned import PartitionedSubscription
 from .processing import DeadLetterOutcome, Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version
@@ -98,7 +98,7 @@ class Consuming(Front):
         With ``exclusive=True`` (needs ``queue``), one instance of the queue handles messages at a time and
         the others stand by (see :mod:`~jetstream_fastapi.core.exclusive`). With ``key_order=True`` (needs
         ``queue``), the messages of one key (the subject's ``*`` tokens) are handled one at a time in stream
-        order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.keyorder`).
+        order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.key_order`).
         """
         check_subject(subject, wildcards=True, max_length=self._preparer.max_subject)
         if queue is not None:
@@ -149,7 +149,7 @@ class Consuming(Front):
     async def _subscribe_partitioned(
         self, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
     ) -> PartitionedSubscription:
-        """Provision the queue's derived stream (see :mod:`~jetstream_fastapi.core.keyorder`) and subscribe
+        """Provision the queue's derived stream (see :mod:`~jetstream_fastapi.core.key_order`) and subscribe
         every partition, or none of them."""
         backend = self._backend
         check_server_version(["key order"], backend.server_version)

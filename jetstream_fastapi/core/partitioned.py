@@ -1,5 +1,5 @@
 """What ``subscribe(..., key_order=True)`` returns: the partitions of a key-ordered queue, as one
-(see :mod:`~jetstream_fastapi.core.keyorder`)."""
+(see :mod:`~jetstream_fastapi.core.key_order`)."""
 
 from __future__ import annotations
 

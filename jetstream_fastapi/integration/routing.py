@@ -25,7 +25,7 @@ from typing import Any, TypeVar, Unpack
 from ..core.cron import RecurringSchedule, ScheduleReport
 from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
-from ..core.keyorder import check_key_order
+from ..core.key_order import check_key_order
 from ..core.recurring import recurring_schedule
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Payload, Subscriber
@@ -60,7 +60,7 @@ class HandlerSpec:
     exclusive: bool = False
     """One instance of the queue handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
     key_order: bool = False
-    """One message per key at a time, in stream order (see :mod:`~jetstream_fastapi.core.keyorder`)."""
+    """One message per key at a time, in stream order (see :mod:`~jetstream_fastapi.core.key_order`)."""
     partitions: int | None = None
 
     @property

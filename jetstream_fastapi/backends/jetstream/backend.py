@@ -36,7 +36,7 @@ from .consumers import consumer_config, ensure_consumer
 from .dead_letters import dead_letter_config
 from .idle import consumer_idle
 from .inbox import open_inbox, send_reply
-from .partitioned import caught_up, ensure_partitioned_stream
+from .key_order import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
 from .stored import last_on_subject, stored, stream_facts
 from .streams import StreamMismatch, StreamRegistry

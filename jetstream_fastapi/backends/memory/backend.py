@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ...clock import Clock, MonotonicClock
 from ...core.dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
-from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
+from ...core.key_order import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import StreamPolicy
 from ...core.payloads import headers_size
 from ...core.subjects import (

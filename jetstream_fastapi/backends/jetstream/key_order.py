@@ -1,4 +1,4 @@
-"""A key-ordered queue's partitioned stream on a real server (see :mod:`~jetstream_fastapi.core.keyorder`):
+"""A key-ordered queue's partitioned stream on a real server (see :mod:`~jetstream_fastapi.core.key_order`):
 a stream with no subjects of its own, sourcing the queue's subject from the stream that stores it through
 a subject transform that puts each message's partition in front (the server computes it), work-queue
 retention, the source's replicas and storage. nats-py's public ``StreamSource`` carries the transform.
@@ -15,7 +15,7 @@ from nats.js.api import RetentionPolicy, StreamConfig, StreamSource, SubjectTran
 from nats.js.errors import APIError, NotFoundError
 from nats.js.manager import JetStreamManager
 
-from ...core.keyorder import partition_transform
+from ...core.key_order import partition_transform
 from ...errors import ConsumerConfigError
 from ..base import PartitionedStream
 from .idle import last_sequence
