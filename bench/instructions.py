@@ -17,7 +17,7 @@ nats-server. Needs Debian's ``valgrind``; a run of the defaults takes about 9 mi
 
 Under valgrind the process runs some 50 times slower while nats-server does not, so what depends on time
 counts differently: the PubAck inbox's timers shared by the requests due in the same 10 ms
-(``backends/jetstream/replies.py``) are shared by none here, and ours' count is high by up to the ~15k
+(``backends/jetstream/pubacks.py``) are shared by none here, and ours' count is high by up to the ~15k
 instructions a timer of its own costs on asyncio's loop.
 """
 

@@ -36,7 +36,7 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "object of its own (the outbox-robust branch is rewriting the relay now)"
     ),
     frozenset(
-        {"backends.memory.backend", "backends.memory.conditions", "backends.memory.consumers"}
+        {"backends.memory.backend", "backends.memory.publish_options", "backends.memory.consumers"}
         | {"backends.memory.faults", "backends.memory.recurring"}
     ): (
         "the memory backend's modules reach into MemoryBackend's streams and faults: it becomes a small fake "

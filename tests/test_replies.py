@@ -1,4 +1,4 @@
-"""The PubAck inbox (``backends/jetstream/replies.py``) against a real nats-server: requests with a long
+"""The PubAck inbox (``backends/jetstream/pubacks.py``) against a real nats-server: requests with a long
 timeout share one timer per slot and still time out, no earlier than their deadline; short ones keep a
 timer of their own; nothing is left behind."""
 
@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from jetstream_fastapi.backends.jetstream.replies import SHARED_TIMERS_FROM, TIMER_SLOT, Replies
+from jetstream_fastapi.backends.jetstream.pubacks import SHARED_TIMERS_FROM, TIMER_SLOT, Replies
 from tests.conftest import WAIT
 
 

@@ -30,14 +30,14 @@ from ...errors import (
 )
 from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored, StreamFacts
 from .batches import send_batch
-from .conditions import scheduled, with_wire_headers
 from .connection import Connection
 from .consumers import consumer_config, ensure_consumer
 from .dead_letters import dead_letter_config
 from .idle import consumer_idle
-from .inbox import open_inbox, send_reply
 from .key_order import caught_up, ensure_partitioned_stream
+from .publish_options import scheduled, with_wire_headers
 from .publisher import Publisher
+from .requests import open_inbox, send_reply
 from .stored import last_on_subject, stored, stream_facts
 from .streams import StreamMismatch, StreamRegistry
 from .worker import PullWorker

@@ -20,7 +20,7 @@ from ...core.payloads import headers_size
 from ...driver import PubAck
 from ...errors import BatchStoredError, PayloadTooLargeError, PublishError, PublishTimeoutError, StreamFlagError
 from ..base import Outgoing
-from .conditions import publish_error, wire_headers
+from .publish_options import publish_error, wire_headers
 from .streams import StreamRegistry
 
 _DUPLICATE_MSG_ID = 10201

@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from ...driver import PubAck
 from ...errors import PublishError
 from ..base import Outgoing
-from .conditions import SCHEDULE_TARGET_HEADER, publish_error
-from .replies import is_no_responders
+from .pubacks import is_no_responders
+from .publish_options import SCHEDULE_TARGET_HEADER, publish_error
 
 
 class NoResponders(Exception):

@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import NotConnectedError, PublishTimeoutError
 from ..base import Outgoing
-from .conditions import SCHEDULE_TARGET_HEADER, publish_error
 from .pipeline import NoResponders, Pipeline
-from .replies import Replies, is_no_responders
+from .pubacks import Replies, is_no_responders
+from .publish_options import SCHEDULE_TARGET_HEADER, publish_error
 from .streams import StreamRegistry
 
 # Retries of a publish that met "no responders" while the stream exists (restart, leader election).

@@ -45,10 +45,10 @@ from ...core.handling import ACKED, Action, ConsumerSettings, is_handler_failure
 from ...core.redaction import redact
 from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, ack_prefix, decode, is_ack_of, nak_payload, reply_fields, where
-from .conditions import is_schedule
 from .flow import Slots
 from .lanes import Lanes
 from .pinning import WRONG_PIN, Pin
+from .publish_options import is_schedule
 from .recovery import Recovery, no_responders_subject, one_line
 
 logger = logging.getLogger("jetstream_fastapi")

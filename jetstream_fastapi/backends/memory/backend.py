@@ -49,9 +49,9 @@ from ...errors import (
     StreamNotFoundError,
 )
 from ..base import ConsumerSpec, ConsumerState, OnReply, Outgoing, PartitionedStream, Process, Stored, StreamFacts
-from .conditions import check_conditions, expire_later, schedule, store_batch
 from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
+from .publish_options import check_conditions, expire_later, schedule, store_batch
 from .recurring import hold, is_recurring
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024

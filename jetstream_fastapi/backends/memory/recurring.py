@@ -26,7 +26,7 @@ from ...core.cron import (
 from ...core.subjects import subject_matches
 from ...driver import MSG_ID_HEADER
 from ...errors import InvalidArgumentError, PublishError, StreamFlagError
-from .conditions import expire_later
+from .publish_options import expire_later
 
 if TYPE_CHECKING:
     from ..base import Outgoing

@@ -1,6 +1,6 @@
 """Publish conditions in memory: the expectations and the per-message TTL, as nats-server 2.15 applies them.
 
-Measured on the server (see :mod:`~jetstream_fastapi.backends.jetstream.conditions`): the expectations are
+Measured on the server (see :mod:`~jetstream_fastapi.backends.jetstream.publish_options`): the expectations are
 checked before the duplicate window; the stream's last sequence counts deleted messages, the subject's does
 not; a TTL needs the stream's ``allow_msg_ttl``. An expired message is removed from the stream and from the
 consumers that have not delivered it yet, on the backend's clock.
