@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from .integration.lifespan import get_broker, jetstream_lifespan
     from .integration.publishing import Publication
     from .integration.routing import ConsumerRouter
-    from .observability.router import metrics_router
+    from .observability.metrics_router import metrics_router
     from .settings import BrokerSettings
 
 # Lazily imported names and their modules.
@@ -104,7 +104,7 @@ _LAZY = {
     "get_broker": "integration.lifespan",
     "health_router": "integration.health",
     "jetstream_lifespan": "integration.lifespan",
-    "metrics_router": "observability.router",
+    "metrics_router": "observability.metrics_router",
 }
 
 __all__ = [

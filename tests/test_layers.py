@@ -55,7 +55,7 @@ FRONT = {
     "core.subscription",
     "core.partitioned",
     "core.recurring",
-    "observability.router",
+    "observability.metrics_router",
     "settings",
 }
 """The front's modules (besides ``integration``, ``cli`` and the package root)."""
