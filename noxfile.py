@@ -35,12 +35,12 @@ FAST = [
     "tests/test_contract.py",
     "tests/test_contract_ack_wait.py",
     "tests/test_contract_batches.py",
-    "tests/test_contract_dead_letter_admin.py",
-    "tests/test_contract_delayed.py",
+    "tests/test_dead_letters.py",
+    "tests/test_delayed.py",
     "tests/test_contract_pause.py",
-    "tests/test_contract_publish_options.py",
-    "tests/test_contract_recurring.py",
-    "tests/test_contract_request.py",
+    "tests/test_publish_options.py",
+    "tests/test_recurring.py",
+    "tests/test_requests.py",
     "tests/test_contract_seam.py",
 ]
 

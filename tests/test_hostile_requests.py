@@ -40,7 +40,7 @@ from jetstream_fastapi import (
 from jetstream_fastapi.core.requests import REPLY_TO
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import FAST_BACKOFF, BrokerFactory, eventually
-from tests.test_contract_request import Answering
+from tests.test_requests import Answering
 
 VICTIM_MESSAGES = 3
 

@@ -17,8 +17,8 @@ from jetstream_fastapi.core.requests import REPLY_TO
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import eventually
 from tests.fault_consumer import HOLD_ACK_WAIT
-from tests.test_contract_request import Answering
 from tests.test_faults_process import Child
+from tests.test_requests import Answering
 
 
 async def _stored(admin: JetStreamManager, stream: str, count: int) -> None:
