@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 from .clock import ManualClock
-from .core.dead_letters import DeadLetter
 from .driver import (
     Ack,
     Backoff,
@@ -20,6 +19,7 @@ from .driver import (
     ConsumerAdmin,
     ConsumerOptions,
     ConsumerState,
+    DeadLetter,
     DeadLetterAdmin,
     Delivery,
     Handler,

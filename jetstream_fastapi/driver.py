@@ -53,6 +53,7 @@ __all__ = [
     "ConsumerConfigError",
     "ConsumerOptions",
     "ConsumerState",
+    "DeadLetter",
     "DeadLetterAdmin",
     "Delivery",
     "Handler",
@@ -282,9 +283,7 @@ class Reject(Exception):
 
 
 if TYPE_CHECKING:
-    # DeadLetter is part of the contract but still lives above it (it moves down with the module reshape).
     from .core.cron import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
-    from .core.dead_letters import DeadLetter
 
 
 @runtime_checkable
@@ -356,6 +355,74 @@ class ConsumerAdmin(Protocol):
     async def resume(self, queue: str, *, stream: str | None = None) -> None:
         """End a pause of the durable consumer ``queue`` now."""
         ...
+
+
+DEAD_LETTER_STREAM = "DEAD_LETTERS"
+"""The stream dead letters are stored in (Limits retention, so they can be inspected)."""
+DEAD_LETTER_PREFIX = "deadletter"
+"""The first token of a dead letter's subject, ``deadletter.<stream>.<consumer>``."""
+REPLAY_CONSUMER = "Dlq-Replay-Consumer"
+"""On a replayed dead letter: the one consumer that runs its handler; the library's other consumers ack it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message as stored in the dead-letter stream (written and read back by
+    :mod:`~jetstream_fastapi.core.dead_letters`)."""
+
+    seq: int
+    """Its sequence in the dead-letter stream (what :meth:`DeadLetterAdmin.replay_dead_letter` takes)."""
+    subject: str
+    """The subject it was originally published to."""
+    stream: str
+    sequence: int
+    """Its sequence in the original stream."""
+    consumer: str
+    attempts: int
+    error_type: str
+    error: str
+    body: bytes
+    headers: dict[str, str]
+    """The original headers as the message carried them (``Nats-*`` ones and odd names included)."""
+    timestamp: _dt.datetime | None = None
+    """When it was dead-lettered."""
+    malformed: str | None = None
+    """Why this is not a letter this package wrote (a field missing or not parsing); ``None`` if it is one.
+    A malformed letter is listed, shown and purged, never replayed."""
+    partial: bool = False
+    """Whether the letter holds only part of the original (the original was larger than a letter may be);
+    its ``stream`` and ``sequence`` say where the original was. Never replayed."""
+    original_size: int | None = None
+    """The size of the original body when the letter holds only its first bytes."""
+
+    @property
+    def replay_msg_id(self) -> str:
+        """The msg id of this letter's replay: from its sequence and the time the stream stored it, both
+        given by the server, so unique across a re-creation of the dead-letter stream (sequences restart),
+        and the same for a second replay of the same letter (stored once)."""
+        if self.timestamp is None:
+            return f"replay-{DEAD_LETTER_STREAM}-{self.seq}"
+        micros = (self.timestamp - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)) // _dt.timedelta(microseconds=1)
+        return f"replay-{DEAD_LETTER_STREAM}-{self.seq}-{micros}"
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-friendly view (the body decoded as UTF-8 with replacement), for an admin endpoint."""
+        return {
+            "seq": self.seq,
+            "subject": self.subject,
+            "stream": self.stream,
+            "sequence": self.sequence,
+            "consumer": self.consumer,
+            "attempts": self.attempts,
+            "error_type": self.error_type,
+            "error": self.error,
+            "body": self.body.decode("utf-8", "replace"),
+            "headers": self.headers,
+            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
+            "malformed": self.malformed,
+            "partial": self.partial,
+            "original_size": self.original_size,
+        }
 
 
 @runtime_checkable

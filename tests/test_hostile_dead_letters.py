@@ -459,7 +459,7 @@ async def test_a_duplicate_replay_keeps_the_letter(make_broker: BrokerFactory, p
     [letter] = await letters_of(broker, prefix.upper(), "picky")
     await broker.wait_until_idle(WAIT)
     # The replay's msg id already taken (within the duplicate window): nothing new is stored.
-    await broker.publish(f"{prefix}.in", b"other", msg_id=letter.replay().msg_id)
+    await broker.publish(f"{prefix}.in", b"other", msg_id=letter.replay_msg_id)
     ack = await broker.replay_dead_letter(letter.seq)
     assert ack.duplicate
     assert (await broker.dead_letter(letter.seq)).body == b"poison", "a duplicate replay deleted the letter"

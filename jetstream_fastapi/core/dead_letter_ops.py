@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..backends.base import Backend, Stored
+from ..driver import DeadLetter
 from ..errors import DeadLetterNotFoundError, DeadLetterReplayError, InvalidArgumentError, NoStreamError
-from .dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
+from .dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, parse_letter
 from .subjects import check_subject, subject_matches
 
 
@@ -35,7 +36,7 @@ def check_seq(seq: object) -> int:
 
 def read_letter(stored: Stored) -> DeadLetter:
     """The dead letter in a message of the dead-letter stream (flagged malformed if it is not one)."""
-    return DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time, subject=stored.subject)
+    return parse_letter(stored.seq, stored.body, stored.headers, stored.time, subject=stored.subject)
 
 
 def check_after(after: object) -> int:

@@ -20,7 +20,7 @@ A message is data written by someone else, so its letter never carries an instru
   original size in ``Dlq-Original-Size``; the original stream and sequence say where the rest is).
 
 Reading a letter trusts nothing in it either: a letter missing a field or with a field that does not parse
-is listed with :attr:`DeadLetter.malformed` saying why, and is never replayed.
+is listed with :attr:`~jetstream_fastapi.driver.DeadLetter.malformed` saying why, and is never replayed.
 
 Imports nothing from ``nats``: both brokers build and read dead letters with these functions.
 """
@@ -30,15 +30,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from dataclasses import dataclass
 
-from ..driver import MSG_ID_HEADER, Message
-from ..driver import DeadLetterAdmin as DeadLetterAdmin  # the contract's; imported from here before
+from ..driver import DEAD_LETTER_PREFIX as DEAD_LETTER_PREFIX  # the contract's, imported from here too
+from ..driver import DEAD_LETTER_STREAM as DEAD_LETTER_STREAM
+from ..driver import MSG_ID_HEADER, DeadLetter, Message
+from ..driver import REPLAY_CONSUMER as REPLAY_CONSUMER
 from ..errors import InvalidArgumentError, JetStreamError, PublishError, PublishTimeoutError
 from .payloads import headers_size
 
-DEAD_LETTER_STREAM = "DEAD_LETTERS"
-DEAD_LETTER_PREFIX = "deadletter"
 DEFAULT_MAX_AGE = 14 * 24 * 3600.0
 """How long the dead-letter stream keeps a letter by default, in seconds (14 days)."""
 DEFAULT_MAX_BYTES = 1024**3
@@ -59,8 +58,6 @@ KEPT_PREFIX = "Dlq-Kept-"
 TRUNCATED = "Dlq-Truncated"
 """``body``, or ``headers,body``: what of the original the letter does not hold in full."""
 ORIGINAL_SIZE = "Dlq-Original-Size"
-REPLAY_CONSUMER = "Dlq-Replay-Consumer"
-"""On a replayed message: the one consumer that runs its handler; the library's other consumers ack it."""
 _OURS = (ORIGINAL_SUBJECT, ORIGINAL_STREAM, ORIGINAL_SEQUENCE, ORIGINAL_MSG_ID, CONSUMER, ATTEMPTS, ERROR_TYPE, ERROR)
 _MAX_ERROR_TEXT = 1024
 # Room left in a letter for the headers the publish adds (its msg id, the expected stream).
@@ -192,115 +189,58 @@ def _original_headers(headers: dict[str, str], problems: list[str]) -> dict[str,
     return original
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A dead-lettered message as stored in the dead-letter stream."""
+def parse_letter(
+    seq: int,
+    body: bytes,
+    headers: dict[str, str],
+    timestamp: _dt.datetime | None = None,
+    *,
+    subject: str | None = None,
+) -> DeadLetter:
+    """Read a dead letter back from a stored message's body and headers (and its ``subject`` in the
+    dead-letter stream, checked against them). Never raises: what does not parse is
+    :attr:`~jetstream_fastapi.driver.DeadLetter.malformed`."""
+    problems: list[str] = []
+    for name in (ORIGINAL_SUBJECT, ORIGINAL_STREAM, CONSUMER):
+        if not headers.get(name):
+            problems.append(f"{name} is missing")
+    stream, consumer = headers.get(ORIGINAL_STREAM, ""), headers.get(CONSUMER, "")
+    if subject is not None and subject != dead_letter_subject(stream, consumer):
+        problems.append(f"stored on {subject!r}, not on the subject of its stream and consumer")
+    sequence = _whole(headers, ORIGINAL_SEQUENCE, problems)
+    attempts = _whole(headers, ATTEMPTS, problems, required=False)
+    size = headers.get(ORIGINAL_SIZE)
+    return DeadLetter(
+        seq=seq,
+        subject=headers.get(ORIGINAL_SUBJECT, ""),
+        stream=stream,
+        sequence=sequence,
+        consumer=consumer,
+        attempts=attempts,
+        error_type=headers.get(ERROR_TYPE, ""),
+        error=headers.get(ERROR, ""),
+        body=body,
+        headers=_original_headers(headers, problems),
+        timestamp=timestamp,
+        malformed="; ".join(problems) or None,
+        partial=TRUNCATED in headers,
+        original_size=int(size) if size is not None and size.isdigit() else None,
+    )
 
-    seq: int
-    """Its sequence in the dead-letter stream (what :meth:`replay_dead_letter` takes)."""
-    subject: str
-    """The subject it was originally published to."""
-    stream: str
-    sequence: int
-    """Its sequence in the original stream."""
-    consumer: str
-    attempts: int
-    error_type: str
-    error: str
-    body: bytes
-    headers: dict[str, str]
-    """The original headers as the message carried them (``Nats-*`` ones and odd names included)."""
-    timestamp: _dt.datetime | None = None
-    """When it was dead-lettered."""
-    malformed: str | None = None
-    """Why this is not a letter this package wrote (a field missing or not parsing); ``None`` if it is one.
-    A malformed letter is listed, shown and purged, never replayed."""
-    partial: bool = False
-    """Whether the letter holds only part of the original (the original was larger than a letter may be);
-    its ``stream`` and ``sequence`` say where the original was. Never replayed."""
-    original_size: int | None = None
-    """The size of the original body when the letter holds only its first bytes."""
 
-    @classmethod
-    def from_stored(
-        cls,
-        seq: int,
-        body: bytes,
-        headers: dict[str, str],
-        timestamp: _dt.datetime | None = None,
-        *,
-        subject: str | None = None,
-    ) -> DeadLetter:
-        """Read a dead letter back from a stored message's body and headers (and its ``subject`` in the
-        dead-letter stream, checked against them). Never raises: what does not parse is :attr:`malformed`."""
-        problems: list[str] = []
-        for name in (ORIGINAL_SUBJECT, ORIGINAL_STREAM, CONSUMER):
-            if not headers.get(name):
-                problems.append(f"{name} is missing")
-        stream, consumer = headers.get(ORIGINAL_STREAM, ""), headers.get(CONSUMER, "")
-        if subject is not None and subject != dead_letter_subject(stream, consumer):
-            problems.append(f"stored on {subject!r}, not on the subject of its stream and consumer")
-        sequence = _whole(headers, ORIGINAL_SEQUENCE, problems)
-        attempts = _whole(headers, ATTEMPTS, problems, required=False)
-        size = headers.get(ORIGINAL_SIZE)
-        return cls(
-            seq=seq,
-            subject=headers.get(ORIGINAL_SUBJECT, ""),
-            stream=stream,
-            sequence=sequence,
-            consumer=consumer,
-            attempts=attempts,
-            error_type=headers.get(ERROR_TYPE, ""),
-            error=headers.get(ERROR, ""),
-            body=body,
-            headers=_original_headers(headers, problems),
-            timestamp=timestamp,
-            malformed="; ".join(problems) or None,
-            partial=TRUNCATED in headers,
-            original_size=int(size) if size is not None and size.isdigit() else None,
-        )
+def replay_ttl(letter: DeadLetter) -> float | None:
+    """The original ``Nats-TTL`` of ``letter`` in seconds, which a replay restores; ``None`` if it had none
+    (or one that does not parse)."""
+    value = letter.headers.get("Nats-TTL")
+    return _ttl_seconds(value) if value is not None else None
 
-    @property
-    def replay_msg_id(self) -> str:
-        """The msg id of this letter's replay: from its sequence and the time the stream stored it, both
-        given by the server, so unique across a re-creation of the dead-letter stream (sequences restart),
-        and the same for a second replay of the same letter (stored once)."""
-        if self.timestamp is None:
-            return f"replay-{DEAD_LETTER_STREAM}-{self.seq}"
-        micros = (self.timestamp - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)) // _dt.timedelta(microseconds=1)
-        return f"replay-{DEAD_LETTER_STREAM}-{self.seq}-{micros}"
 
-    @property
-    def replay_ttl(self) -> float | None:
-        """The original ``Nats-TTL`` in seconds, which a replay restores; ``None`` if it had none (or one
-        that does not parse)."""
-        value = self.headers.get("Nats-TTL")
-        return _ttl_seconds(value) if value is not None else None
-
-    def replay(self) -> Message:
-        """The message a replay publishes: the original body and the original headers a publisher may set
-        (neither ``Nats-*`` nor ``Dlq-*`` ones, nor odd names), the consumer it is meant for in
-        :data:`REPLAY_CONSUMER`, and a msg id of its own (:attr:`replay_msg_id`)."""
-        headers = {k: v for k, v in self.headers.items() if _plain_header(k) and "\r" not in v and "\n" not in v}
-        headers[REPLAY_CONSUMER] = self.consumer
-        headers[MSG_ID_HEADER] = self.replay_msg_id
-        return Message(body=self.body, headers=headers)
-
-    def as_dict(self) -> dict[str, object]:
-        """A JSON-friendly view (the body decoded as UTF-8 with replacement), for an admin endpoint."""
-        return {
-            "seq": self.seq,
-            "subject": self.subject,
-            "stream": self.stream,
-            "sequence": self.sequence,
-            "consumer": self.consumer,
-            "attempts": self.attempts,
-            "error_type": self.error_type,
-            "error": self.error,
-            "body": self.body.decode("utf-8", "replace"),
-            "headers": self.headers,
-            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
-            "malformed": self.malformed,
-            "partial": self.partial,
-            "original_size": self.original_size,
-        }
+def replay_message(letter: DeadLetter) -> Message:
+    """The message a replay of ``letter`` publishes: the original body and the original headers a publisher
+    may set (neither ``Nats-*`` nor ``Dlq-*`` ones, nor odd names), the consumer it is meant for in
+    :data:`~jetstream_fastapi.driver.REPLAY_CONSUMER`, and a msg id of its own
+    (:attr:`~jetstream_fastapi.driver.DeadLetter.replay_msg_id`)."""
+    headers = {k: v for k, v in letter.headers.items() if _plain_header(k) and "\r" not in v and "\n" not in v}
+    headers[REPLAY_CONSUMER] = letter.consumer
+    headers[MSG_ID_HEADER] = letter.replay_msg_id
+    return Message(body=letter.body, headers=headers)

@@ -12,10 +12,16 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from ..backends.base import ConsumerState
-from ..driver import Message, PubAck
+from ..driver import DeadLetter, Message, PubAck
 from ..errors import InvalidArgumentError, JetStreamError
 from .dead_letter_ops import check_after, check_seq, fetch, letter_filter, purge, replay_target, scan
-from .dead_letters import DEAD_LETTER_STREAM, DeadLetter, dead_letter_headers, dead_letter_subject
+from .dead_letters import (
+    DEAD_LETTER_STREAM,
+    dead_letter_headers,
+    dead_letter_subject,
+    replay_message,
+    replay_ttl,
+)
 from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
@@ -102,7 +108,7 @@ class Operations(Front):
         only, then delete it from the dead-letter stream.
 
         The replay carries the original body and headers (the TTL restored; no ``Nats-*`` instruction), a
-        msg id of its own, and :data:`~jetstream_fastapi.core.dead_letters.REPLAY_CONSUMER` naming the consumer:
+        msg id of its own, and :data:`~jetstream_fastapi.driver.REPLAY_CONSUMER` naming the consumer:
         this library's other consumers of the subject ack it without running their handler. It is stored
         only into the letter's own stream (never a provisioned one), and only if the letter is well formed
         and whole, its subject captured by that stream and its consumer still there:
@@ -112,9 +118,9 @@ class Operations(Front):
         """
         letter = await self.dead_letter(seq)
         stream = await self._below(replay_target(self._backend, letter))
-        replay = letter.replay()
+        replay = replay_message(letter)
         ack = await self.publish(
-            letter.subject, replay, msg_id=replay.msg_id, ttl=letter.replay_ttl, expected_stream=stream
+            letter.subject, replay, msg_id=replay.msg_id, ttl=replay_ttl(letter), expected_stream=stream
         )
         if ack.duplicate:
             logger.warning("dead letter %d was replayed before (duplicate): kept, nothing stored", seq)

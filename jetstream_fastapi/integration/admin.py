@@ -53,8 +53,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..core.dead_letter_ops import next_cursor
-from ..core.dead_letters import DeadLetter, DeadLetterAdmin
-from ..driver import Broker
+from ..driver import Broker, DeadLetter, DeadLetterAdmin
 from ..errors import (
     ConnectError,
     DeadLetterNotFoundError,
