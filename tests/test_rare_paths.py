@@ -26,7 +26,7 @@ from jetstream_fastapi import (
     Reject,
     check_readiness,
 )
-from jetstream_fastapi.core.dead_letters import DEAD_LETTER_STREAM, DeadLetter
+from jetstream_fastapi.driver import DEAD_LETTER_STREAM, DeadLetter
 from jetstream_fastapi.server import NatsServer
 from tests.conftest import WAIT, BrokerFactory, eventually
 

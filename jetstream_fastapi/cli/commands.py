@@ -202,7 +202,7 @@ _after = click.option(
 @pass_context
 def list_letters(ctx: Context, limit: int, after: int | None, stream: str | None, consumer: str | None) -> None:
     """The oldest dead letters (after --after), with why they died."""
-    from ..core.dead_letter_ops import next_cursor
+    from ..core.dead_letters import next_cursor
 
     async def work(broker: JetStreamBroker) -> list[Any]:
         return await broker.list_dead_letters(limit, stream=stream, consumer=consumer, after=after)

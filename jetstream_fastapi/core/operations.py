@@ -14,13 +14,19 @@ from datetime import datetime
 from ..backends.base import ConsumerState
 from ..driver import DeadLetter, Message, PubAck
 from ..errors import InvalidArgumentError, JetStreamError
-from .dead_letter_ops import check_after, check_seq, fetch, letter_filter, purge, replay_target, scan
 from .dead_letters import (
     DEAD_LETTER_STREAM,
+    check_after,
+    check_seq,
     dead_letter_headers,
     dead_letter_subject,
+    fetch,
+    letter_filter,
+    purge,
     replay_message,
+    replay_target,
     replay_ttl,
+    scan,
 )
 from .front import Front
 from .pausing import consumer_of, pause_until

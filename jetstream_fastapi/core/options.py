@@ -14,8 +14,12 @@ from typing import Any, Literal
 
 from ..driver import ConsumerOptions
 from ..errors import InvalidArgumentError, UnknownOptionError
-from .dead_letters import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
 from .handling import ConsumerSettings
+
+DEFAULT_DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
+"""How long the dead-letter stream keeps a letter by default, in seconds (14 days)."""
+DEFAULT_DEAD_LETTER_MAX_BYTES = 1024**3
+"""The most bytes the dead-letter stream holds by default (1 GiB); past it the oldest letters go."""
 
 StreamMismatch = Literal["error", "warn", "update"]
 """What to do when a declared stream differs on the server: raise, log and keep it, or update it."""
@@ -71,9 +75,9 @@ class StreamPolicy:
     declared: tuple[Any, ...] = ()
     auto_provision: bool = True
     on_mismatch: StreamMismatch = "error"
-    dead_letter_max_age: float = DEFAULT_MAX_AGE
+    dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
     """Seconds the dead-letter stream keeps a letter."""
-    dead_letter_max_bytes: int = DEFAULT_MAX_BYTES
+    dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
     """Most bytes the dead-letter stream holds (the oldest letters are discarded past it)."""
 
 
@@ -102,10 +106,10 @@ class FrontSettings:
         declared = options.get("streams", ())
         if isinstance(declared, str | bytes) or not isinstance(declared, Iterable):
             raise InvalidArgumentError(f"streams must be a list of stream configs, got {declared!r}")
-        max_age = options.get("dead_letter_max_age", DEFAULT_MAX_AGE)
+        max_age = options.get("dead_letter_max_age", DEFAULT_DEAD_LETTER_MAX_AGE)
         if not isinstance(max_age, int | float) or isinstance(max_age, bool) or not 1 <= max_age < float("inf"):
             raise InvalidArgumentError(f"dead_letter_max_age must be a number of seconds (at least 1), got {max_age!r}")
-        max_bytes = options.get("dead_letter_max_bytes", DEFAULT_MAX_BYTES)
+        max_bytes = options.get("dead_letter_max_bytes", DEFAULT_DEAD_LETTER_MAX_BYTES)
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
             raise InvalidArgumentError(f"dead_letter_max_bytes must be an integer of at least 1024, got {max_bytes!r}")
         streams = StreamPolicy(

@@ -26,10 +26,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
-from ..driver import Handler, Message
+from ..driver import REPLAY_CONSUMER, Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
-from .dead_letters import REPLAY_CONSUMER
 from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .requests import REPLY_TO, Replier
 

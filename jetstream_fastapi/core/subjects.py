@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 import re
 
+from ..driver import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ..errors import InvalidArgumentError, InvalidQueueError, InvalidSubjectError, NoStreamError
-from .dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 
 # Characters NATS forbids in consumer (and so queue) names; whitespace is checked separately.
 _BAD_NAME_CHARS = frozenset(".*>/\\")

@@ -52,7 +52,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from ..core.dead_letter_ops import next_cursor
+from ..core.dead_letters import next_cursor
 from ..driver import Broker, DeadLetter, DeadLetterAdmin
 from ..errors import (
     ConnectError,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from ...core.dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.options import StreamPolicy
+from ...driver import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 
 
 def dead_letter_config(policy: StreamPolicy) -> StreamConfig:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...clock import Clock, MonotonicClock
-from ...core.dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.key_order import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import StreamPolicy
 from ...core.payloads import headers_size
@@ -38,7 +37,7 @@ from ...core.subjects import (
     subject_matches,
     subjects_overlap,
 )
-from ...driver import MSG_ID_HEADER, Message, PubAck
+from ...driver import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, MSG_ID_HEADER, Message, PubAck
 from ...errors import (
     ConsumerConfigError,
     InvalidArgumentError,
