@@ -46,6 +46,7 @@ FRONT = {
     "core.broker",
     "core.front",
     "core.consuming",
+    "core.dead_letters",
     "core.operations",
     "core.scheduling",
     "core.subscription",

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from .batches import BatchItem, batch_id_of, batch_items, one_stream
 from .consuming import Consuming
+from .dead_letters import DeadLetters
 from .front import NOT_CONNECTED
 from .operations import Operations
 from .options import FrontSettings
@@ -45,7 +46,7 @@ from .scheduling import Scheduling
 logger = logging.getLogger("jetstream_fastapi")
 
 
-class BaseBroker(Consuming, Scheduling, Operations):
+class BaseBroker(Consuming, DeadLetters, Scheduling, Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:

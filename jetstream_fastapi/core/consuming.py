@@ -15,16 +15,15 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
 from ..backends.base import ConsumerSpec, PartitionedStream
-from ..driver import ConsumerOptions, Handler, Message
-from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
-from ..observability.logs import message_extra
-from .dead_letters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, dead_letter_subject, permanent
+from ..driver import ConsumerOptions, Handler
+from ..errors import InvalidArgumentError, JetStreamError
+from .dead_letters import store_dead_letter
 from .exclusive import check_exclusive
 from .front import Front
-from .handling import Verdict, check_handler, check_one_filter
+from .handling import check_handler, check_one_filter
 from .key_order import OriginalSubject, check_key_order, check_same, consumer_name, derived_stream_name
 from .partitioned import PartitionedSubscription
-from .processing import DeadLetterOutcome, Processor, ProcessorFactory, store_max_deliver
+from .processing import Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
@@ -136,7 +135,9 @@ class Consuming(Front):
         if spec.settings.dead_letter:
             await self._backend.ensure_dead_letter_stream()
         watch = self._observer.consumer(watched, queue) if self._observer is not None else None
-        processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch, self._replier)
+        processor = kind(
+            handler, spec.settings, functools.partial(store_dead_letter, self), self._settled.set, watch, self._replier
+        )
         consumer = await self._backend.consume(spec, processor)
         queue_name = spec.name if spec.durable else None
         subscription = Subscription(
@@ -188,39 +189,6 @@ class Consuming(Front):
     def subscriptions(self) -> list[Subscription]:
         """The running subscriptions."""
         return list(self._subscriptions)
-
-    async def _store_dead_letter(self, message: Message, verdict: Verdict) -> DeadLetterOutcome:
-        """Store a message about to be terminated in the dead-letter stream (recreated if it was deleted).
-        ``"retry"`` when that failed for a reason that may pass (the
-        :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again),
-        ``"lost"`` when the server refused it for good (the message is terminated, counted, logged)."""
-        delivery = message.delivery
-        assert delivery is not None
-        letter = dead_letter(message, verdict.error, self._backend.max_payload)
-        subject = dead_letter_subject(delivery.stream, delivery.consumer)
-        msg_id = dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer)
-        try:
-            try:
-                # Only into DEAD_LETTERS: never a stream provisioned for the subject, or another one capturing it.
-                await self.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
-            except NoStreamError:  # deleted (an operator resetting it): recreated, as consumers are
-                await self._below(self._backend.ensure_dead_letter_stream())
-                await self.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
-        except JetStreamError as error:
-            where = (delivery.stream, delivery.sequence, message.subject, self._backend.describe(error))
-            if permanent(error):
-                logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                    "the dead letter of %s#%d (%s) is lost: the server refused it for good, so the message is "
-                    "terminated without one: %s",
-                    *where,
-                    extra=message_extra(message),
-                )
-                return "lost"
-            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is held and retried: %s", *where, extra=message_extra(message)
-            )
-            return "retry"
-        return "stored"
 
     async def wait_until_idle(self, timeout: float = 10.0) -> None:
         """Return once every subscription's consumer has nothing pending, nothing unacked and no handler

@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..backends.base import Backend, Stored
 from ..driver import DEAD_LETTER_PREFIX as DEAD_LETTER_PREFIX  # the contract's, imported from here too
 from ..driver import DEAD_LETTER_STREAM as DEAD_LETTER_STREAM
-from ..driver import MSG_ID_HEADER, DeadLetter, Message
+from ..driver import MSG_ID_HEADER, DeadLetter, Message, PubAck
 from ..driver import REPLAY_CONSUMER as REPLAY_CONSUMER
 from ..errors import (
     DeadLetterNotFoundError,
@@ -52,8 +54,16 @@ from ..errors import (
     PublishError,
     PublishTimeoutError,
 )
+from ..observability.logs import message_extra
+from .front import Front
 from .payloads import headers_size
 from .subjects import check_subject, subject_matches
+
+if TYPE_CHECKING:
+    from .handling import Verdict
+    from .processing import DeadLetterOutcome
+
+logger = logging.getLogger("jetstream_fastapi")
 
 ORIGINAL_SUBJECT = "Dlq-Original-Subject"
 ORIGINAL_STREAM = "Dlq-Original-Stream"
@@ -376,3 +386,125 @@ async def replay_target(backend: Backend, letter: DeadLetter) -> str:
     if await backend.consumer_state(letter.stream, letter.consumer) is None:
         raise _refuse(letter, f"consumer {letter.consumer!r} of stream {letter.stream!r} no longer exists")
     return target
+
+
+async def store_dead_letter(front: Front, message: Message, verdict: Verdict) -> DeadLetterOutcome:
+    """Store a message about to be terminated in the dead-letter stream (recreated if it was deleted), through
+    ``front`` (the broker whose consumer terminates it).
+    ``"retry"`` when that failed for a reason that may pass (the
+    :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again),
+    ``"lost"`` when the server refused it for good (the message is terminated, counted, logged)."""
+    delivery = message.delivery
+    assert delivery is not None
+    letter = dead_letter(message, verdict.error, front._backend.max_payload)
+    subject = dead_letter_subject(delivery.stream, delivery.consumer)
+    msg_id = dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer)
+    try:
+        try:
+            # Only into DEAD_LETTERS: never a stream provisioned for the subject, or another one capturing it.
+            await front.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
+        except NoStreamError:  # deleted (an operator resetting it): recreated, as consumers are
+            await front._below(front._backend.ensure_dead_letter_stream())
+            await front.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
+    except JetStreamError as error:
+        where = (delivery.stream, delivery.sequence, message.subject, front._backend.describe(error))
+        if permanent(error):
+            logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
+                "the dead letter of %s#%d (%s) is lost: the server refused it for good, so the message is "
+                "terminated without one: %s",
+                *where,
+                extra=message_extra(message),
+            )
+            return "lost"
+        logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
+            "could not dead-letter %s#%d (%s); it is held and retried: %s", *where, extra=message_extra(message)
+        )
+        return "retry"
+    return "stored"
+
+
+class DeadLetters(Front):
+    """The broker's management plane of dead letters (:class:`~jetstream_fastapi.driver.DeadLetterAdmin`):
+    list, read, replay, purge; plus :meth:`publish_dead_letter` for the library's own producers. (A
+    consumer stores a terminated message's letter with :func:`store_dead_letter`.)"""
+
+    async def list_dead_letters(
+        self,
+        limit: int = 100,
+        *,
+        stream: str | None = None,
+        consumer: str | None = None,
+        after: int | None = None,
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` messages in the dead-letter stream, with why they died; only those from the
+        original ``stream`` and terminated by ``consumer`` when given, and only those with a sequence above
+        ``after`` (a cursor: the last ``seq`` of the page before). At most ``limit`` letters are read from
+        the server::
+
+            page = await broker.list_dead_letters(50)
+            while len(page) == 50:
+                page = await broker.list_dead_letters(50, after=page[-1].seq)
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        start = check_after(after)
+        subject = letter_filter(stream, consumer)
+        self._require()
+        return await self._below(scan(self._backend, limit, subject, start))
+
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        """Dead letter ``seq``; :class:`DeadLetterNotFoundError` if there is none."""
+        check_seq(seq)
+        self._require()
+        return await self._below(fetch(self._backend, seq))
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject, for the consumer that dead-lettered it
+        only, then delete it from the dead-letter stream.
+
+        The replay carries the original body and headers (the TTL restored; no ``Nats-*`` instruction), a
+        msg id of its own, and :data:`~jetstream_fastapi.driver.REPLAY_CONSUMER` naming the consumer:
+        this library's other consumers of the subject ack it without running their handler. It is stored
+        only into the letter's own stream (never a provisioned one), and only if the letter is well formed
+        and whole, its subject captured by that stream and its consumer still there:
+        :class:`DeadLetterReplayError` otherwise, :class:`NoStreamError` if the stream is gone (nothing is
+        published then), :class:`DeadLetterNotFoundError` if there is no such letter. If the server answers
+        ``duplicate`` (this replay was stored before), the letter is kept and the PubAck says ``duplicate``.
+        """
+        letter = await self.dead_letter(seq)
+        stream = await self._below(replay_target(self._backend, letter))
+        replay = replay_message(letter)
+        ack = await self.publish(
+            letter.subject, replay, msg_id=replay.msg_id, ttl=replay_ttl(letter), expected_stream=stream
+        )
+        if ack.duplicate:
+            logger.warning("dead letter %d was replayed before (duplicate): kept, nothing stored", seq)
+            return ack
+        await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
+        return ack
+
+    async def purge_dead_letters(
+        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
+    ) -> int:
+        """Delete dead letters for good: those numbered ``seqs`` (all checked first; if one is missing,
+        :class:`DeadLetterNotFoundError` and nothing is deleted), or every one (from the original ``stream``,
+        terminated by ``consumer``, when given). Returns how many were deleted."""
+        if seqs is not None and (stream is not None or consumer is not None):
+            raise InvalidArgumentError("give either seqs or the stream/consumer filter, not both")
+        subject = letter_filter(stream, consumer)
+        wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
+        self._require()
+        return await self._below(purge(self._backend, wanted, subject))
+
+    async def publish_dead_letter(
+        self, message: Message, error: BaseException, *, source: str, consumer: str, msg_id: str
+    ) -> PubAck:
+        """Store ``message`` (its ``subject``, body and headers) as a dead letter of ``source`` and
+        ``consumer`` with why it died, for producers of the library's own (the outbox relay) whose messages
+        never reached a stream: it is listed by ``list_dead_letters(stream=source, consumer=consumer)`` and
+        replayed to its subject like any other. ``msg_id`` stores a retried dead-lettering once."""
+        letter_filter(source, consumer)  # the same name rules as the filter that lists them
+        self._require()
+        await self._below(self._backend.ensure_dead_letter_stream())
+        letter = Message(body=message.body, headers=dead_letter_headers(message, error))
+        return await self.publish(dead_letter_subject(source, consumer), letter, msg_id=msg_id)

@@ -1,4 +1,4 @@
-"""The operator's side of the broker's front: consumer state, pause and resume, and the dead letters.
+"""The operator's side of the broker's front: consumer state, pause and resume, a stream's duplicate window.
 
 :class:`Operations` is a base of :class:`~jetstream_fastapi.core.broker.BaseBroker`, kept apart so that the
 publish and consume paths read on their own. Each method checks its arguments, then calls the backend
@@ -8,26 +8,10 @@ through the front's ``_below`` (failures below become the library's errors).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime
 
 from ..backends.base import ConsumerState
-from ..driver import DeadLetter, Message, PubAck
-from ..errors import InvalidArgumentError, JetStreamError
-from .dead_letters import (
-    DEAD_LETTER_STREAM,
-    check_after,
-    check_seq,
-    dead_letter_headers,
-    dead_letter_subject,
-    fetch,
-    letter_filter,
-    purge,
-    replay_message,
-    replay_target,
-    replay_ttl,
-    scan,
-)
+from ..errors import JetStreamError
 from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
@@ -37,7 +21,8 @@ logger = logging.getLogger("jetstream_fastapi")
 
 
 class Operations(Front):
-    """Consumer state, pause/resume and dead-letter admin."""
+    """Consumer state, pause/resume and the duplicate window (the dead letters are
+    :class:`~jetstream_fastapi.core.dead_letters.DeadLetters`)."""
 
     async def consumer_states(self) -> list[ConsumerState]:
         """The state on the server of every running subscription's consumer (one request each): lag, ack
@@ -78,87 +63,6 @@ class Operations(Front):
         check_server_version(["consumer pause"], self._backend.server_version)
         await self._below(self._backend.pause(*target, None))
         logger.info("resumed consumer %s on stream %s", queue, target[0])
-
-    async def list_dead_letters(
-        self,
-        limit: int = 100,
-        *,
-        stream: str | None = None,
-        consumer: str | None = None,
-        after: int | None = None,
-    ) -> list[DeadLetter]:
-        """The oldest ``limit`` messages in the dead-letter stream, with why they died; only those from the
-        original ``stream`` and terminated by ``consumer`` when given, and only those with a sequence above
-        ``after`` (a cursor: the last ``seq`` of the page before). At most ``limit`` letters are read from
-        the server::
-
-            page = await broker.list_dead_letters(50)
-            while len(page) == 50:
-                page = await broker.list_dead_letters(50, after=page[-1].seq)
-        """
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
-        start = check_after(after)
-        subject = letter_filter(stream, consumer)
-        self._require()
-        return await self._below(scan(self._backend, limit, subject, start))
-
-    async def dead_letter(self, seq: int) -> DeadLetter:
-        """Dead letter ``seq``; :class:`DeadLetterNotFoundError` if there is none."""
-        check_seq(seq)
-        self._require()
-        return await self._below(fetch(self._backend, seq))
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject, for the consumer that dead-lettered it
-        only, then delete it from the dead-letter stream.
-
-        The replay carries the original body and headers (the TTL restored; no ``Nats-*`` instruction), a
-        msg id of its own, and :data:`~jetstream_fastapi.driver.REPLAY_CONSUMER` naming the consumer:
-        this library's other consumers of the subject ack it without running their handler. It is stored
-        only into the letter's own stream (never a provisioned one), and only if the letter is well formed
-        and whole, its subject captured by that stream and its consumer still there:
-        :class:`DeadLetterReplayError` otherwise, :class:`NoStreamError` if the stream is gone (nothing is
-        published then), :class:`DeadLetterNotFoundError` if there is no such letter. If the server answers
-        ``duplicate`` (this replay was stored before), the letter is kept and the PubAck says ``duplicate``.
-        """
-        letter = await self.dead_letter(seq)
-        stream = await self._below(replay_target(self._backend, letter))
-        replay = replay_message(letter)
-        ack = await self.publish(
-            letter.subject, replay, msg_id=replay.msg_id, ttl=replay_ttl(letter), expected_stream=stream
-        )
-        if ack.duplicate:
-            logger.warning("dead letter %d was replayed before (duplicate): kept, nothing stored", seq)
-            return ack
-        await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
-        return ack
-
-    async def purge_dead_letters(
-        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
-    ) -> int:
-        """Delete dead letters for good: those numbered ``seqs`` (all checked first; if one is missing,
-        :class:`DeadLetterNotFoundError` and nothing is deleted), or every one (from the original ``stream``,
-        terminated by ``consumer``, when given). Returns how many were deleted."""
-        if seqs is not None and (stream is not None or consumer is not None):
-            raise InvalidArgumentError("give either seqs or the stream/consumer filter, not both")
-        subject = letter_filter(stream, consumer)
-        wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
-        self._require()
-        return await self._below(purge(self._backend, wanted, subject))
-
-    async def publish_dead_letter(
-        self, message: Message, error: BaseException, *, source: str, consumer: str, msg_id: str
-    ) -> PubAck:
-        """Store ``message`` (its ``subject``, body and headers) as a dead letter of ``source`` and
-        ``consumer`` with why it died, for producers of the library's own (the outbox relay) whose messages
-        never reached a stream: it is listed by ``list_dead_letters(stream=source, consumer=consumer)`` and
-        replayed to its subject like any other. ``msg_id`` stores a retried dead-lettering once."""
-        letter_filter(source, consumer)  # the same name rules as the filter that lists them
-        self._require()
-        await self._below(self._backend.ensure_dead_letter_stream())
-        letter = Message(body=message.body, headers=dead_letter_headers(message, error))
-        return await self.publish(dead_letter_subject(source, consumer), letter, msg_id=msg_id)
 
     async def duplicate_window(self, subject: str) -> float:
         """Seconds the stream capturing ``subject`` remembers a ``msg_id`` (counted from its first sighting):
