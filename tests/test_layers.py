@@ -48,7 +48,6 @@ FRONT = {
     "core.consuming",
     "core.dead_letters",
     "core.operations",
-    "core.scheduling",
     "core.subscription",
     "core.partitioned",
     "core.recurring",

@@ -9,8 +9,9 @@ original stays as ``__cause__``).
 
 This module holds the lifecycle and publishing (``publish``, ``request``, ``publish_many``,
 ``publish_batch``); its bases hold the rest, each in a module of its own: :mod:`.front` (the shared state
-and the error mapping), :mod:`.consuming` (``subscribe``, dead-letter storing, ``wait_until_idle``),
-:mod:`.scheduling` (recurring schedules) and :mod:`.operations` (consumer states, pause, dead-letter admin).
+and the error mapping), :mod:`.consuming` (``subscribe``, ``wait_until_idle``), :mod:`.dead_letters`
+(storing, listing, replaying and purging dead letters), :mod:`.recurring` (recurring schedules) and
+:mod:`.operations` (consumer states, pause and resume).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ from .operations import Operations
 from .options import FrontSettings
 from .payloads import headers_size
 from .publish_options import check_server_version, item_conditions, publish_conditions
+from .recurring import RecurringSchedules
 from .requests import Replier, Requester, check_request, request_timeout
-from .scheduling import Scheduling
 
 logger = logging.getLogger("jetstream_fastapi")
 
 
-class BaseBroker(Consuming, DeadLetters, Scheduling, Operations):
+class BaseBroker(Consuming, DeadLetters, RecurringSchedules, Operations):
     """Publishes with PubAck and runs consumers, over a backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, settings: FrontSettings) -> None:

@@ -2,8 +2,10 @@
 mapping of failures below into the library's errors.
 
 :class:`Front` is the base of :class:`~jetstream_fastapi.core.consuming.Consuming`,
-:class:`~jetstream_fastapi.core.operations.Operations`, :class:`~jetstream_fastapi.core.scheduling.Scheduling`
-and so of :class:`~jetstream_fastapi.core.broker.BaseBroker`, which adds the lifecycle and publishing.
+:class:`~jetstream_fastapi.core.dead_letters.DeadLetters`,
+:class:`~jetstream_fastapi.core.recurring.RecurringSchedules` and
+:class:`~jetstream_fastapi.core.operations.Operations`, and so of
+:class:`~jetstream_fastapi.core.broker.BaseBroker`, which adds the lifecycle and publishing.
 """
 
 from __future__ import annotations

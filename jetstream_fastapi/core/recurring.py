@@ -1,4 +1,6 @@
-"""Declaring recurring schedules idempotently, listing them, removing them: the front's side, for both backends.
+"""Recurring schedules at the broker's front, for both backends: declaring them idempotently, listing and
+removing them, and the broker's methods (:class:`RecurringSchedules`). What a schedule is, and the server's
+cron grammar: :mod:`~jetstream_fastapi.core.cron`.
 
 Every app instance declares the same schedules at startup; the server must end up with one schedule per
 name, and no instance may write over another's write with the same content (an ``@every`` schedule counts
@@ -40,11 +42,13 @@ from .cron import (
     server_cron,
 )
 from .delayed import SCHEDULE_TOKEN
+from .front import Front
 from .payloads import coerce_message
-from .publish_options import PublishConditions, check_server_version
+from .publish_options import PublishConditions, check_server_version, check_stream_name
 from .subjects import check_subject
 
 __all__ = [
+    "RecurringSchedules",
     "ScheduleDeclared",
     "ScheduleInfo",
     "ScheduleReport",
@@ -57,7 +61,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..backends.base import Stored
-    from .front import Front
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -242,3 +245,61 @@ async def remove(broker: Front, subject: str, name: str) -> bool:
     if removed:
         logger.info("removed schedule %s from stream %s", name, stream)
     return removed
+
+
+class RecurringSchedules(Front):
+    """The broker's management plane of recurring schedules (:class:`~jetstream_fastapi.driver.ScheduleAdmin`):
+    declare, list and remove them."""
+
+    async def declare_schedule(
+        self,
+        subject: str,
+        *,
+        cron: str | None = None,
+        every: float | _dt.timedelta | None = None,
+        timezone: str | None = None,
+        message: Payload = b"",
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+        ttl: float | _dt.timedelta | None = None,
+        timeout: float | None = None,
+    ) -> ScheduleDeclared:
+        """Have the server publish ``message`` to ``subject`` at every tick of ``cron`` (in ``timezone``)
+        or ``every`` interval, once per tick however many instances declare it: written only if the
+        server holds no such schedule yet or a different one (then updated, and logged). With ``ttl``
+        each tick leaves the stream after that many seconds."""
+        schedule = recurring_schedule(
+            subject, cron=cron, every=every, timezone=timezone, message=message, headers=headers, name=name, ttl=ttl
+        )
+        total = self._deadline(timeout)
+        self._require()
+        return await self._below(declare(self, schedule, total))
+
+    async def declare_schedules(
+        self, schedules: Iterable[RecurringSchedule], *, subjects: Iterable[str] = (), timeout: float | None = None
+    ) -> ScheduleReport:
+        """Declare ``schedules`` (as :meth:`declare_schedule`), and report the recurring schedules kept in
+        their streams, and in the streams of ``subjects``, that are not among them (what an app's startup
+        does: ``ConsumerRouter.start`` and ``jetstream_lifespan`` pass the handlers' subjects)."""
+        wanted = list(schedules)
+        names = [schedule.name for schedule in wanted]
+        if len(set(names)) != len(names):  # two schedules would take turns replacing each other
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise InvalidArgumentError(f"schedule names declared twice: {twice} (give each a name=...)")
+        total = self._deadline(timeout)
+        self._require()
+        return await self._below(declare_all(self, wanted, list(subjects), total))
+
+    async def schedules(self, stream: str) -> list[ScheduleInfo]:
+        """The recurring schedules kept in ``stream`` (declared by any app), by name."""
+        check_stream_name(stream, "stream")
+        self._require()
+        return await self._below(listing(self, stream))
+
+    async def remove_schedule(self, subject: str, *, name: str | None = None) -> bool:
+        """Delete the recurring schedule ``name`` (default: ``subject``) of target ``subject``: it fires no
+        more. False if there was none. An app that still declares it writes it again at its next start."""
+        check_subject(subject, wildcards=False)
+        schedule_name = check_name(subject if name is None else name)
+        self._require()
+        return await self._below(remove(self, subject, schedule_name))
