@@ -70,8 +70,7 @@ if TYPE_CHECKING:
     from .backends.jetstream.inspection import Inspector
     from .backends.memory.broker import InMemoryBroker
     from .core.cron import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
-    from .core.partitioned import PartitionedSubscription
-    from .core.subscription import Subscription
+    from .core.subscription import PartitionedSubscription, Subscription
     from .integration.admin import admin_router
     from .integration.asyncapi import asyncapi_document, asyncapi_router
     from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
@@ -89,7 +88,7 @@ _LAZY = {
     "InMemoryBroker": "backends.memory.broker",
     "Inspector": "backends.jetstream.inspection",
     "JetStreamBroker": "backends.jetstream.broker",
-    "PartitionedSubscription": "core.partitioned",
+    "PartitionedSubscription": "core.subscription",
     "Publication": "integration.publishing",
     "Readiness": "integration.health",
     "RecurringSchedule": "core.cron",

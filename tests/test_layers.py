@@ -49,7 +49,6 @@ FRONT = {
     "core.dead_letters",
     "core.operations",
     "core.subscription",
-    "core.partitioned",
     "core.recurring",
     "observability.metrics_router",
     "settings",

@@ -22,11 +22,10 @@ from .exclusive import check_exclusive
 from .front import Front
 from .handling import check_handler, check_one_filter
 from .key_order import OriginalSubject, check_key_order, check_same, consumer_name, derived_stream_name
-from .partitioned import PartitionedSubscription
 from .processing import Processor, ProcessorFactory, store_max_deliver
 from .publish_options import check_server_version
 from .subjects import check_queue, check_subject
-from .subscription import Subscription
+from .subscription import PartitionedSubscription, Subscription
 
 if TYPE_CHECKING:
     from .requests import Replier
