@@ -10,14 +10,14 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from jetstream_fastapi.backends.jetstream.pubacks import SHARED_TIMERS_FROM, TIMER_SLOT, Replies
+from jetstream_fastapi.backends.jetstream.pubacks import SHARED_TIMERS_FROM, TIMER_SLOT, PubAckInbox
 from tests.conftest import WAIT
 
 
 class Silent:
     """A responder that receives requests and never answers (so the server sends no "no responders")."""
 
-    def __init__(self, expected: int, replies: Replies) -> None:
+    def __init__(self, expected: int, replies: PubAckInbox) -> None:
         self.expected = expected
         self.replies = replies
         self.received = 0
@@ -34,7 +34,7 @@ class Silent:
 async def test_long_timeouts_share_a_timer_per_slot_and_time_out_after_their_deadline(
     admin_nc: NATS, prefix: str
 ) -> None:
-    replies = Replies(admin_nc)
+    replies = PubAckInbox(admin_nc)
     await replies.start()
     silent = Silent(50, replies)
     await admin_nc.subscribe(f"{prefix}.silent", cb=silent.on_msg)
@@ -57,7 +57,7 @@ async def test_long_timeouts_share_a_timer_per_slot_and_time_out_after_their_dea
 
 
 async def test_a_short_timeout_keeps_its_own_timer(admin_nc: NATS, prefix: str) -> None:
-    replies = Replies(admin_nc)
+    replies = PubAckInbox(admin_nc)
     await replies.start()
     silent = Silent(1, replies)
     await admin_nc.subscribe(f"{prefix}.silent", cb=silent.on_msg)
@@ -73,7 +73,7 @@ async def test_a_short_timeout_keeps_its_own_timer(admin_nc: NATS, prefix: str) 
 async def test_answered_requests_return_their_reply_and_their_slots_empty_when_due(
     admin_nc: NATS, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    replies = Replies(admin_nc)
+    replies = PubAckInbox(admin_nc)
     await replies.start()
     emptied = asyncio.Event()
     expire_slot = replies._expire_slot

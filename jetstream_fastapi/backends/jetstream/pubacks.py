@@ -1,4 +1,4 @@
-"""Request/reply for publishing: one wildcard inbox per connection receives every PubAck.
+"""The PubAck inbox: one wildcard inbox per connection receives every PubAck (request/reply for publishing).
 
 ``nc.request()`` creates an inbox subscription per request (or, with its "new style", a future wrapped
 in ``asyncio.wait_for``, which costs a task per request). Here one subscription receives every reply,
@@ -34,7 +34,7 @@ def _expire(future: asyncio.Future[Msg]) -> None:
         future.set_exception(TimeoutError())
 
 
-class Replies:
+class PubAckInbox:
     """Sends requests with a reply subject under one inbox, and hands each answer to its waiting caller."""
 
     def __init__(self, nc: NATS) -> None:

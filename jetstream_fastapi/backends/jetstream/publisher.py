@@ -21,7 +21,7 @@ from ...driver import MSG_ID_HEADER, PubAck
 from ...errors import NotConnectedError, PublishTimeoutError
 from ..base import Outgoing
 from .pipeline import NoResponders, Pipeline
-from .pubacks import Replies, is_no_responders
+from .pubacks import PubAckInbox, is_no_responders
 from .publish_options import SCHEDULE_TARGET_HEADER, publish_error
 from .streams import StreamRegistry
 
@@ -41,7 +41,7 @@ class Publisher:
     def __init__(self, nc: NATS, registry: StreamRegistry) -> None:
         self._nc = nc
         self._registry = registry
-        self._replies = Replies(nc)
+        self._replies = PubAckInbox(nc)
 
     async def start(self) -> None:
         """Subscribe the inbox that receives the PubAcks."""
