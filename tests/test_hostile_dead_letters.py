@@ -335,7 +335,7 @@ async def test_the_memory_dead_letter_stream_keeps_the_same_limits_on_its_clock(
         await clock.advance(3600)
         assert await broker.list_dead_letters() == []
         # Recreated (a test deleting it) with the same limits.
-        del broker._memory.streams[DEAD_LETTER_STREAM]
+        del broker._memory.server.streams[DEAD_LETTER_STREAM]
         await broker.publish(f"{prefix}.in", b"again")
         await broker.wait_until_idle()
         await clock.advance(3600)

@@ -238,7 +238,7 @@ async def test_an_inbox_address_that_a_memory_stream_captures_is_not_answered(pr
         await broker.publish(f"{prefix}.jobs", b"x", headers={REPLY_TO: "_INBOX.trap.1"})
         await broker.wait_until_idle()
         assert subscription.counters["reply_refused"] == 1
-        assert broker._memory.streams["TRAP"].messages == []
+        assert broker._memory.server.streams["TRAP"].messages == []
         reply = await broker.request(f"{prefix}.jobs", b"x", timeout=5.0)  # its own inbox is free: answered
         assert reply.body == b"answer"
 

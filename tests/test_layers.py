@@ -31,13 +31,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "the Outbox starts its Relay, and the Relay reads the Outbox's settings: the relay takes a settings "
         "object of its own (the outbox-robust branch is rewriting the relay now)"
     ),
-    frozenset(
-        {"backends.memory.backend", "backends.memory.publish_options", "backends.memory.consumers"}
-        | {"backends.memory.faults", "backends.memory.recurring"}
-    ): (
-        "the memory backend's modules reach into MemoryBackend's streams and faults: it becomes a small fake "
-        "server plus its adapter with the module reshape"
-    ),
 }
 """Cycles that remain, each with the change that removes it; a test fails once one is gone, so that the
 list only shrinks."""

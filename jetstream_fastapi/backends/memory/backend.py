@@ -13,36 +13,32 @@ It also models what a test needs to see and a real server shows only with effort
 in-progress, as the JetStream worker does), ``max_ack_pending`` across members, all on a clock a test can
 advance without sleeping (``clock=ManualClock()``, :mod:`~jetstream_fastapi.clock`); and fault injection
 (``broker.faults``, :mod:`~jetstream_fastapi.backends.memory.faults`): redeliver an acked message, fail publishes, lose
-acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.backends.memory.consumers`.
+acks, drop and restore the connection. This module is the adapter: the streams are the fake server's
+(:mod:`~jetstream_fastapi.backends.memory.server`), the consumers live in
+:mod:`~jetstream_fastapi.backends.memory.consumers`.
 Imports nothing from ``nats``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from ...clock import Clock, MonotonicClock
-from ...core.key_order import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import StreamPolicy
-from ...core.payloads import headers_size
 from ...core.subjects import (
     DEFAULT_INBOX_PREFIX,
     DEFAULT_MAX_CONTROL_LINE,
     check_inbox_prefix,
-    stream_to_provision,
     subject_matches,
     subjects_overlap,
 )
-from ...driver import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, MSG_ID_HEADER, Message, PubAck
+from ...driver import MSG_ID_HEADER, Message, PubAck
 from ...errors import (
     ConsumerConfigError,
     InvalidArgumentError,
     JetStreamError,
-    NoStreamError,
     NotConnectedError,
     PublishTimeoutError,
     StreamNotFoundError,
@@ -52,47 +48,10 @@ from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 from .publish_options import check_conditions, expire_later, schedule, store_batch
 from .recurring import hold, is_recurring
+from .server import MemoryServer
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 """nats-server's default ``max_payload``, the memory backend's too."""
-
-
-@dataclass(slots=True)
-class StoredMessage:
-    """A message in a memory stream."""
-
-    seq: int
-    subject: str
-    body: bytes
-    headers: dict[str, str]
-    timestamp_ns: int
-
-
-@dataclass(slots=True)
-class MemoryStream:
-    """A stream: its messages in order, the msg ids it has seen, the sequences deleted."""
-
-    name: str
-    subjects: list[str]
-    messages: list[StoredMessage] = field(default_factory=list)
-    dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
-    deleted: set[int] = field(default_factory=set)
-    schedules: set[int] = field(default_factory=set)  # delayed messages kept until due: never delivered
-    allow_msg_ttl: bool = False
-    allow_msg_schedules: bool = False
-    allow_atomic: bool = False
-    sourced: PartitionedStream | None = None  # a key-ordered queue's partitioned stream: what it sources
-    max_age: float | None = None  # seconds a message is kept (the dead-letter stream's limits, as on a server)
-    max_bytes: int | None = None  # most bytes kept: past it the oldest messages are discarded
-    size: int = 0  # bytes of the messages kept, counted where a limit applies
-    first: int = 0  # where the oldest message kept may be in `messages` (the discard of old ones starts there)
-
-
-def stored_size(stored: StoredMessage) -> int:
-    """The bytes a message takes in a stream, as a server's file store counts them against ``max_bytes``:
-    subject, header block and body, and a 30-byte record overhead."""
-    headers = headers_size(stored.headers) if stored.headers else 0
-    return 30 + len(stored.subject) + headers + len(stored.body)
 
 
 class MemoryBackend:
@@ -119,26 +78,11 @@ class MemoryBackend:
                 raise InvalidArgumentError(f"{option} must be a positive integer, got {limit!r}")
         self.inbox_prefix = check_inbox_prefix(inbox_prefix)
         self.max_control_line = max_control_line
-        self._policy = streams
-        self.streams: dict[str, MemoryStream] = {DEAD_LETTER_STREAM: self._dead_letter_stream()}
-        for declared in streams.declared:
-            name, subjects = getattr(declared, "name", None), getattr(declared, "subjects", None)
-            if not name or not subjects:
-                raise InvalidArgumentError(f"streams must have a name and subjects: {declared!r}")
-            self.streams[name] = MemoryStream(
-                name,
-                list(subjects),
-                allow_msg_ttl=bool(getattr(declared, "allow_msg_ttl", False)),
-                allow_msg_schedules=bool(getattr(declared, "allow_msg_schedules", False)),
-                allow_atomic=bool(getattr(declared, "allow_atomic", False)),
-            )
-        self.auto_provision = streams.auto_provision
-        self.duplicate_window = duplicate_window
         self._max_payload = max_payload
         self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self.faults = Faults(self)
         self.consumers: dict[tuple[str, str], MemoryConsumer] = {}
-        self._sourcing: dict[str, list[MemoryStream]] = {}  # stream name -> the partitioned streams sourcing it
+        self.server = MemoryServer(streams, self.clock, duplicate_window, self.consumers)
+        self.faults = Faults(self.consumers, self.clock)
         self._inboxes: dict[str, OnReply] = {}  # request/reply: inbox prefix -> its listener
         self._open = False
         self.server_version = server_version
@@ -172,55 +116,18 @@ class MemoryBackend:
     # -- streams and publishing --------------------------------------------------------------------
 
     async def stream_for(self, subject: str) -> str:
-        return self._stream_for(subject).name
+        return self.server.stream_for(subject).name
 
     async def has_stream(self, name: str) -> bool:
         self._require()
-        return name in self.streams
+        return name in self.server.streams
 
     async def ensure_dead_letter_stream(self) -> None:
-        if DEAD_LETTER_STREAM not in self.streams:  # deleted by a test: recreated, as on a server
-            self.streams[DEAD_LETTER_STREAM] = self._dead_letter_stream()
-
-    def _dead_letter_stream(self) -> MemoryStream:
-        """The dead-letter stream with the limits a server's has: ``dead_letter_max_age`` seconds of the
-        backend's clock, ``dead_letter_max_bytes`` (the oldest discarded past it)."""
-        policy = self._policy
-        return MemoryStream(
-            DEAD_LETTER_STREAM,
-            [f"{DEAD_LETTER_PREFIX}.>"],
-            max_age=policy.dead_letter_max_age,
-            max_bytes=policy.dead_letter_max_bytes,
-        )
+        self.server.ensure_dead_letter_stream()
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         self._require()
-        found = self.streams.get(wanted.name)
-        if found is not None:
-            if found.sourced is None:
-                raise ConsumerConfigError(f"stream {wanted.name!r} exists and is not a partitioned stream")
-            return found.sourced
-        # No subjects of its own: only the source fills it (and no publish finds it).
-        derived = self.streams[wanted.name] = MemoryStream(wanted.name, [], sourced=wanted)
-        self._sourcing.setdefault(wanted.source, []).append(derived)
-        source = self.streams[wanted.source]
-        if not wanted.from_now:
-            for stored in list(source.messages):
-                if stored.seq not in source.deleted and stored.seq not in source.schedules:
-                    self._source(derived, source, stored)
-        return wanted
-
-    def _source(self, derived: MemoryStream, source: MemoryStream, stored: StoredMessage) -> None:
-        """Copy ``stored`` into the partitioned stream ``derived`` as the server's source with its subject
-        transform would: the partition in front of the subject, where it came from in a header."""
-        wanted = derived.sourced
-        assert wanted is not None
-        if not subject_matches(wanted.subject, stored.subject):
-            return
-        partition = partition_of(key_of(wanted.subject, stored.subject), wanted.partitions)
-        dest = partition_transform(wanted.subject, wanted.partitions)
-        origin = f"{source.name} {stored.seq} {wanted.subject} {dest} {stored.subject}"
-        self.append(derived, f"{partition}.{stored.subject}", stored.body, {**stored.headers, STREAM_SOURCE: origin})
+        return self.server.ensure_partitioned_stream(wanted)
 
     async def store(self, message: Outgoing, timeout: float) -> PubAck:
         msg_id = message.headers[MSG_ID_HEADER]
@@ -238,68 +145,25 @@ class MemoryBackend:
         return results
 
     def _store(self, message: Outgoing) -> PubAck:
-        stream = self._stream_for(message.subject)
+        stream = self.server.stream_for(message.subject)
         msg_id = message.headers[MSG_ID_HEADER]
         conditions = message.conditions
         if conditions is not None:
             check_conditions(stream, message.subject, conditions)  # before the duplicate window, as the server
         now = self.clock.now()
         seen = stream.dedupe.get(msg_id)
-        if seen is not None and now - seen[1] < self.duplicate_window:
+        if seen is not None and now - seen[1] < self.server.duplicate_window:
             return PubAck(stream=stream.name, seq=seen[0], duplicate=True)
         if conditions is not None and conditions.delay is not None:
-            stored = schedule(self, stream, message, conditions.delay)  # kept aside, delivered at its time
+            stored = schedule(self.server, stream, message, conditions.delay)  # kept aside, delivered at its time
         elif is_recurring(message.headers):
-            stored = hold(self, stream, message)  # kept, its copy delivered at every tick
+            stored = hold(self.server, stream, message)  # kept, its copy delivered at every tick
         else:
-            stored = self.append(stream, message.subject, message.body, message.headers)
+            stored = self.server.append(stream, message.subject, message.body, message.headers)
         stream.dedupe[msg_id] = (stored.seq, now)
         if conditions is not None and conditions.ttl is not None:
-            expire_later(self, stream, stored, conditions.ttl)
+            expire_later(self.server, stream, stored, conditions.ttl)
         return PubAck(stream=stream.name, seq=stored.seq)
-
-    def append(
-        self, stream: MemoryStream, subject: str, body: bytes, headers: dict[str, str], *, deliver: bool = True
-    ) -> StoredMessage:
-        """Store a message at the end of ``stream`` and (with ``deliver``) hand it to the consumers on its subject."""
-        stored = StoredMessage(len(stream.messages) + 1, subject, body, headers, time.time_ns())
-        stream.messages.append(stored)
-        if stream.max_age is not None or stream.max_bytes is not None:
-            self._limit(stream, stored)
-        if deliver:
-            self.deliver(stream, stored)
-        return stored
-
-    def _limit(self, stream: MemoryStream, stored: StoredMessage) -> None:
-        """Apply ``stream``'s limits to a message just stored: it goes after ``max_age`` seconds of the
-        backend's clock, and older messages go (oldest first) while the stream holds over ``max_bytes``;
-        the newest stays, as on a server with the discard-old policy."""
-        stream.size += stored_size(stored)
-        if stream.max_age is not None:
-            self.clock.call_later(stream.max_age, lambda: self._discard(stream, stored))
-        if stream.max_bytes is None:
-            return
-        while stream.size > stream.max_bytes and stream.first < len(stream.messages) - 1:
-            self._discard(stream, stream.messages[stream.first])
-            stream.first += 1
-
-    def _discard(self, stream: MemoryStream, stored: StoredMessage) -> None:
-        """Remove ``stored`` from a stream with limits (past its age, or its room), if still there."""
-        if stored.seq in stream.deleted:
-            return
-        stream.deleted.add(stored.seq)
-        stream.size -= stored_size(stored)
-        for consumer in self.consumers.values():
-            if consumer.stream is stream and stored in consumer.waiting:
-                consumer.waiting.remove(stored)
-
-    def deliver(self, stream: MemoryStream, stored: StoredMessage) -> None:
-        """Hand a stored message to the consumers of ``stream`` on its subject."""
-        for consumer in self.consumers.values():
-            if consumer.stream is stream and subject_matches(consumer.filter, stored.subject):
-                consumer.enqueue(stored)
-        for derived in self._sourcing.get(stream.name, ()):
-            self._source(derived, stream, stored)
 
     async def store_batch(
         self, stream: str, batch_id: str, messages: Sequence[Outgoing], timeout: float
@@ -307,37 +171,25 @@ class MemoryBackend:
         self._require()
         if self.faults.connection_dropped:  # the commit's answer would not come back in time
             raise PublishTimeoutError(messages[-1].subject, timeout, batch_id)
-        return store_batch(self, self.streams[stream], batch_id, messages)
-
-    def _stream_for(self, subject: str) -> MemoryStream:
-        """The stream capturing ``subject`` (for a wildcard filter: overlapping it), provisioned if allowed."""
-        for stream in self.streams.values():
-            if any(subjects_overlap(pattern, subject) for pattern in stream.subjects):
-                return stream
-        name, subjects = stream_to_provision(subject, auto_provision=self.auto_provision)
-        if name in self.streams:
-            raise NoStreamError(subject, f"auto-provisioning stream {name!r} failed: the name is in use")
-        # TTLs, schedules and batches allowed, as on a stream the JetStream backend auto-provisions.
-        stream = self.streams[name] = MemoryStream(
-            name, subjects, allow_msg_ttl=True, allow_msg_schedules=True, allow_atomic=True
-        )
-        return stream
+        return store_batch(self.server, self.server.streams[stream], batch_id, messages)
 
     # -- consuming ---------------------------------------------------------------------------------
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> MemoryMember:
         self._require()
-        stream = self.streams[spec.stream]
+        stream = self.server.streams[spec.stream]
         consumer = self.consumers.get((spec.stream, spec.name))
         if consumer is None:
-            consumer = MemoryConsumer(self, stream, spec.name, spec.subject, spec.settings, durable=spec.durable)
+            consumer = MemoryConsumer(
+                self.clock, self.faults, stream, spec.name, spec.subject, spec.settings, durable=spec.durable
+            )
             consumer.max_deliver = spec.store_max_deliver
             self.consumers[(spec.stream, spec.name)] = consumer
         else:
             consumer.filter, consumer.settings = spec.subject, spec.settings  # reconciled, as on the server
             consumer.max_deliver = spec.store_max_deliver
         consumer.exclusive = spec.exclusive
-        member = MemoryMember(self, consumer, process, spec.settings)
+        member = MemoryMember(self.consumers, consumer, process, spec.settings)
         consumer.members.append(member)
         consumer.dispatch()
         return member
@@ -380,13 +232,13 @@ class MemoryBackend:
 
     async def captures(self, subject: str) -> bool:
         self._require()
-        return any(subjects_overlap(subject, captured) for s in self.streams.values() for captured in s.subjects)
+        return any(subjects_overlap(subject, captured) for s in self.server.streams.values() for captured in s.subjects)
 
     # -- stored messages ---------------------------------------------------------------------------
 
     async def read(self, stream: str, seq: int, *, subject: str | None = None, next: bool = False) -> Stored | None:
         self._require()
-        found = self.streams.get(stream)
+        found = self.server.streams.get(stream)
         if found is None:
             return None
         for message in found.messages[max(0, seq - 1) :] if next else found.messages[seq - 1 : seq]:
@@ -400,18 +252,18 @@ class MemoryBackend:
 
     async def delete(self, stream: str, seq: int) -> bool:
         self._require()
-        found = self.streams.get(stream)
+        found = self.server.streams.get(stream)
         if found is None or not 1 <= seq <= len(found.messages) or seq in found.deleted:
             return False
         if found.max_age is not None or found.max_bytes is not None:
-            self._discard(found, found.messages[seq - 1])  # its bytes no longer count against the limit
+            self.server.discard(found, found.messages[seq - 1])  # its bytes no longer count against the limit
         else:
             found.deleted.add(seq)
         return True
 
     async def read_last(self, stream: str, subject: str) -> Stored | None:
         self._require()
-        found = self.streams.get(stream)
+        found = self.server.streams.get(stream)
         if found is None:
             return None
         for message in reversed(found.messages):
@@ -421,7 +273,7 @@ class MemoryBackend:
 
     async def stream_facts(self, stream: str) -> StreamFacts:
         self._require()
-        found = self.streams.get(stream)
+        found = self.server.streams.get(stream)
         if found is None:
             raise StreamNotFoundError(stream)
         source = (found.sourced.source, found.sourced.subject) if found.sourced is not None else None
@@ -431,7 +283,7 @@ class MemoryBackend:
             found.allow_msg_schedules,
             found.allow_msg_ttl,
             source=source,
-            duplicate_window=self.duplicate_window,
+            duplicate_window=self.server.duplicate_window,
         )
 
     def _require(self) -> None:

@@ -64,5 +64,5 @@ class InMemoryBroker(BaseBroker):
 
     def __repr__(self) -> str:
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
-        streams = {name: len(stream.messages) for name, stream in self._memory.streams.items()}
+        streams = {name: len(stream.messages) for name, stream in self._memory.server.streams.items()}
         return f"InMemoryBroker(state={state!r}, streams={streams}, subscriptions={len(self._subscriptions)})"

@@ -32,7 +32,9 @@ from ...driver import Delivery, Message
 from ..base import ConsumerState, Process
 
 if TYPE_CHECKING:
-    from .backend import MemoryBackend, MemoryStream, StoredMessage
+    from ...clock import Clock
+    from .faults import Faults
+    from .server import MemoryStream, StoredMessage
 
 
 @dataclass(slots=True, eq=False)
@@ -51,7 +53,8 @@ class MemoryConsumer:
 
     def __init__(
         self,
-        backend: MemoryBackend,
+        clock: Clock,
+        faults: Faults,
         stream: MemoryStream,
         name: str,
         filter: str,
@@ -59,7 +62,8 @@ class MemoryConsumer:
         *,
         durable: bool,
     ) -> None:
-        self.backend = backend
+        self.clock = clock
+        self.faults = faults  # the broker's connection: answers go through it
         self.stream = stream
         self.name = name
         self.filter = filter
@@ -100,7 +104,7 @@ class MemoryConsumer:
         self.paused_until = until
         if until is not None:
             delay = (until - _dt.datetime.now(_dt.UTC)).total_seconds()
-            self._pause_timer = self.backend.clock.call_later(max(0.0, delay), lambda: self.pause(None))
+            self._pause_timer = self.clock.call_later(max(0.0, delay), lambda: self.pause(None))
         else:
             self.dispatch()
 
@@ -111,7 +115,7 @@ class MemoryConsumer:
 
     def dispatch(self) -> None:
         """Hand due redeliveries, then new messages (within ``max_ack_pending``), to free members."""
-        if not self.backend.faults.connection_dropped and self.paused_until is None:
+        if not self.faults.connection_dropped and self.paused_until is None:
             while self.redeliveries or (self.waiting and len(self.pending) < self.settings.max_ack_pending):
                 member = self._free_member()
                 if member is None:
@@ -165,7 +169,7 @@ class MemoryConsumer:
         """(Re)start the ack wait (or a nak delay) of ``pending``; when it ends, the message is redelivered."""
         if pending.timer is not None:
             pending.timer.cancel()
-        pending.timer = self.backend.clock.call_later(delay, lambda: self._due(pending))
+        pending.timer = self.clock.call_later(delay, lambda: self._due(pending))
 
     def _due(self, pending: _Pending) -> None:
         pending.timer = None
@@ -185,7 +189,7 @@ class MemoryConsumer:
     def send(self, action: Action | None, seq: int, delay: float = 0.0) -> None:
         """A member answers for message ``seq`` (``None``: in progress), through the broker's connection,
         which may lose it (:meth:`~.faults.Faults.lose_acks`) or hold it until it is restored."""
-        self.backend.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
+        self.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
 
     def _receive(self, action: Action | None, seq: int, delay: float) -> None:
         pending = self.pending.get(seq)
@@ -247,8 +251,14 @@ class MemoryConsumer:
 class MemoryMember:
     """One subscriber of a :class:`MemoryConsumer`: runs the front's ``process`` on what it is handed."""
 
-    def __init__(self, backend: MemoryBackend, consumer: MemoryConsumer, process: Process, settings: ConsumerSettings):
-        self._backend = backend
+    def __init__(
+        self,
+        consumers: dict[tuple[str, str], MemoryConsumer],
+        consumer: MemoryConsumer,
+        process: Process,
+        settings: ConsumerSettings,
+    ) -> None:
+        self._consumers = consumers  # the server's: an ephemeral consumer leaves with its last member
         self._consumer = consumer
         self._process = process
         self._settings = settings
@@ -295,7 +305,7 @@ class MemoryMember:
         message = Message(body=stored.body, headers=dict(stored.headers), subject=stored.subject, delivery=delivery)
         # As the JetStream worker's watchdog: "in progress" for a handler still running at half the ack wait.
         half = self._settings.ack_wait / 2
-        clock = self._backend.clock
+        clock = self._consumer.clock
 
         refresh: list[Timer] = []
 
@@ -334,7 +344,7 @@ class MemoryMember:
         if consumer.exclusive:  # the active member hands over only once its handlers are done
             consumer.members.remove(self)
         if not consumer.durable and not consumer.members:
-            self._backend.consumers.pop((consumer.stream.name, consumer.name), None)
+            self._consumers.pop((consumer.stream.name, consumer.name), None)
         consumer.dispatch()
 
     def __repr__(self) -> str:

@@ -16,15 +16,23 @@ Imports nothing from ``nats``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ...driver import PubAck
 from ...errors import InvalidArgumentError, JetStreamError, NotConnectedError, PublishTimeoutError
 
 if TYPE_CHECKING:
-    from .backend import MemoryBackend
+    from ...clock import Clock
+
+
+class _Consumer(Protocol):
+    """What faults do to a consumer on the server: hand a message out again, resume delivering."""
+
+    def redeliver(self, seq: int) -> int: ...
+
+    def dispatch(self) -> None: ...
 
 
 def _count(count: int) -> int:
@@ -44,8 +52,9 @@ class _Held:
 class Faults:
     """The faults of one :class:`~jetstream_fastapi.InMemoryBroker` (its ``faults`` attribute)."""
 
-    def __init__(self, backend: MemoryBackend) -> None:
-        self._backend = backend
+    def __init__(self, consumers: Mapping[tuple[str, str], _Consumer], clock: Clock) -> None:
+        self._consumers = consumers  # the server's, by (stream, name)
+        self._clock = clock
         self._failing: list[bool] = []  # one entry per publish to fail: whether it is stored anyway
         self._lost_acks = 0
         self._failing_replies = 0
@@ -67,7 +76,7 @@ class Faults:
             raise InvalidArgumentError(f"redeliver() takes the PubAck of a publish, got {ack!r}")
         consumers = [
             consumer
-            for (stream, name), consumer in self._backend.consumers.items()
+            for (stream, name), consumer in self._consumers.items()
             if stream == ack.stream and (queue is None or name == queue)
         ]
         handed = sum(consumer.redeliver(ack.seq) for consumer in consumers)
@@ -120,7 +129,7 @@ class Faults:
                 continue
             if not publish.waiter.done():
                 publish.waiter.set_result(result)
-        for consumer in list(self._backend.consumers.values()):
+        for consumer in list(self._consumers.values()):
             consumer.dispatch()
 
     @property
@@ -151,7 +160,7 @@ class Faults:
             if not waiter.done():
                 waiter.set_exception(PublishTimeoutError(subject, timeout, msg_id))
 
-        timer = self._backend.clock.call_later(timeout, expire)
+        timer = self._clock.call_later(timeout, expire)
         try:
             return await waiter
         finally:

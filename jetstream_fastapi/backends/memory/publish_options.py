@@ -3,7 +3,7 @@
 Measured on the server (see :mod:`~jetstream_fastapi.backends.jetstream.publish_options`): the expectations are
 checked before the duplicate window; the stream's last sequence counts deleted messages, the subject's does
 not; a TTL needs the stream's ``allow_msg_ttl``. An expired message is removed from the stream and from the
-consumers that have not delivered it yet, on the backend's clock.
+consumers that have not delivered it yet, on the server's clock.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ...errors import BatchStoredError, JetStreamError, PublishConflictError, St
 
 if TYPE_CHECKING:
     from ..base import Outgoing
-    from .backend import MemoryBackend, MemoryStream, StoredMessage
+    from .server import MemoryServer, MemoryStream, StoredMessage
 
 
 def check_conditions(stream: MemoryStream, subject: str, conditions: PublishConditions) -> None:
@@ -55,26 +55,26 @@ def last_subject_sequence(stream: MemoryStream, subject: str) -> int:
     return 0
 
 
-def expire_later(backend: MemoryBackend, stream: MemoryStream, stored: StoredMessage, ttl: float) -> None:
-    """Remove ``stored`` from ``stream`` after ``ttl`` seconds of the backend's clock."""
+def expire_later(server: MemoryServer, stream: MemoryStream, stored: StoredMessage, ttl: float) -> None:
+    """Remove ``stored`` from ``stream`` after ``ttl`` seconds of the server's clock."""
 
     def expire() -> None:
         stream.deleted.add(stored.seq)
-        for consumer in backend.consumers.values():
+        for consumer in server.consumers.values():
             if consumer.stream is stream and stored in consumer.waiting:
                 consumer.waiting.remove(stored)
 
-    backend.clock.call_later(ttl, expire)
+    server.clock.call_later(ttl, expire)
 
 
-def schedule(backend: MemoryBackend, stream: MemoryStream, message: Outgoing, delay: float) -> StoredMessage:
+def schedule(server: MemoryServer, stream: MemoryStream, message: Outgoing, delay: float) -> StoredMessage:
     """Keep ``message`` as a schedule in ``stream`` (with a sequence, as on a server; no consumer sees
-    it) and, ``delay`` seconds later on the backend's clock, purge it and store its copy on the target
+    it) and, ``delay`` seconds later on the server's clock, purge it and store its copy on the target
     subject: without its msg id, with the ``Nats-Scheduler`` header naming the schedule, as the server."""
     subject = schedule_subject(stream.subjects, uuid.uuid4().hex)
     if subject is None:
         raise unschedulable(message.subject, stream.name)
-    held = backend.append(stream, subject, message.body, message.headers, deliver=False)
+    held = server.append(stream, subject, message.body, message.headers, deliver=False)
     stream.schedules.add(held.seq)
 
     def fire() -> None:
@@ -82,36 +82,36 @@ def schedule(backend: MemoryBackend, stream: MemoryStream, message: Outgoing, de
         stream.deleted.add(held.seq)
         headers = {key: value for key, value in message.headers.items() if key != MSG_ID_HEADER}
         headers.update({"Nats-Scheduler": subject, "Nats-Schedule-Next": "purge"})
-        backend.append(stream, message.subject, message.body, headers)
+        server.append(stream, message.subject, message.body, headers)
 
-    backend.clock.call_later(delay, fire)
+    server.clock.call_later(delay, fire)
     return held
 
 
 def store_batch(
-    backend: MemoryBackend, stream: MemoryStream, batch_id: str, messages: Sequence[Outgoing]
+    server: MemoryServer, stream: MemoryStream, batch_id: str, messages: Sequence[Outgoing]
 ) -> list[PubAck]:
     """Store ``messages`` all together or not at all, as the server commits an atomic batch: each message's
     expectations see the batch's earlier messages; a msg id stored before means a retried batch."""
     if not stream.allow_atomic:
         raise StreamFlagError(messages[0].subject, stream.name, "atomic batches", "allow_atomic", 400)
-    now = backend.clock.now()
+    now = server.clock.now()
     for message in messages:
         seen = stream.dedupe.get(message.headers[MSG_ID_HEADER])
-        if seen is not None and now - seen[1] < backend.duplicate_window:
+        if seen is not None and now - seen[1] < server.duplicate_window:
             raise BatchStoredError(batch_id, stream.name)
     start = len(stream.messages)
     try:
         for message in messages:
             if message.conditions is not None:
                 check_conditions(stream, message.subject, message.conditions)
-            backend.append(stream, message.subject, message.body, message.headers, deliver=False)
+            server.append(stream, message.subject, message.body, message.headers, deliver=False)
     except JetStreamError:
         del stream.messages[start:]  # nothing of the batch is stored
         raise
     acks: list[PubAck] = []
     for stored in stream.messages[start:]:
         stream.dedupe[stored.headers[MSG_ID_HEADER]] = (stored.seq, now)
-        backend.deliver(stream, stored)
+        server.deliver(stream, stored)
         acks.append(PubAck(stream=stream.name, seq=stored.seq))
     return acks

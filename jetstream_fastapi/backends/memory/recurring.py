@@ -1,4 +1,4 @@
-"""Recurring schedules in memory, as nats-server 2.15 runs them, on the backend's clock.
+"""Recurring schedules in memory, as nats-server 2.15 runs them, on the server's clock.
 
 A message stored with a cron or ``@every`` ``Nats-Schedule`` header is kept (never delivered) and replaces
 the schedule its subject held (the server adds ``Nats-Rollup: sub`` to a schedule). At every tick a copy
@@ -30,7 +30,7 @@ from .publish_options import expire_later
 
 if TYPE_CHECKING:
     from ..base import Outgoing
-    from .backend import MemoryBackend, MemoryStream, StoredMessage
+    from .server import MemoryServer, MemoryStream, StoredMessage
 
 
 def is_recurring(headers: dict[str, str]) -> bool:
@@ -39,13 +39,13 @@ def is_recurring(headers: dict[str, str]) -> bool:
     return pattern is not None and not pattern.startswith("@at ")
 
 
-def wall_now(backend: MemoryBackend) -> _dt.datetime:
-    """The wall-clock time on the backend's clock: a clock's own ``wall()`` (ManualClock has one), else now."""
-    wall = getattr(backend.clock, "wall", None)
+def wall_now(server: MemoryServer) -> _dt.datetime:
+    """The wall-clock time on the server's clock: a clock's own ``wall()`` (ManualClock has one), else now."""
+    wall = getattr(server.clock, "wall", None)
     return wall() if callable(wall) else _dt.datetime.now(_dt.UTC)
 
 
-def hold(backend: MemoryBackend, stream: MemoryStream, message: Outgoing) -> StoredMessage:
+def hold(server: MemoryServer, stream: MemoryStream, message: Outgoing) -> StoredMessage:
     """Store the schedule ``message`` in ``stream`` in place of the one its subject held, and arm its first
     tick; what the server refuses (flag, pattern, zone, target) raises as the server answers it."""
     headers = message.headers
@@ -57,19 +57,19 @@ def hold(backend: MemoryBackend, stream: MemoryStream, message: Outgoing) -> Sto
     ttl = headers.get(TTL_HEADER)
     if ttl is not None and not stream.allow_msg_ttl:
         raise StreamFlagError(message.subject, stream.name, "per-message TTLs", "allow_msg_ttl", 400)
-    first = _next_tick(headers, wall_now(backend), message.subject)
+    first = _next_tick(headers, wall_now(server), message.subject)
     for old in stream.messages:  # the rollup: one schedule per subject
         if old.subject == message.subject:
             stream.deleted.add(old.seq)
             stream.schedules.discard(old.seq)
-    held = backend.append(stream, message.subject, message.body, headers, deliver=False)
+    held = server.append(stream, message.subject, message.body, headers, deliver=False)
     stream.schedules.add(held.seq)
-    _arm(backend, stream, held, first)
+    _arm(server, stream, held, first)
     return held
 
 
-def _arm(backend: MemoryBackend, stream: MemoryStream, held: StoredMessage, when: _dt.datetime) -> None:
-    delay = max(0.0, (when - wall_now(backend)).total_seconds())
+def _arm(server: MemoryServer, stream: MemoryStream, held: StoredMessage, when: _dt.datetime) -> None:
+    delay = max(0.0, (when - wall_now(server)).total_seconds())
 
     def tick() -> None:
         if held.seq in stream.deleted:  # replaced, removed or purged meanwhile: the schedule is gone
@@ -85,13 +85,13 @@ def _arm(backend: MemoryBackend, stream: MemoryStream, held: StoredMessage, when
         ttl = held.headers.get(TTL_HEADER)
         if ttl is not None:
             headers["Nats-TTL"] = ttl
-        stored = backend.append(stream, held.headers[TARGET_HEADER], held.body, headers)
+        stored = server.append(stream, held.headers[TARGET_HEADER], held.body, headers)
         seconds = go_duration_seconds(ttl) if ttl is not None else None
         if seconds is not None:
-            expire_later(backend, stream, stored, seconds)
-        _arm(backend, stream, held, following)
+            expire_later(server, stream, stored, seconds)
+        _arm(server, stream, held, following)
 
-    backend.clock.call_later(delay, tick)
+    server.clock.call_later(delay, tick)
 
 
 def _next_tick(headers: dict[str, str], after: _dt.datetime, subject: str) -> _dt.datetime:
