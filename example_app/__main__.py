@@ -21,7 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from jetstream_fastapi import BrokerSettings, InvalidArgumentError
-from jetstream_fastapi.backends.jetstream.connection import redact_url
+from jetstream_fastapi.core.redaction import redact, url_secrets
 from jetstream_fastapi.server import NatsServer
 
 from .app import create_app, listens_on_loopback
@@ -55,7 +55,7 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as stack:
         nats_url = os.environ.get("NATS_URL")
         if nats_url:
-            which = f"NATS at {redact_url(nats_url)} (NATS_URL)"
+            which = f"NATS at {redact(nats_url, url_secrets(nats_url))} (NATS_URL)"
         else:
             server = stack.enter_context(NatsServer())
             nats_url = server.url

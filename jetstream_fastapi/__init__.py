@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import ManualClock
 from .core.deadletters import DeadLetter, DeadLetterAdmin
 from .driver import (
+    Ack,
     Backoff,
     Broker,
     ConsumerOptions,
@@ -31,10 +32,12 @@ from .errors import (
     ConnectError,
     ConsumerConfigError,
     DeadLetterNotFoundError,
+    DeadLetterReplayError,
     DeliveryLimitError,
     HandlerTimeoutError,
     InvalidArgumentError,
     InvalidHandlerError,
+    InvalidHeaderError,
     InvalidQueueError,
     InvalidSubjectError,
     JetStreamError,
@@ -99,6 +102,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Ack",
     "Backoff",
     "BatchStoredError",
     "Broker",
@@ -111,6 +115,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterAdmin",
     "DeadLetterNotFoundError",
+    "DeadLetterReplayError",
     "Delivery",
     "DeliveryLimitError",
     "Handler",
@@ -119,6 +124,7 @@ __all__ = [
     "InMemorySubscription",
     "InvalidArgumentError",
     "InvalidHandlerError",
+    "InvalidHeaderError",
     "InvalidQueueError",
     "InvalidSubjectError",
     "JetStreamBroker",

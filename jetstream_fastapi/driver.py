@@ -16,6 +16,7 @@ directly in a unit test::
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, Unpack, runtime_checkable
@@ -38,6 +39,7 @@ from .errors import (
 )
 
 __all__ = [
+    "Ack",
     "Backoff",
     "Broker",
     "ConnectError",
@@ -217,6 +219,19 @@ class Retry(Exception):
         return f"Retry(after={self.after!r}, reason={self.reason!r})"
 
 
+class Ack(Exception):
+    """Raised by a handler or one of its dependencies: acknowledge this message now, without running the
+    rest of the handler. The inbox (:mod:`jetstream_fastapi.inbox`) raises it for a redelivery of a message
+    whose handling committed before."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "acked")
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Ack(reason={self.reason!r})"
+
+
 class Reject(Exception):
     """Raised by a handler: this message is poison, never redeliver it (it is terminated)."""
 
@@ -264,6 +279,11 @@ class Subscriber(Protocol):
     @property
     def active(self) -> bool | None:
         """With ``exclusive=True``: whether this instance handles the queue now; ``None`` otherwise."""
+        ...
+
+    @property
+    def counters(self) -> Counter[str]:
+        """How often each rare path was taken (``dead_letters_lost``, ``replay_skipped``, a failed ack...)."""
         ...
 
     async def unsubscribe(self) -> None:

@@ -4,7 +4,8 @@
 
     JetStreamError
     ├── InvalidArgumentError (ValueError)   bad input, raised before anything reaches the server
-    │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards
+    │   ├── InvalidSubjectError             empty subject, whitespace, misplaced wildcards, too long for the wire
+    │   ├── InvalidHeaderError              header name not a token, line break in a value, headers past 64 KiB
     │   ├── InvalidQueueError               queue (durable) name with ".", "*", ">", "/", "\\" or spaces
     │   ├── InvalidHandlerError (TypeError) a handler that is not an ``async def``
     │   ├── UnknownOptionError (TypeError)  a misspelt or unsupported option ("did you mean batch_size?")
@@ -25,6 +26,7 @@
     │   └── ReplyTimeoutError               no reply to a ``request()`` within its timeout
     ├── RemoteHandlerError                  the handler of a ``request()`` failed (its type and text)
     ├── DeadLetterNotFoundError (LookupError)  no dead letter with that sequence
+    ├── DeadLetterReplayError               a dead letter that may not be replayed (malformed, truncated, foreign)
     ├── StreamNotFoundError (LookupError)   no stream of that name (the CLI, the admin page)
     ├── HandlerTimeoutError (TimeoutError)  a handler ran past ``handler_timeout`` (recorded, never raised to callers)
     ├── DeliveryLimitError                  a delivery past ``max_deliver`` (recorded in its dead letter, never raised)
@@ -55,7 +57,13 @@ class InvalidArgumentError(JetStreamError, ValueError):
 
 
 class InvalidSubjectError(InvalidArgumentError):
-    """A subject is empty, contains whitespace, or uses wildcards where they are not allowed."""
+    """A subject is empty, contains whitespace, uses wildcards where they are not allowed, or is longer than
+    the server's protocol line (``max_control_line``) leaves room for."""
+
+
+class InvalidHeaderError(InvalidArgumentError):
+    """A header cannot travel: its name is not an HTTP token, its value is not one line of text, or the
+    headers together are larger than the 64 KiB a JetStream server stores."""
 
 
 class InvalidQueueError(InvalidArgumentError):
@@ -200,6 +208,17 @@ class DeadLetterNotFoundError(JetStreamError, LookupError):
     def __init__(self, seq: int) -> None:
         super().__init__(f"no dead letter with sequence {seq}")
         self.seq = seq
+
+
+class DeadLetterReplayError(JetStreamError):
+    """A dead letter that replay refuses (nothing is published, the letter is kept): malformed, truncated,
+    or asking for a subject its original stream does not capture (``$...``, an inbox, another stream's), or
+    for a consumer that no longer exists."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"dead letter {seq} cannot be replayed: {reason}")
+        self.seq = seq
+        self.reason = reason
 
 
 class StreamNotFoundError(JetStreamError, LookupError):

@@ -32,8 +32,9 @@ from pydantic_settings import (
 )
 
 from .backends.jetstream.broker import JetStreamBroker
-from .backends.jetstream.connection import check_server_urls, redact_url
+from .backends.jetstream.connection import check_server_urls
 from .core.options import BROKER_OPTIONS
+from .core.redaction import redact, redact_url, url_secrets
 from .errors import InvalidArgumentError
 
 # Settings passed to JetStreamBroker under their own name, when set: the broker options, and its own
@@ -100,6 +101,10 @@ class BrokerSettings(BaseSettings):
     """``NATS_MAX_ACK_PENDING``: unacknowledged messages a consumer may have across all its instances."""
     dead_letters: bool | None = None
     """``NATS_DEAD_LETTERS``: republish terminated messages to the dead-letter stream (``true``/``false``)."""
+    dead_letter_max_age: PositiveFloat | None = None
+    """``NATS_DEAD_LETTER_MAX_AGE``: seconds the dead-letter stream keeps a letter (when it creates it)."""
+    dead_letter_max_bytes: PositiveInt | None = None
+    """``NATS_DEAD_LETTER_MAX_BYTES``: most bytes of the dead-letter stream (when it creates it)."""
     deliver_policy: Literal["all", "new", "last"] | None = None
     """``NATS_DELIVER_POLICY``: where a new consumer starts (``all``, ``new``, ``last``)."""
     inactive_threshold: PositiveFloat | None = None
@@ -168,7 +173,11 @@ class BrokerSettings(BaseSettings):
             servers = _split(value)
             if not servers:
                 raise ValueError("names no server")
-            check_server_urls(servers)  # an http:// URL fails here, not as a DNS error at connect
+            try:
+                check_server_urls(servers)  # an http:// URL fails here, not as a DNS error at connect
+            except InvalidArgumentError as error:
+                # Checked piece by piece: a password holding a "," reaches the check cut in two.
+                raise ValueError(redact(str(error), url_secrets(value))) from None
         return value
 
     @field_validator(*_FILES)
@@ -267,7 +276,12 @@ class BrokerSettings(BaseSettings):
         for name, value in super().__repr_args__():
             if value is None:
                 continue
-            yield name, (", ".join(map(redact_url, _split(value))) if name == "url" else value)
+            yield name, (_shown(value) if name == "url" else value)
+
+
+def _shown(url: str) -> str:
+    """``NATS_URL`` as texts may show it: each URL without its user info."""
+    return redact(", ".join(map(redact_url, _split(url))), url_secrets(url))
 
 
 def _split(url: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -114,3 +115,35 @@ async def brokers(nats_server: NatsServer) -> AsyncIterator[Callable[..., JetStr
     for broker in made:
         with contextlib.suppress(Exception):
             await broker.disconnect()
+
+
+# -- databases for the outbox and the inbox ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL 18 for the session (tests/postgres.py), on a free loopback port."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    """The SQLAlchemy URL of an empty database of this test's own: a SQLite file, or a new database on the
+    session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+        return
+    import asyncpg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield server.url(name)

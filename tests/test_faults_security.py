@@ -185,18 +185,45 @@ class TlsFiles:
     key: Path
 
 
+# A CA and a server certificate as a real PKI issues them: Python 3.13's default context verifies strictly
+# (VERIFY_X509_STRICT) and refuses a CA without a key usage extension ("CA cert does not include key usage
+# extension") and a leaf without an authority key identifier.
+_CA_CONFIG = """\
+[req]
+distinguished_name = dn
+x509_extensions = ca
+prompt = no
+[dn]
+CN = test CA
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+_SERVER_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throw-away CA and a server certificate it signed for 127.0.0.1 and localhost."""
     need_openssl()
     d = tmp_path_factory.mktemp("tls")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=d)
+    (d / "ca.cnf").write_text(_CA_CONFIG)
+    _openssl("req", "-x509", "-config", "ca.cnf", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", cwd=d)
     _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "server.cnf").write_text(_SERVER_EXTENSIONS)
     _openssl(
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.cnf", cwd=d,
+        "-out", "server.pem", "-days", "2", "-extfile", "server.cnf", cwd=d,
     )  # fmt: skip
     return TlsFiles(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
 

@@ -162,6 +162,36 @@ async def test_cleanup_runs_before_the_ack_and_dependency_errors_redeliver(
     assert attempts == [2, 3]  # attempt 1 failed in the dependency, attempt 2 in its cleanup
 
 
+class Resource:
+    """A dependency object whose ``__call__`` yields (FastAPI accepts these, as it accepts functions)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def __call__(self, msg: Message) -> AsyncIterator[str]:
+        self.events.append(f"open {msg.attempt}")
+        yield "resource"
+        self.events.append(f"close {msg.attempt}")
+
+
+async def test_a_callable_object_yielding_is_a_dependency_with_cleanup(make_broker: BrokerFactory, prefix: str) -> None:
+    broker = await make_broker()
+    resource = Resource()
+    seen: list[str] = []
+    router = ConsumerRouter()
+
+    @router.handle(f"{prefix}.created", queue="objects")
+    async def process(msg: Message, value: str = Depends(resource)) -> None:
+        seen.append(value)
+        resource.events.append("handle")
+
+    await router.start(broker)
+    await broker.publish(f"{prefix}.created", b"x")
+    await broker.wait_until_idle()
+    assert seen == ["resource"]
+    assert resource.events == ["open 1", "handle", "close 1"]
+
+
 def test_signature_mistakes_raise_at_registration() -> None:
     router = ConsumerRouter()
 

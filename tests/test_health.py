@@ -77,6 +77,7 @@ def running(subject: str, queue: str | None, in_flight: int = 0) -> dict[str, An
         "last_error": None,
         "active": None,
         "paused_until": None,
+        "dead_letters_lost": 0,
     }
 
 
@@ -96,7 +97,14 @@ async def test_ready_without_a_started_lifespan_is_a_clear_503(with_lifespan: bo
     body = ready.json()
     assert body["detail"] is not None
     assert "jetstream_lifespan" in body.pop("detail")
-    assert body == {"ready": False, "connected": False, "jetstream": False, "consumers": []}
+    assert body == {
+        "ready": False,
+        "connected": False,
+        "jetstream": False,
+        "consumers": [],
+        "dead_letters_lost": 0,
+        "outbox": None,
+    }
     assert ready.headers["cache-control"] == "no-store"
 
 
@@ -112,7 +120,15 @@ async def test_explicit_broker_is_not_ready_until_connected() -> None:
         await broker.connect()
         after = await client.get("/health/ready")
         assert after.status_code == 200
-        assert after.json() == {"ready": True, "connected": True, "jetstream": True, "consumers": [], "detail": None}
+        assert after.json() == {
+            "ready": True,
+            "connected": True,
+            "jetstream": True,
+            "consumers": [],
+            "detail": None,
+            "dead_letters_lost": 0,
+            "outbox": None,
+        }
         await broker.disconnect()
         assert (await client.get("/health/ready")).status_code == 503
 
@@ -134,6 +150,8 @@ async def test_ready_on_the_in_memory_broker() -> None:
             "jetstream": True,
             "consumers": [running("orders.created", "processor")],
             "detail": None,
+            "dead_letters_lost": 0,
+            "outbox": None,
         }
         await broker.publish("orders.created", b"x")
         await asyncio.wait_for(gate.started.wait(), WAIT)

@@ -13,7 +13,8 @@ errors. A backend only stores and delivers:
 * :meth:`Backend.consume`: run a consumer that hands each message to the front's ``process`` and settles
   it as the returned :class:`~jetstream_fastapi.core.handling.Verdict` says;
 * :meth:`Backend.read` and :meth:`Backend.delete` stored messages (dead-letter admin);
-* :meth:`Backend.open_inbox` and :meth:`Backend.reply`: the core (not stored) messages of request/reply;
+* :meth:`Backend.open_inbox`, :meth:`Backend.reply` and :meth:`Backend.captures`: the core (not stored)
+  messages of request/reply, and whether a reply address is a stream's;
 * report its limits and health, and :meth:`Backend.translate` the errors of the layer below.
 
 Two backends ship: :class:`~jetstream_fastapi.backends.jetstream.JetStreamBackend` (a NATS server, through
@@ -75,12 +76,17 @@ class PartitionedStream:
 
 @dataclass(frozen=True, slots=True)
 class StreamFacts:
-    """What the front needs to know of a stream to keep recurring schedules in it."""
+    """What the front needs to know of a stream to keep recurring schedules in it, and its duplicate window."""
 
     name: str
     subjects: tuple[str, ...]
     allow_msg_schedules: bool
     allow_msg_ttl: bool
+    source: tuple[str, str] | None = None
+    """For a key-ordered queue's partitioned stream: the stream it sources and the subject filter it
+    sources (what stores a message it gets); ``None`` for any other stream."""
+    duplicate_window: float = 120.0
+    """Seconds a ``Nats-Msg-Id`` is remembered (from its first sighting, not sliding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +198,17 @@ class Backend(Protocol):
         ...
 
     @property
+    def max_control_line(self) -> int:
+        """The longest protocol line the store reads (subject, reply subject and sizes): a longer one would
+        cost the connection, so the front refuses it first."""
+        ...
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The prefix of the inboxes :meth:`open_inbox` makes: request replies go under it, and only there."""
+        ...
+
+    @property
     def reconnects(self) -> int:
         """Times the connection was re-established after a loss (for metrics)."""
         ...
@@ -276,6 +293,11 @@ class Backend(Protocol):
     async def reply(self, address: str, message: Outgoing) -> None:
         """Send ``message`` (its body and headers) to ``address`` at most once, not stored (core NATS); raises
         when it cannot be sent at all. Nobody listening is no error."""
+        ...
+
+    async def captures(self, subject: str) -> bool:
+        """Whether a stream captures ``subject`` or, when it holds wildcards, any subject it matches (a reply
+        sent there would be stored)."""
         ...
 
     async def read_last(self, stream: str, subject: str) -> Stored | None:

@@ -62,7 +62,7 @@ class Context:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
             raise click.ClickException(f"invalid settings: {problems}") from None
         except InvalidArgumentError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(self.redact(str(error))) from None
 
     def run(self, work: Callable[[JetStreamBroker], Coroutine[Any, Any, T]]) -> T:
         """Connect, run ``work``, disconnect; a library error becomes a message and exit status 1."""
@@ -78,7 +78,13 @@ class Context:
             return asyncio.run(main())
         except JetStreamError as error:
             # An error may quote message data (a dead letter's subject): escaped like the rest.
-            raise click.ClickException(printable(str(error))) from None
+            raise click.ClickException(printable(self.redact(str(error)))) from None
+
+    def redact(self, text: str) -> str:
+        """``text`` without the user info of any URL, ``--server``'s above all."""
+        from ..core.redaction import redact, url_secrets
+
+        return redact(text, url_secrets(self.server or ""))
 
 
 _pass_context = click.make_pass_decorator(Context)

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Literal, Unpack, overload
 
 from ..backends.base import ConsumerSpec
 from ..driver import ConsumerOptions, Handler, Message
-from ..errors import InvalidArgumentError, JetStreamError
+from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
 from ..observability.logs import message_extra
-from .deadletters import dead_letter_headers, dead_letter_msg_id, dead_letter_subject
+from .deadletters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, dead_letter_subject, permanent
 from .exclusive import check_exclusive
 from .front import Front
 from .handling import Verdict, check_handler, check_one_filter
 from .keyorder import check_key_order, subscribe_partitioned
 from .partitioned import PartitionedSubscription
-from .processing import Processor, ProcessorFactory, store_max_deliver
+from .processing import DeadLetterOutcome, Processor, ProcessorFactory, store_max_deliver
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -98,7 +98,7 @@ class Consuming(Front):
         ``queue``), the messages of one key (the subject's ``*`` tokens) are handled one at a time in stream
         order across every instance, over ``partitions`` partitions (see :mod:`~jetstream_fastapi.core.keyorder`).
         """
-        check_subject(subject, wildcards=True)
+        check_subject(subject, wildcards=True, max_length=self._preparer.max_subject)
         if queue is not None:
             check_queue(queue)
         check_exclusive(exclusive, queue)
@@ -144,29 +144,38 @@ class Consuming(Front):
         """The running subscriptions."""
         return list(self._subscriptions)
 
-    async def _store_dead_letter(self, message: Message, verdict: Verdict) -> bool:
-        """Store a message about to be terminated in the dead-letter stream; False if that failed (the
-        :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again)."""
+    async def _store_dead_letter(self, message: Message, verdict: Verdict) -> DeadLetterOutcome:
+        """Store a message about to be terminated in the dead-letter stream (recreated if it was deleted).
+        ``"retry"`` when that failed for a reason that may pass (the
+        :class:`~jetstream_fastapi.core.processing.Processor` then holds the message and tries again),
+        ``"lost"`` when the server refused it for good (the message is terminated, counted, logged)."""
         delivery = message.delivery
         assert delivery is not None
-        letter = Message(body=message.body, headers=dead_letter_headers(message, verdict.error))
+        letter = dead_letter(message, verdict.error, self._backend.max_payload)
+        subject = dead_letter_subject(delivery.stream, delivery.consumer)
+        msg_id = dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer)
         try:
-            await self.publish(
-                dead_letter_subject(delivery.stream, delivery.consumer),
-                letter,
-                msg_id=dead_letter_msg_id(delivery.stream, delivery.sequence, delivery.consumer),
-            )
+            try:
+                # Only into DEAD_LETTERS: never a stream provisioned for the subject, or another one capturing it.
+                await self.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
+            except NoStreamError:  # deleted (an operator resetting it): recreated, as consumers are
+                await self._below(self._backend.ensure_dead_letter_stream())
+                await self.publish(subject, letter, msg_id=msg_id, expected_stream=DEAD_LETTER_STREAM)
         except JetStreamError as error:
+            where = (delivery.stream, delivery.sequence, message.subject, self._backend.describe(error))
+            if permanent(error):
+                logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
+                    "the dead letter of %s#%d (%s) is lost: the server refused it for good, so the message is "
+                    "terminated without one: %s",
+                    *where,
+                    extra=message_extra(message),
+                )
+                return "lost"
             logger.error(  # noqa: TRY400 - a traceback could carry secrets; describe() redacts
-                "could not dead-letter %s#%d (%s); it is held and retried: %s",
-                delivery.stream,
-                delivery.sequence,
-                message.subject,
-                self._backend.describe(error),
-                extra=message_extra(message),
+                "could not dead-letter %s#%d (%s); it is held and retried: %s", *where, extra=message_extra(message)
             )
-            return False
-        return True
+            return "retry"
+        return "stored"
 
     async def wait_until_idle(self, timeout: float = 10.0) -> None:
         """Return once every subscription's consumer has nothing pending, nothing unacked and no handler

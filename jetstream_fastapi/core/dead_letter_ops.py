@@ -3,16 +3,19 @@
 The front (:class:`~jetstream_fastapi.core.broker.BaseBroker`) checks the arguments and maps errors;
 these functions walk the dead-letter stream through the backend's ``read``/``delete``, so both backends
 answer the same. A dead letter's subject is ``deadletter.<stream>.<consumer>`` and stream and consumer
-names hold no ``.``, so a filter by original stream or consumer is a subject filter the store applies.
+names hold no ``.``, so a filter by original stream or consumer is a subject filter the store applies. A
+letter may have been planted by anyone who can publish to ``deadletter.>``, so a replay trusts nothing in
+it (:func:`replay_target`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..backends.base import Backend
-from ..errors import DeadLetterNotFoundError, InvalidArgumentError
+from ..backends.base import Backend, Stored
+from ..errors import DeadLetterNotFoundError, DeadLetterReplayError, InvalidArgumentError, NoStreamError
 from .deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, DeadLetter
+from .subjects import check_subject, subject_matches
 
 
 def letter_filter(stream: str | None, consumer: str | None) -> str:
@@ -30,6 +33,11 @@ def check_seq(seq: object) -> int:
     return seq
 
 
+def read_letter(stored: Stored) -> DeadLetter:
+    """The dead letter in a message of the dead-letter stream (flagged malformed if it is not one)."""
+    return DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time, subject=stored.subject)
+
+
 async def scan(backend: Backend, limit: int, subject: str) -> list[DeadLetter]:
     """The oldest ``limit`` dead letters on ``subject`` (a filter)."""
     letters: list[DeadLetter] = []
@@ -38,7 +46,7 @@ async def scan(backend: Backend, limit: int, subject: str) -> list[DeadLetter]:
         stored = await backend.read(DEAD_LETTER_STREAM, seq, subject=subject, next=True)
         if stored is None:
             break
-        letters.append(DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time))
+        letters.append(read_letter(stored))
         seq = stored.seq + 1
     return letters
 
@@ -49,7 +57,7 @@ async def fetch(backend: Backend, seq: int) -> DeadLetter:
     # The dead-letter stream holds only dead letters, but a message published there by hand is not one.
     if stored is None or not stored.subject.startswith(f"{DEAD_LETTER_PREFIX}."):
         raise DeadLetterNotFoundError(seq)
-    return DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time)
+    return read_letter(stored)
 
 
 async def purge(backend: Backend, seqs: Iterable[int] | None, subject: str) -> int:
@@ -69,3 +77,45 @@ async def purge(backend: Backend, seqs: Iterable[int] | None, subject: str) -> i
     for seq in wanted:
         deleted += bool(await backend.delete(DEAD_LETTER_STREAM, seq))
     return deleted
+
+
+def _refuse(letter: DeadLetter, reason: str) -> DeadLetterReplayError:
+    return DeadLetterReplayError(letter.seq, reason)
+
+
+def _check_subject(letter: DeadLetter) -> None:
+    """A literal subject an app publishes to: never the server's API (``$...``), an inbox or a dead letter's."""
+    subject = letter.subject
+    try:
+        check_subject(subject, wildcards=False)
+    except InvalidArgumentError as error:
+        raise _refuse(letter, str(error)) from None
+    if subject.startswith("$") or subject.split(".", 1)[0] in ("_INBOX", DEAD_LETTER_PREFIX):
+        raise _refuse(letter, f"its subject {subject!r} is not one messages are published to")
+
+
+async def replay_target(backend: Backend, letter: DeadLetter) -> str:
+    """The stream a replay of ``letter`` stores into, after checking that the letter can be replayed as it
+    says: well formed and whole, its subject one that its original stream captures (for a key-ordered
+    queue's partitioned stream: one its source stores and it sources), and its consumer still there.
+    :class:`DeadLetterReplayError` otherwise, or :class:`NoStreamError` if the original stream is gone."""
+    if letter.malformed:
+        raise _refuse(letter, f"it is malformed ({letter.malformed})")
+    if letter.partial:
+        size = f"{len(letter.body)} of {letter.original_size} bytes"
+        raise _refuse(letter, f"it is truncated ({size}; the original was {letter.stream}#{letter.sequence})")
+    _check_subject(letter)
+    if not await backend.has_stream(letter.stream):
+        raise NoStreamError(
+            letter.subject, f"dead letter {letter.seq} came from stream {letter.stream!r}, which no longer exists"
+        )
+    facts = await backend.stream_facts(letter.stream)
+    target, patterns = letter.stream, facts.subjects
+    if facts.source is not None and subject_matches(facts.source[1], letter.subject):
+        target = facts.source[0]  # the source stores the replay, and the partitioned stream copies it
+        patterns = (await backend.stream_facts(target)).subjects
+    if not any(subject_matches(pattern, letter.subject) for pattern in patterns):
+        raise _refuse(letter, f"stream {letter.stream!r} does not capture its subject {letter.subject!r}")
+    if await backend.consumer_state(letter.stream, letter.consumer) is None:
+        raise _refuse(letter, f"consumer {letter.consumer!r} of stream {letter.stream!r} no longer exists")
+    return target

@@ -16,6 +16,7 @@ from ..errors import JetStreamError, NotConnectedError, PublishConflictError
 from ..observability.hooks import observer
 from .preparing import Preparer, deadline
 from .publish_options import stored_before
+from .subjects import max_subject_length
 
 if TYPE_CHECKING:
     from ..backends.base import Backend, Outgoing
@@ -41,14 +42,22 @@ class Front:
         self._settled = asyncio.Event()  # set as each message is settled (wait_until_idle listens)
         # Spans and metrics (None: nothing to record, the plain path); see jetstream_fastapi.observability.
         self._observer = observer(settings.tracing, settings.metrics)
-        self._preparer = Preparer()
+        self._preparer = Preparer(max_subject_length(backend.max_control_line, backend.inbox_prefix))
 
     @property
     def shutdown_timeout(self) -> float:
         """Seconds running handlers get to finish on ``unsubscribe``/``disconnect``."""
         return self._settings.shutdown_timeout
 
-    async def publish(self, subject: str, message: Payload, *, msg_id: str | None = None) -> PubAck:
+    async def publish(
+        self,
+        subject: str,
+        message: Payload,
+        *,
+        msg_id: str | None = None,
+        ttl: float | None = None,
+        expected_stream: str | None = None,
+    ) -> PubAck:
         """Store ``message`` on ``subject`` (the broker's :meth:`~jetstream_fastapi.core.broker.BaseBroker.publish`)."""
         raise NotImplementedError
 

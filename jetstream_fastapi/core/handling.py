@@ -1,8 +1,9 @@
 """What both brokers share about consuming: resolved consumer settings and the handler's verdict.
 
 A message's fate is decided here, once, so the in-memory broker and the JetStream worker cannot drift:
-the handler returns → ack; raises :class:`Retry` → nak after its delay; raises :class:`Reject` → terminate;
-raises anything else → nak after the backoff delay, or terminate when it was the last allowed attempt.
+the handler returns (or raises :class:`Ack`) → ack; raises :class:`Retry` → nak after its delay; raises
+:class:`Reject` → terminate; raises anything else → nak after the backoff delay, or terminate when it was
+the last allowed attempt.
 Imports nothing from ``nats``.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..driver import Backoff, ConsumerOptions, Handler, Message, Reject, Retry
+from ..driver import Ack, Backoff, ConsumerOptions, Handler, Message, Reject, Retry
 from ..errors import HandlerTimeoutError, InvalidArgumentError, InvalidHandlerError, UnknownOptionError
 from ..observability.logs import message_extra
 
@@ -123,20 +124,43 @@ ACKED = Verdict(Action.ACK)
 
 
 async def run_handler(handler: Handler, message: Message, settings: ConsumerSettings) -> Verdict:
-    """Run ``handler`` on ``message`` and decide its fate. Never raises, except ``CancelledError``."""
+    """Run ``handler`` on ``message`` and decide its fate.
+
+    Never raises, except ``CancelledError`` when the running task itself is being cancelled (a shutdown
+    timeout), and ``KeyboardInterrupt``/``SystemExit``. Anything else the handler raises is a failed attempt,
+    ``CancelledError`` included: a handler that awaited something another task cancelled gets one while
+    nobody cancels *this* task, and letting it out would end the task that reads the subscription.
+    """
     try:
         if settings.handler_timeout is None:
             result = await handler(message)
         else:
             result = await _with_timeout(handler, message, settings.handler_timeout)
+    except Ack as ack:
+        logger.debug("message on %s acked without handling: %s", message.subject, ack.reason)
+        return ACKED
     except Retry as retry:
         return _failed(message, settings, retry, retry.after)
     except Reject as reject:
         _log(logging.WARNING, "rejected as poison", message, reject)
         return Verdict(Action.TERM, error=reject)
-    except Exception as error:
+    except BaseException as error:
+        if not is_handler_failure(error):
+            raise
         return _failed(message, settings, error, None)
     return ACKED if result is None else Verdict(Action.ACK, result=result)
+
+
+def is_handler_failure(error: BaseException) -> bool:
+    """Whether ``error``, raised out of a handler, is a failed attempt rather than the process or the task
+    being stopped: everything but ``KeyboardInterrupt``, ``SystemExit`` and a ``CancelledError`` while the
+    running task is being cancelled (``Task.cancelling()``, Python 3.11+)."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return False
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    return True
 
 
 async def _with_timeout(handler: Handler, message: Message, timeout: float) -> object:
@@ -150,7 +174,7 @@ async def _with_timeout(handler: Handler, message: Message, timeout: float) -> o
         raise
 
 
-def _failed(message: Message, settings: ConsumerSettings, error: Exception, after: float | None) -> Verdict:
+def _failed(message: Message, settings: ConsumerSettings, error: BaseException, after: float | None) -> Verdict:
     attempt = message.attempt
     if settings.is_last_attempt(attempt):
         _log(logging.ERROR, f"failed its last attempt ({attempt}/{settings.max_deliver})", message, error)

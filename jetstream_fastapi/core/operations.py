@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from ..backends.base import ConsumerState
-from ..driver import PubAck
-from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
-from .dead_letter_ops import check_seq, fetch, letter_filter, purge, scan
-from .deadletters import DEAD_LETTER_STREAM, DeadLetter
+from ..driver import Message, PubAck
+from ..errors import InvalidArgumentError, JetStreamError
+from .dead_letter_ops import check_seq, fetch, letter_filter, purge, replay_target, scan
+from .deadletters import DEAD_LETTER_STREAM, DeadLetter, dead_letter_headers, dead_letter_subject
 from .front import Front
 from .pausing import consumer_of, pause_until
 from .publish_options import check_server_version
+from .subjects import check_subject
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -84,18 +85,27 @@ class Operations(Front):
         return await self._below(fetch(self._backend, seq))
 
     async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject (its original headers, a fresh
-        ``msg_id``), then delete it from the dead-letter stream; :class:`DeadLetterNotFoundError` if none,
-        :class:`NoStreamError` if its original stream is gone (nothing is published then)."""
+        """Publish dead letter ``seq`` again to its original subject, for the consumer that dead-lettered it
+        only, then delete it from the dead-letter stream.
+
+        The replay carries the original body and headers (the TTL restored; no ``Nats-*`` instruction), a
+        msg id of its own, and :data:`~jetstream_fastapi.core.deadletters.REPLAY_CONSUMER` naming the consumer:
+        this library's other consumers of the subject ack it without running their handler. It is stored
+        only into the letter's own stream (never a provisioned one), and only if the letter is well formed
+        and whole, its subject captured by that stream and its consumer still there:
+        :class:`DeadLetterReplayError` otherwise, :class:`NoStreamError` if the stream is gone (nothing is
+        published then), :class:`DeadLetterNotFoundError` if there is no such letter. If the server answers
+        ``duplicate`` (this replay was stored before), the letter is kept and the PubAck says ``duplicate``.
+        """
         letter = await self.dead_letter(seq)
-        # Published to a deleted stream's subject, a replay would land in an auto-provisioned stream no
-        # consumer reads (or nowhere): refuse it instead.
-        if letter.stream and not await self._below(self._backend.has_stream(letter.stream)):
-            raise NoStreamError(
-                letter.subject, f"dead letter {seq} came from stream {letter.stream!r}, which no longer exists"
-            )
+        stream = await self._below(replay_target(self._backend, letter))
         replay = letter.replay()
-        ack = await self.publish(letter.subject, replay, msg_id=replay.msg_id)
+        ack = await self.publish(
+            letter.subject, replay, msg_id=replay.msg_id, ttl=letter.replay_ttl, expected_stream=stream
+        )
+        if ack.duplicate:
+            logger.warning("dead letter %d was replayed before (duplicate): kept, nothing stored", seq)
+            return ack
         await self._below(self._backend.delete(DEAD_LETTER_STREAM, seq))
         return ack
 
@@ -111,3 +121,24 @@ class Operations(Front):
         wanted = None if seqs is None else [check_seq(seq) for seq in seqs]
         self._require()
         return await self._below(purge(self._backend, wanted, subject))
+
+    async def publish_dead_letter(
+        self, message: Message, error: BaseException, *, source: str, consumer: str, msg_id: str
+    ) -> PubAck:
+        """Store ``message`` (its ``subject``, body and headers) as a dead letter of ``source`` and
+        ``consumer`` with why it died, for producers of the library's own (the outbox relay) whose messages
+        never reached a stream: it is listed by ``list_dead_letters(stream=source, consumer=consumer)`` and
+        replayed to its subject like any other. ``msg_id`` stores a retried dead-lettering once."""
+        letter_filter(source, consumer)  # the same name rules as the filter that lists them
+        self._require()
+        await self._below(self._backend.ensure_dead_letter_stream())
+        letter = Message(body=message.body, headers=dead_letter_headers(message, error))
+        return await self.publish(dead_letter_subject(source, consumer), letter, msg_id=msg_id)
+
+    async def duplicate_window(self, subject: str) -> float:
+        """Seconds the stream capturing ``subject`` remembers a ``msg_id`` (counted from its first sighting):
+        a publish retried with the same id later than that is stored twice."""
+        check_subject(subject, wildcards=False)
+        self._require()
+        stream = await self._below(self._backend.stream_for(subject))
+        return (await self._below(self._backend.stream_facts(stream))).duplicate_window

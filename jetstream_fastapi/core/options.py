@@ -13,6 +13,7 @@ from typing import Any, Literal, TypedDict
 
 from ..driver import Backoff
 from ..errors import InvalidArgumentError, UnknownOptionError
+from .deadletters import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
 from .handling import ConsumerSettings, DeliverPolicy
 
 StreamMismatch = Literal["error", "warn", "update"]
@@ -44,6 +45,10 @@ class BrokerOptions(TypedDict, total=False):
     """Seconds after which the server removes an idle ephemeral consumer (default 300)."""
     dead_letters: bool
     """Store terminated messages in the dead-letter stream before terminating them (default True)."""
+    dead_letter_max_age: float
+    """Seconds the dead-letter stream keeps a letter when it creates it (default 14 days)."""
+    dead_letter_max_bytes: int
+    """Most bytes of the dead-letter stream when it creates it; the oldest letters go first (default 1 GiB)."""
     streams: Iterable[Any]
     """Streams to create or reconcile at connect (nats-py ``StreamConfig`` objects)."""
     auto_provision: bool
@@ -72,6 +77,10 @@ class StreamPolicy:
     declared: tuple[Any, ...] = ()
     auto_provision: bool = True
     on_mismatch: StreamMismatch = "error"
+    dead_letter_max_age: float = DEFAULT_MAX_AGE
+    """Seconds the dead-letter stream keeps a letter."""
+    dead_letter_max_bytes: int = DEFAULT_MAX_BYTES
+    """Most bytes the dead-letter stream holds (the oldest letters are discarded past it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +125,15 @@ class FrontSettings:
         declared = options.get("streams", ())
         if isinstance(declared, str | bytes) or not isinstance(declared, Iterable):
             raise InvalidArgumentError(f"streams must be a list of stream configs, got {declared!r}")
-        streams = StreamPolicy(tuple(declared), bool(options.get("auto_provision", True)), mismatch)
+        max_age = options.get("dead_letter_max_age", DEFAULT_MAX_AGE)
+        if not isinstance(max_age, int | float) or isinstance(max_age, bool) or not 1 <= max_age < float("inf"):
+            raise InvalidArgumentError(f"dead_letter_max_age must be a number of seconds (at least 1), got {max_age!r}")
+        max_bytes = options.get("dead_letter_max_bytes", DEFAULT_MAX_BYTES)
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
+            raise InvalidArgumentError(f"dead_letter_max_bytes must be an integer of at least 1024, got {max_bytes!r}")
+        streams = StreamPolicy(
+            tuple(declared), bool(options.get("auto_provision", True)), mismatch, float(max_age), max_bytes
+        )
         timeouts = {
             name: options.get(name, default) for name, default in (("publish_timeout", 5.0), ("shutdown_timeout", 10.0))
         }

@@ -8,7 +8,11 @@ from __future__ import annotations
 import re
 
 from ..driver import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, Message, Payload
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidHeaderError
+
+MAX_HEADERS_SIZE = 65535
+"""The largest header block (``NATS/1.0`` line included) a JetStream server stores: a larger one is refused
+with error 10097 (measured on nats-server 2.15.1: 65,535 bytes stored, 65,536 refused)."""
 
 
 def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
@@ -41,16 +45,18 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def check_headers(headers: dict[str, str]) -> None:
-    """Raise :class:`InvalidArgumentError` for a header that cannot travel in the NATS protocol."""
+    """Raise :class:`~jetstream_fastapi.errors.InvalidHeaderError` for a header that cannot travel in the
+    NATS protocol (their total size is checked with the message's, see :data:`MAX_HEADERS_SIZE`)."""
     for key, value in headers.items():
         if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
-            raise InvalidArgumentError(f"invalid header name {key!r}: letters, digits and !#$%&'*+-.^_`|~ only")
+            name = key[:40] + "..." if isinstance(key, str) and len(key) > 40 else key
+            raise InvalidHeaderError(f"invalid header name {name!r}: letters, digits and !#$%&'*+-.^_`|~ only")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise InvalidArgumentError(f"header {key!r} must be a single-line string, got {value!r}")
+            raise InvalidHeaderError(f"header {key[:40]!r} must be a single-line string, got {value!r:.80}")
         try:
             value.encode()
         except UnicodeEncodeError:
-            raise InvalidArgumentError(f"header {key!r} is not valid UTF-8 text: {value!r}") from None
+            raise InvalidHeaderError(f"header {key[:40]!r} is not valid UTF-8 text: {value!r:.80}") from None
 
 
 def parse_headers(block: bytes) -> dict[str, str]:

@@ -24,11 +24,12 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..driver import Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
+from .deadletters import REPLAY_CONSUMER
 from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
 from .requests import REPLY_TO, Replier
 
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("jetstream_fastapi")
 
-StoreDeadLetter = Callable[[Message, Verdict], Awaitable[bool]]
-"""Stores a message's dead letter; False when it could not be stored (the message is then held)."""
+DeadLetterOutcome = Literal["stored", "retry", "lost"]
+"""What became of a dead letter: stored; not stored for a reason that may pass (the message is held and it
+is retried); refused for good (the message is terminated without one, counted in ``dead_letters_lost``)."""
+StoreDeadLetter = Callable[[Message, Verdict], Awaitable[DeadLetterOutcome]]
+"""Stores a message's dead letter (see :data:`DeadLetterOutcome`)."""
 ProcessorFactory = Callable[
     [Handler, ConsumerSettings, StoreDeadLetter, Callable[[], None], "ConsumerWatch | None", "Replier | None"],
     "Processor",
@@ -77,13 +81,19 @@ class Processor:
         self.stopping = asyncio.Event()
         """Set when the subscription stops: a held message is given back instead of waiting on."""
         self.counters: Counter[str] = Counter()
-        """How often a rare path was taken: ``dead_letter_failed``, ``delivered_past_limit``, ``reply_failed``."""
+        """How often a rare path was taken: ``dead_letter_failed``, ``dead_letters_lost``, ``delivered_past_limit``,
+        ``reply_failed``, ``reply_refused`` (a reply address not made by ``request()``: not answered),
+        ``replay_skipped``."""
         self.last_error: str | None = None
         """The last message held because its dead letter could not be stored (for health probes)."""
 
     async def __call__(self, message: Message) -> Verdict:
         # The hot path: one coroutine around the handler's (run_handler's), and the usual outcome, the
-        # shared ACKED verdict, recognised by identity before anything else is looked at.
+        # shared ACKED verdict, recognised by identity before anything else is looked at. A replay is meant
+        # for one consumer: the others settle it unhandled (one dict lookup for every other message).
+        target = message.headers.get(REPLAY_CONSUMER)
+        if target is not None and message.delivery is not None and target != message.delivery.consumer:
+            return self._not_ours(message, target)
         watch = self._watch
         run = watch.start(message) if watch is not None else None
         verdict: Verdict | None = None
@@ -103,13 +113,30 @@ class Processor:
 
     async def _decide(self, message: Message, verdict: Verdict) -> Verdict:
         """Anything but a plain ack: answer a request, store a dead letter."""
-        if (verdict.result is not None or verdict.action is Action.TERM) and self._replier is not None:
+        replier = self._replier
+        if (verdict.result is not None or verdict.action is Action.TERM) and replier is not None:
             address = message.headers.get(REPLY_TO)
-            if address is not None and self._replier.can_answer(message, address):
-                return await self._answer(message, verdict, address, self._replier)
+            if address is not None:
+                try:
+                    allowed = await replier.allows(message, address)
+                except Exception as error:  # could not ask whether a stream captures it: as a reply not sent
+                    if verdict.action is Action.ACK:
+                        return self._not_sent(message, error)
+                    self.counters["reply_failed"] += 1  # terminated all the same, without its error reply
+                else:
+                    if allowed:
+                        return await self._answer(message, verdict, address, replier)
+                    self.counters["reply_refused"] += 1  # forged or foreign: handled as a plain message
         if verdict.action is Action.TERM and self._store_dead_letter is not None:
             verdict = await self._dead_letter(message, verdict, self._store_dead_letter)
         return verdict
+
+    def _not_sent(self, message: Message, error: Exception) -> Verdict:
+        """A reply that could not be sent: the request is not acked either, so it comes back."""
+        self.counters["reply_failed"] += 1
+        what = "could not send the reply to %s; redelivering it: %r"
+        logger.warning(what, message.subject, error, extra=message_extra(message))
+        return Verdict(Action.NAK, self._settings.backoff.delay(message.attempt, random.random()), error)
 
     async def _answer(self, message: Message, verdict: Verdict, address: str, replier: Replier) -> Verdict:
         """Reply to a request, then settle it: the reply before the ack, an error reply after the dead letter."""
@@ -119,10 +146,7 @@ class Processor:
                 try:
                     await replier.send(address, reply)
                 except Exception as error:  # not sent: not acked either, so redelivered
-                    self.counters["reply_failed"] += 1
-                    what = "could not send the reply to %s; redelivering it: %r"
-                    logger.warning(what, message.subject, error, extra=message_extra(message))
-                    return Verdict(Action.NAK, self._settings.backoff.delay(message.attempt, random.random()), error)
+                    return self._not_sent(message, error)
                 return verdict
             what = "the reply to %s cannot be sent, dead-lettering it: %s"
             logger.error(what, message.subject, reply, extra=message_extra(message))
@@ -133,13 +157,23 @@ class Processor:
             await replier.fail(message, verdict.error, address)
         return verdict
 
+    def _not_ours(self, message: Message, target: str) -> Verdict:
+        """A dead letter's replay meant for consumer ``target``: acked without running the handler."""
+        self.counters["replay_skipped"] += 1
+        logger.debug("a replay on %s is for consumer %s: acked unhandled", message.subject, target)
+        self._settled()
+        return ACKED
+
     def _past_limit(self, message: Message, limit: int) -> Verdict:
         self.counters["delivered_past_limit"] += 1
         return Verdict(Action.TERM, error=DeliveryLimitError(message.attempt, limit))
 
     async def _dead_letter(self, message: Message, verdict: Verdict, store: StoreDeadLetter) -> Verdict:
         failures = 0
-        while not await store(message, verdict):
+        while (outcome := await store(message, verdict)) != "stored":
+            if outcome == "lost":
+                self.counters["dead_letters_lost"] += 1
+                return verdict  # terminated without a letter: logged and counted, never held for good
             failures += 1
             self.counters["dead_letter_failed"] += 1
             delivery = message.delivery

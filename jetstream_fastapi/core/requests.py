@@ -2,16 +2,24 @@
 
 **The request** is stored in its stream like any publish (the PubAck awaited, one msg id for the whole call,
 so the publish's own retries store it once), with a ``Request-Reply-To`` header naming where to answer:
-``<inbox>.<token>``. ``<inbox>`` is one core NATS inbox per broker connection (a wildcard subscription
-opened at the first request; nats-py subscribes it again after a reconnect) and ``<token>`` one per
-request, as nats.go's request mux does. The address travels in a header because a stream stores headers
-but not a core message's reply subject. The call then waits for the reply; publishing and waiting share
-one deadline, counted on the backend's clock (a test's :class:`~jetstream_fastapi.clock.ManualClock` in
-memory), and past it :class:`~jetstream_fastapi.errors.ReplyTimeoutError` is raised. The first reply
-for a token wins; a later one (a redelivered request handled again) finds no waiter and is dropped.
+``<inbox>.<token>``. ``<inbox>`` is one core NATS inbox per broker connection (``<inbox prefix>.<id>``, a
+wildcard subscription opened at the first request; nats-py subscribes it again after a reconnect) and
+``<token>`` one per request, as nats.go's request mux does: 128 random bits, so that nobody who reads the
+stream can guess the address of the next request and answer it first. The address travels in a header
+because a stream stores headers but not a core message's reply subject. The call then waits for the reply;
+publishing and waiting share one deadline, counted on the backend's clock (a test's
+:class:`~jetstream_fastapi.clock.ManualClock` in memory), and past it
+:class:`~jetstream_fastapi.errors.ReplyTimeoutError` is raised. The first reply for a token wins; a later
+one (a redelivered request handled again) finds no waiter and is dropped.
 
 **The answer** is decided by :class:`~jetstream_fastapi.core.processing.Processor` with a
-:class:`Replier`, for a message carrying ``Request-Reply-To`` only:
+:class:`Replier`, for a message carrying ``Request-Reply-To`` only, and only when that address is one
+``request()`` makes (:meth:`Replier.allows`): ``<inbox prefix>.<inbox>.<token>``, short, and captured by no
+stream. Anyone on the account can publish a message with that header: answered blindly, a JetStream API
+subject (``$JS.API.STREAM.PURGE.<stream>``, an empty error reply being a valid API request) or another
+stream's subject would be acted on with the app's credentials, and an address longer than the server's
+control line would close the app's connection. Any other address is not answered: the message is handled
+as a plain one, with a warning and the subscription's ``reply_refused`` counter.
 
 * the handler returned a value other than ``None``: the value, encoded as ``publish`` encodes a message,
   is sent to the address (core NATS, not stored) *before* the ack. If it cannot be sent, the message is
@@ -29,9 +37,9 @@ Imports nothing from ``nats``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 
 from ..backends.base import Backend, Outgoing
@@ -46,7 +54,7 @@ from ..errors import (
 )
 from ..observability.logs import message_extra
 from .payloads import coerce_message, headers_size
-from .subjects import check_subject
+from .subjects import check_subject, control_line_length
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -60,6 +68,12 @@ ERROR_TYPE = "Request-Error-Type"
 """On an error reply: the type name of the handler's exception."""
 ERROR = "Request-Error"
 _MAX_ERROR_TEXT = 1024
+_TOKEN_BYTES = 16  # 128 bits: not guessable by anyone who sees other requests' addresses
+_MAX_ADDRESS_TOKEN = 64
+"""The longest inbox id or token of a reply address answered (``request()`` makes 22 to 32 characters)."""
+_CAPTURE_TTL = 5.0
+"""Seconds an inbox found captured by no stream is trusted without asking again."""
+_CAPTURE_CACHE = 1024
 
 Send = Callable[[Outgoing, float], Awaitable[PubAck]]
 
@@ -89,7 +103,6 @@ class Requester:
         self._inbox: str | None = None
         self._opening = asyncio.Lock()
         self._waiting: dict[str, asyncio.Future[Message]] = {}
-        self._tokens = itertools.count(1)
         self.late_replies = 0
         """Replies that found nobody waiting: the requester gave up, or a redelivered request answered twice."""
 
@@ -102,7 +115,7 @@ class Requester:
         """Store ``outgoing`` with a reply address and return the reply, all within ``timeout`` seconds."""
         clock = self._backend.clock
         deadline = clock.now() + timeout
-        token = format(next(self._tokens), "x")
+        token = secrets.token_hex(_TOKEN_BYTES)
         answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[token] = answer
 
@@ -181,16 +194,57 @@ class Replier:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        self._free: dict[str, float] = {}  # inbox -> until when no stream is known to capture it
 
-    def can_answer(self, request: Message, address: str) -> bool:
-        """Whether ``address`` can be answered (a literal subject); a warning says why not. A request
-        published by hand with a broken address is handled as a plain message: nothing is sent."""
+    async def allows(self, request: Message, address: str) -> bool:
+        """Whether ``address`` is one ``request()`` makes, so may be answered; a warning says why not.
+        Raises when the server cannot be asked whether a stream captures it."""
+        refusal = self._refusal(address)
+        if refusal is None and await self._captured(address):
+            refusal = "a stream captures it: the reply would be stored"
+        if refusal is None:
+            return True
+        shown = address if len(address) <= 80 else f"{address[:80]}... ({len(address)} characters)"
+        logger.warning(
+            "not answering the request on %s: reply address %r refused, %s; handled as a plain message",
+            request.subject,
+            shown,
+            refusal,
+            extra=message_extra(request),
+        )
+        return False
+
+    def _refusal(self, address: str) -> str | None:
+        """Why ``address`` is not of the shape ``request()`` makes, or ``None`` if it is."""
+        prefix = self._backend.inbox_prefix
+        if len(address) > len(prefix) + 2 * (_MAX_ADDRESS_TOKEN + 1):
+            return "longer than any address request() makes"
+        if address.startswith("$"):
+            return "a system subject"
+        if not address.startswith(prefix + "."):
+            return f"not under the inbox prefix {prefix!r}"
         try:
             check_subject(address, wildcards=False)
         except InvalidArgumentError as error:
-            logger.warning("not answering the request on %s: %s", request.subject, error, extra=message_extra(request))
+            return str(error)
+        if address.count(".", len(prefix) + 1) != 1:
+            return "not of the shape <inbox prefix>.<inbox>.<token>"
+        if control_line_length(address) > self._backend.max_control_line:
+            return "longer than the server's control line"  # (a prefix bounded in length never gets here)
+        return None
+
+    async def _captured(self, address: str) -> bool:
+        """Whether a stream captures an address of this inbox; an inbox found free is trusted for a while."""
+        inbox = address.rpartition(".")[0]
+        now = self._backend.clock.now()
+        if self._free.get(inbox, 0.0) > now:
             return False
-        return True
+        if await self._backend.captures(f"{inbox}.*"):
+            return True
+        if len(self._free) >= _CAPTURE_CACHE:
+            self._free.clear()  # many inboxes (a flood of forged ones): start over, bounded
+        self._free[inbox] = now + _CAPTURE_TTL
+        return False
 
     def encode(self, request: Message, result: object) -> Outgoing | Exception:
         """The reply carrying ``result``, or the error saying why ``result`` cannot be one."""

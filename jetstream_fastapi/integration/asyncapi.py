@@ -27,6 +27,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, TypeAdapter
 
+from ..core.redaction import split_url
 from ..core.requests import REPLY_TO
 from ..driver import Message
 from .publishing import Publication
@@ -178,9 +179,16 @@ def asyncapi_document(
 
 
 def _server(url: str) -> dict[str, str]:
-    scheme, _, rest = url.partition("://")
-    host = rest.rsplit("@", 1)[-1].rstrip("/") if rest else scheme  # never the user info
-    return {"host": host, "protocol": "nats"}
+    scheme, _, rest = split_url(url)  # never the user info
+    host, _, path = rest.partition("/")
+    server = {"host": host, "protocol": _PROTOCOLS.get(scheme, "nats")}
+    if path:
+        server["pathname"] = f"/{path}"
+    return server
+
+
+_PROTOCOLS = {"ws://": "ws", "wss://": "wss"}
+"""AsyncAPI protocols of the WebSocket schemes; ``nats://``, ``tls://`` and no scheme are ``nats``."""
 
 
 def render_html(document: dict[str, Any], json_link: str = "asyncapi.json") -> str:

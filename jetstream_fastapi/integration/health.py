@@ -28,16 +28,17 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from ..core.redaction import redact
 from ..driver import Broker, Subscriber
 from ..errors import InvalidArgumentError
-from .lifespan import STATE_KEY
+from .lifespan import OUTBOX_KEY, STATE_KEY
 
-__all__ = ["ConsumerHealth", "Liveness", "Readiness", "check_readiness", "health_router"]
+__all__ = ["ConsumerHealth", "Liveness", "OutboxHealth", "Readiness", "check_readiness", "health_router"]
 
 _NO_BROKER = (
     "no JetStream broker yet: the app's lifespan has not started, or the app was not created with "
@@ -70,6 +71,22 @@ class ConsumerHealth(BaseModel):
     paused_until: datetime | None = None
     """Until when its durable consumer is paused on the server (``broker.pause``); ``None`` if it is not.
     A paused consumer is ready: it was paused on purpose."""
+    dead_letters_lost: int = 0
+    """Messages it terminated without a dead letter because the server refused the letter for good (each
+    logged at ERROR). Not a reason to be unready: an alert to raise."""
+
+
+class OutboxHealth(BaseModel):
+    """The outbox table, as the readiness probe reports it (with ``jetstream_lifespan(..., outbox=...)``)."""
+
+    backlog: int | None
+    """Rows waiting to be published (``None``: the database did not answer within the probe's timeout)."""
+    oldest_age: float | None
+    """Seconds since the oldest waiting row was written."""
+    failed: int | None
+    """Rows that could neither be published nor dead-lettered: they wait for an operator."""
+    last_error: str | None = None
+    """The relay's last problem (the database or NATS unreachable), ``None`` after a good round."""
 
 
 class Readiness(BaseModel):
@@ -85,6 +102,10 @@ class Readiness(BaseModel):
     """Every subscription of the broker."""
     detail: str | None = None
     """Why the app is not ready, for humans reading a failed probe; ``None`` when ready."""
+    dead_letters_lost: int = 0
+    """Every consumer's ``dead_letters_lost`` added up (this process, since its subscriptions started)."""
+    outbox: OutboxHealth | None = None
+    """The outbox's backlog, when the app has one (reported; a backlog does not make the app unready)."""
 
 
 def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
@@ -93,8 +114,10 @@ def _consumer_health(subscription: Subscriber) -> ConsumerHealth:
         queue=subscription.queue,
         state=subscription.state,
         in_flight=subscription.in_flight,
-        last_error=subscription.last_error,
+        # A backend's error text may quote a server URL (one of nats-py's, say): never its user info.
+        last_error=None if subscription.last_error is None else redact(subscription.last_error),
         active=subscription.active,
+        dead_letters_lost=subscription.counters["dead_letters_lost"],
     )
 
 
@@ -162,6 +185,21 @@ class _ServerAnswers:
             return self._answers
 
 
+async def outbox_health(outbox: Any, timeout: float) -> OutboxHealth:
+    """Backlog, oldest row's age and failed rows of ``outbox`` (an :class:`~jetstream_fastapi.outbox.Outbox`),
+    with ``None`` figures when its database does not answer within ``timeout`` seconds."""
+    relay = outbox.relay
+    last_error = relay.last_error if relay is not None else "the relay is not running"
+    try:
+        async with asyncio.timeout(timeout):
+            stats = await outbox.stats()
+    except Exception as error:
+        return OutboxHealth(backlog=None, oldest_age=None, failed=None, last_error=f"database: {type(error).__name__}")
+    return OutboxHealth(
+        backlog=stats.backlog, oldest_age=round(stats.oldest_age, 3), failed=stats.failed, last_error=last_error
+    )
+
+
 async def check_readiness(broker: Broker | None, *, timeout: float = 1.0) -> Readiness:
     """The readiness of ``broker``: connected, JetStream answering within ``timeout`` s, every consumer running.
 
@@ -197,6 +235,7 @@ async def _check(broker: Broker | None, timeout: float, server: _ServerAnswers) 
         jetstream=jetstream,
         consumers=consumers,
         detail="; ".join(problems) or None,
+        dead_letters_lost=sum(consumer.dead_letters_lost for consumer in consumers),
     )
 
 
@@ -245,6 +284,9 @@ def health_router(
         """``200`` when connected, JetStream answers and every consumer runs; ``503`` otherwise."""
         current = broker if broker is not None else getattr(request.state, STATE_KEY, None)
         result = await _check(current, timeout, server)
+        outbox = getattr(request.state, OUTBOX_KEY, None)
+        if outbox is not None:
+            result.outbox = await outbox_health(outbox, timeout)
         response.headers["Cache-Control"] = "no-store"
         if not result.ready:
             response.status_code = 503

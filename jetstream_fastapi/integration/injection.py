@@ -167,9 +167,11 @@ class HandlerPlan:
 
 
 async def _invoke(call: Callable[..., Any], kwargs: dict[str, Any], stack: contextlib.AsyncExitStack) -> Any:
-    if inspect.isasyncgenfunction(call):
+    # A callable object's kind is its __call__'s, as FastAPI reads it (an object whose __call__ yields).
+    method = call if inspect.isroutine(call) else getattr(call, "__call__", call)  # noqa: B004
+    if inspect.isasyncgenfunction(method):
         return await stack.enter_async_context(contextlib.asynccontextmanager(call)(**kwargs))
-    if inspect.isgeneratorfunction(call):
+    if inspect.isgeneratorfunction(method):
         return stack.enter_context(contextlib.contextmanager(call)(**kwargs))
     if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(getattr(call, "__call__", None)):  # noqa: B004
         return await call(**kwargs)

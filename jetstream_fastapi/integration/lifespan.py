@@ -7,6 +7,10 @@
     @app.post("/orders", status_code=202)
     async def create(order: Order, broker: Broker = Depends(get_broker)) -> dict[str, object]: ...
 
+With ``outbox=`` (a :class:`jetstream_fastapi.outbox.Outbox`) its relay runs from before the handlers start
+until after they stopped, so that what handlers publish through the outbox is relayed; with ``inbox=`` (a
+:class:`jetstream_fastapi.inbox.Inbox`) its old rows are pruned meanwhile.
+
 Startup: connect (a :class:`~jetstream_fastapi.errors.ConnectError` fails startup, no degraded start),
 enter the app's own lifespan, declare the recurring schedules of every router (at once, so that one
 router's schedules are not reported as undeclared by another's), then subscribe every handler of every
@@ -22,7 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import HTTPConnection
 
@@ -36,14 +40,37 @@ SCHEDULES_KEY = "jetstream_schedules"
 """The lifespan-state key of the startup's :class:`~jetstream_fastapi.core.declaring.ScheduleReport`
 (``request.state.jetstream_schedules``; ``None`` when the routers have no handler and no schedule)."""
 
+OUTBOX_KEY = "jetstream_outbox"
+"""The lifespan-state key of the ``outbox=`` given to :func:`jetstream_lifespan` (for readiness and metrics)."""
+
+
+class Relayed(Protocol):
+    """What the lifespan needs of an outbox (:class:`jetstream_fastapi.outbox.Outbox`): a relay to run."""
+
+    async def start(self, broker: Any) -> None:
+        """Start relaying through the connected ``broker``."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop relaying (the round in progress finishes)."""
+        ...
+
+
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """The app's own lifespan, as FastAPI takes it: it may yield a state mapping or nothing."""
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]
 """What :func:`jetstream_lifespan` returns: it always yields the lifespan state."""
 
 
-def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLifespan | None = None) -> Lifespan:
-    """A FastAPI ``lifespan`` running ``broker`` and the handlers of ``routers``, around ``lifespan``."""
+def jetstream_lifespan(
+    broker: Broker,
+    *routers: ConsumerRouter,
+    lifespan: AppLifespan | None = None,
+    outbox: Relayed | None = None,
+    inbox: Relayed | None = None,
+) -> Lifespan:
+    """A FastAPI ``lifespan`` running ``broker``, the handlers of ``routers``, the relay of ``outbox`` and
+    the pruning of ``inbox``, around ``lifespan``."""
 
     @contextlib.asynccontextmanager
     async def _lifespan(app: Any) -> AsyncIterator[Mapping[str, Any]]:
@@ -55,6 +82,13 @@ def jetstream_lifespan(broker: Broker, *routers: ConsumerRouter, lifespan: AppLi
                     inner: Mapping[str, Any] | None = await stack.enter_async_context(lifespan(app))
                     state.update(inner or {})
                 state[STATE_KEY] = broker
+                if outbox is not None:
+                    await outbox.start(broker)
+                    stack.push_async_callback(outbox.stop)  # after the handlers stopped: they may publish
+                    state[OUTBOX_KEY] = outbox
+                if inbox is not None:
+                    await inbox.start(broker)
+                    stack.push_async_callback(inbox.stop)
                 subscribers: list[Subscriber] = []
                 stack.push_async_callback(_stop, subscribers)
                 state[SCHEDULES_KEY] = await declare_schedules(broker, routers)

@@ -89,12 +89,18 @@ class BrokerFigures:
         in_flight = GaugeMetricFamily(
             "jetstream_handlers_in_flight", "Handlers running now in this process.", labels=labels
         )
+        lost = CounterMetricFamily(
+            "jetstream_dead_letters_lost",
+            "Messages terminated without a dead letter: the server refused the letter for good.",
+            labels=labels,
+        )
         for row in self.rows():
             key, state, running = row
             if state is not None:
                 pending.add_metric(key, state.pending)
                 ack_pending.add_metric(key, state.ack_pending)
             in_flight.add_metric(key, running)
+            lost.add_metric(key, self.lost(key[1]))
         reconnects = CounterMetricFamily(
             "jetstream_connection_reconnects", "Times the connection to NATS was re-established."
         )
@@ -103,7 +109,7 @@ class BrokerFigures:
             "jetstream_up", "1 when the broker is connected and the last read of consumer states succeeded."
         )
         up.add_metric([], 1 if self._up and self._broker.is_connected else 0)
-        yield from (pending, ack_pending, in_flight, reconnects, up)
+        yield from (pending, ack_pending, in_flight, lost, reconnects, up)
 
     def rows(self) -> Iterator[tuple[list[str], ConsumerState | None, int]]:
         """Per running subscription: its labels, its last known state (or ``None``), its handlers in flight."""
@@ -115,6 +121,11 @@ class BrokerFigures:
             seen.add(key)
             in_flight = sum(other.in_flight for other in self._broker.subscriptions if other.consumer_name == key[1])
             yield [sub.stream, sub.consumer_name, sub.subject, sub.queue or ""], self._states.get(key), in_flight
+
+    def lost(self, consumer: str) -> int:
+        """Dead letters lost by this process's subscriptions of ``consumer``."""
+        subs = self._broker.subscriptions
+        return sum(sub.counters["dead_letters_lost"] for sub in subs if sub.consumer_name == consumer)
 
     @property
     def up(self) -> bool:

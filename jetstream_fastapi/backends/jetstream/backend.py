@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -20,6 +18,7 @@ from nats.js.manager import JetStreamManager
 from ...clock import Clock, MonotonicClock
 from ...core.exclusive import GROUP, require_priority_groups
 from ...core.options import StreamPolicy
+from ...core.subjects import DEFAULT_INBOX_PREFIX, DEFAULT_MAX_CONTROL_LINE, check_inbox_prefix
 from ...driver import PubAck
 from ...errors import (
     ConnectError,
@@ -34,13 +33,13 @@ from .batches import send_batch
 from .conditions import scheduled, with_wire_headers
 from .connection import Connection
 from .consumers import consumer_config, ensure_consumer
-from .dead_letters import DEAD_LETTER_CONFIG
+from .dead_letters import dead_letter_config
 from .idle import consumer_idle
 from .inbox import open_inbox, send_reply
 from .partitioned import caught_up, ensure_partitioned_stream
 from .publisher import Publisher
 from .stored import last_on_subject, stored, stream_facts
-from .streams import StreamRegistry
+from .streams import StreamMismatch, StreamRegistry
 from .worker import PullWorker
 
 logger = logging.getLogger("jetstream_fastapi")
@@ -72,6 +71,8 @@ class JetStreamBackend:
             if not isinstance(config, StreamConfig) or not config.name or not config.subjects:
                 raise InvalidArgumentError(f"streams must be StreamConfig objects with a name and subjects: {config!r}")
         self._streams = streams
+        # The inboxes nats-py makes (requests' reply addresses) start with its inbox_prefix connect option.
+        self.inbox_prefix = check_inbox_prefix(connect_options.get("inbox_prefix", DEFAULT_INBOX_PREFIX))
         self._connection = Connection(
             self.servers,
             connect_timeout=connect_timeout,
@@ -97,6 +98,10 @@ class JetStreamBackend:
     @property
     def max_payload(self) -> int:
         return self._nc.max_payload if self._nc is not None else _DEFAULT_MAX_PAYLOAD
+
+    @property
+    def max_control_line(self) -> int:
+        return DEFAULT_MAX_CONTROL_LINE  # not in the server's INFO: see DEFAULT_MAX_CONTROL_LINE
 
     @property
     def server_version(self) -> tuple[int, int, int] | None:
@@ -129,7 +134,7 @@ class JetStreamBackend:
             publisher = Publisher(nc, registry)
             await publisher.start()
         except BaseException:
-            await nc.close()
+            await self._connection.abandon(nc)
             raise
         self._nc, self._jsm, self._registry, self._publisher = nc, jsm, registry, publisher
 
@@ -138,14 +143,7 @@ class JetStreamBackend:
         if nc is None:
             return
         self._nc = self._jsm = self._registry = self._publisher = None
-        self._connection.closing = True
-        try:
-            # Flushes the acks and naks written by the workers; bounded in case the server is gone.
-            await asyncio.wait_for(nc.drain(), timeout=timeout)
-        except (TimeoutError, nats.errors.Error, OSError):
-            # Reconnecting (server gone): drain refuses, and close() may raise on the dead socket.
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await nc.close()
+        await self._connection.close(nc, timeout)
 
     async def ping(self, timeout: float) -> bool:
         nc = self._nc
@@ -185,7 +183,10 @@ class JetStreamBackend:
         return True
 
     async def ensure_dead_letter_stream(self) -> None:
-        await self._require()[2].ensure(DEAD_LETTER_CONFIG)
+        # An existing DEAD_LETTERS (made by an older version, or tuned by an operator) is kept unless the
+        # policy says "update": a warning says what differs.
+        mismatch: StreamMismatch = "update" if self._streams.on_mismatch == "update" else "warn"
+        await self._require()[2].ensure(dead_letter_config(self._streams), on_mismatch=mismatch)
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         _, jsm, registry, _ = self._require()
@@ -294,6 +295,9 @@ class JetStreamBackend:
 
     async def reply(self, address: str, message: Outgoing) -> None:
         await send_reply(self._require()[0], address, message)
+
+    async def captures(self, subject: str) -> bool:
+        return await self._require()[2].find(subject, cache=False) is not None
 
     # -- stored messages ---------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from nats.aio.client import Client as NATS
 
 from ...core.broker import BaseBroker
 from ...core.options import BROKER_OPTIONS, FrontSettings
+from ...core.redaction import redact_url
 from ...core.subscription import Subscription
 from ...errors import UnknownOptionError
 from .backend import JetStreamBackend
-from .connection import redact_url
 from .inspection import Inspector
 
 # nats.connect's options, except those the broker sets itself.

@@ -9,9 +9,7 @@ service should instead keep trying until it is told to stop, so ``max_reconnect_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,20 +17,17 @@ from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 
+from ...core.redaction import redact, redact_url, split_url, url_secrets
 from ...errors import ConnectError, InvalidArgumentError
+
+__all__ = ["Connection", "Redactor", "check_server_url", "check_server_urls", "redact_url"]
 
 logger = logging.getLogger("jetstream_fastapi")
 
-_URL_USERINFO = re.compile(r"(?<=://)[^@/\s]+(?=@)")
 _SECRET_OPTIONS = ("password", "token", "nkeys_seed_str", "user")
 _OWN_CALLBACKS = ("error_cb", "disconnected_cb", "reconnected_cb", "closed_cb")
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _VALID = "nats://, tls://, ws:// or wss://"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without the user, password or token it may carry."""
-    return _URL_USERINFO.sub("***", url)
 
 
 def check_server_url(url: str) -> None:
@@ -48,6 +43,13 @@ def check_server_url(url: str) -> None:
     shown = redact_url(url)
     if separator and scheme not in _SCHEMES:
         raise InvalidArgumentError(f"server URL {shown!r} has the scheme {scheme}://; NATS servers use {_VALID}")
+    if set(split_url(url)[1]) & set("/?#"):
+        # nats-py reads the host up to the first of them (urlparse) and does not percent-decode: such a
+        # password cannot be written in a URL at all.
+        raise InvalidArgumentError(
+            f"server URL {shown!r}: its user info holds '/', '?' or '#', which nats-py cannot read from a URL; "
+            "pass the credentials as user= and password= (or token=) instead (NATS_USER, NATS_PASSWORD, NATS_TOKEN)"
+        )
     parts = urlsplit(url if separator else f"nats://{url}")
     try:
         parts.port  # noqa: B018  # parsing the port is the check
@@ -82,22 +84,16 @@ class _Refused(Exception):
 
 
 class Redactor:
-    """Replaces known secrets in text with ``***``."""
+    """Replaces the secrets of one connection (its URLs' user info, its ``password``, ``token``, ``user`` and
+    ``nkeys_seed_str`` options) and the user info of any URL in a text with ``***``."""
 
     def __init__(self, servers: Sequence[str], options: Mapping[str, Any]) -> None:
-        secrets: set[str] = set()
-        for url in servers:
-            for userinfo in _URL_USERINFO.findall(url):
-                secrets.add(userinfo)
-                secrets.update(part for part in userinfo.split(":") if part)
+        secrets = url_secrets(servers)
         secrets.update(str(options[key]) for key in _SECRET_OPTIONS if isinstance(options.get(key), str))
-        # Longest first, so that a password containing a shorter secret is still hidden whole.
-        self._secrets = sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True)
+        self._secrets = frozenset(secrets)
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
 
 class Connection:
@@ -149,10 +145,10 @@ class Connection:
             await asyncio.wait_for(self._connect_unless_refused(nc, options), timeout=self.connect_timeout)
         except BaseException as error:
             self.closing = True  # nats-py reports a failed first connect as a disconnect: not a reconnect
-            await self._abandon(nc)
+            await self.abandon(nc)
             if isinstance(error, asyncio.CancelledError):
                 raise
-            where = ", ".join(map(redact_url, self.servers))
+            where = self.redact(", ".join(map(redact_url, self.servers)))
             if isinstance(error, _Refused):
                 reason = self.describe(self._last_error or error)
                 raise ConnectError(f"could not connect to NATS at {where}: refused, not retried: {reason}") from None
@@ -162,7 +158,9 @@ class Connection:
             ) from None
         finally:
             self._refused = None
-        logger.info("connected to NATS at %s", redact_url(str(nc.connected_url.geturl() if nc.connected_url else "")))
+        logger.info(
+            "connected to NATS at %s", self.redact(redact_url(nc.connected_url.geturl() if nc.connected_url else ""))
+        )
         return nc
 
     async def _connect_unless_refused(self, nc: NATS, options: Mapping[str, Any]) -> None:
@@ -190,10 +188,30 @@ class Connection:
             raise _Refused
         connecting.result()
 
-    async def _abandon(self, nc: NATS) -> None:
-        # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them.
-        with contextlib.suppress(Exception):
+    async def close(self, nc: NATS, timeout: float) -> None:
+        """Drain ``nc`` within ``timeout`` (flushing the acks and naks the workers wrote), else close it.
+
+        Never raises (but ``CancelledError``): with the server gone, drain refuses (reconnecting) and close
+        writes the reconnect buffer to a dead socket, which raises ``OSError`` or nats-py's errors, and on
+        Python 3.13 a ``TypeError`` from asyncio's torn-down transport. The connection is over either way:
+        nothing from below may come out of ``disconnect()``.
+        """
+        self.closing = True
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+            return
+        except Exception as error:
+            logger.debug("NATS drain failed, closing instead: %s", self.describe(error))
+        await self.abandon(nc)
+
+    async def abandon(self, nc: NATS) -> None:
+        """Close ``nc`` without draining; never raises (but ``CancelledError``)."""
+        # A cancelled nats.connect leaves reader and ping tasks behind; close() stops them. Whatever close()
+        # raises, the client is closed for good (nats-py sets that first): said at debug level, not raised.
+        try:
             await asyncio.wait_for(nc.close(), timeout=1.0)
+        except Exception as error:
+            logger.debug("NATS close failed: %s", self.describe(error))
 
     def describe(self, error: BaseException) -> str:
         """``error`` as ``Type: text`` with secrets removed."""

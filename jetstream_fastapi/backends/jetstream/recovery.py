@@ -26,6 +26,9 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from ...core.redaction import redact
+from .acks import reply_fields
+
 logger = logging.getLogger("jetstream_fastapi")
 
 ACK = b"+ACK"
@@ -58,6 +61,7 @@ class Recovery:
         nc: NATS,
         *,
         info_subject: str,
+        stream: str,
         consumer: str,
         keep: int,
         ensure_consumer: Callable[[], Awaitable[object]],
@@ -66,15 +70,35 @@ class Recovery:
     ) -> None:
         self._nc = nc
         self._info_subject = info_subject
+        self._stream = stream
         self._consumer = consumer
         self._ensure_consumer = ensure_consumer
         self._publish = publish
         self._counters = counters
+        self._keep = keep
         self.recent_acks: deque[str] = deque(maxlen=keep)
         """Reply subjects of the last acks sent (the worker appends to it)."""
         self.refused_acks: set[str] = set()
-        """``$JS.ACK`` subjects a 503 said were not applied."""
+        """``$JS.ACK`` subjects of this consumer a 503 said were not applied (at most ``keep``)."""
         self.last_error: str | None = None
+
+    def refused(self, subject: str) -> None:
+        """A 503 on the worker's inbox said the ack to ``subject`` found nobody: resend it after the check.
+
+        Only an ack subject of this very consumer, and at most ``keep`` of them: anyone who can publish to
+        the inbox can forge a 503, and must neither make the app ack another consumer's messages nor make
+        this set grow without end.
+        """
+        try:
+            fields = reply_fields(subject)
+        except ValueError:  # a number token that is not one
+            fields = {}
+        if fields.get("stream") != self._stream or fields.get("consumer") != self._consumer:
+            self._counters["forged_status"] += 1
+            return
+        refused = self.refused_acks
+        if len(refused) < self._keep or subject in refused:
+            refused.add(subject)
 
     async def consumer_answers(self) -> bool | None:
         """True: the consumer's info came back; False: the server says it does not exist; None: no answer."""
@@ -117,7 +141,7 @@ class Recovery:
                 await self._ensure_consumer()
             except Exception as error:  # the library's own errors and nats-py's: retried, logged, counted
                 self._counters["recreate_failed"] += 1
-                self.last_error = f"recreating consumer {self._consumer!r} failed: {one_line(repr(error))}"
+                self.last_error = f"recreating consumer {self._consumer!r} failed: {one_line(redact(repr(error)))}"
                 logger.warning("%s", self.last_error)
                 await asyncio.sleep(_RECREATE_DELAYS[min(attempt, len(_RECREATE_DELAYS) - 1)])
                 attempt += 1

@@ -39,4 +39,15 @@ async def stream_facts(registry: StreamRegistry, stream: str) -> StreamFacts:
     except nats.js.errors.NotFoundError:
         raise StreamNotFoundError(stream) from None
     subjects = tuple(config.subjects or ())
-    return StreamFacts(stream, subjects, bool(config.allow_msg_schedules), bool(config.allow_msg_ttl))
+    sources = config.sources or []
+    transforms = (sources[0].subject_transforms or []) if len(sources) == 1 else []
+    source = (sources[0].name, transforms[0].src) if len(transforms) == 1 and transforms[0].src else None
+    window = float(config.duplicate_window or 0) or 120.0  # 0: the server's default, two minutes
+    return StreamFacts(
+        stream,
+        subjects,
+        bool(config.allow_msg_schedules),
+        bool(config.allow_msg_ttl),
+        source=source,
+        duplicate_window=window,
+    )

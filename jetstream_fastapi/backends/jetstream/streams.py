@@ -24,6 +24,9 @@ from ...errors import NoStreamError, StreamConfigError
 
 logger = logging.getLogger("jetstream_fastapi")
 
+SUBJECTS_KEPT = 4096
+"""Subjects whose stream a :class:`StreamRegistry` remembers (about 0.5 MB); an older one is asked again."""
+
 StreamMismatch = Literal["error", "warn", "update"]
 _DEFAULTS = StreamConfig()
 # Fields the server fills in or normalises: comparing them would report differences nobody declared.
@@ -73,6 +76,7 @@ class StreamRegistry:
         self._on_mismatch = on_mismatch
         self._by_subject: dict[str, str] = {}
         self._configs: dict[str, StreamConfig] = {}
+        self._warned: set[str] = set()
         self._lock = asyncio.Lock()
 
     async def declare_all(self) -> None:
@@ -80,9 +84,11 @@ class StreamRegistry:
         for config in self._declared:
             await self.ensure(config)
 
-    async def ensure(self, config: StreamConfig) -> None:
-        """Create ``config`` if missing; if it differs on the server, act on the mismatch policy."""
+    async def ensure(self, config: StreamConfig, *, on_mismatch: StreamMismatch | None = None) -> None:
+        """Create ``config`` if missing; if it differs on the server, act on the mismatch policy (this
+        registry's, or ``on_mismatch``)."""
         assert config.name is not None
+        policy = on_mismatch or self._on_mismatch
         try:
             info = await self._jsm.stream_info(config.name)
         except NotFoundError:
@@ -92,11 +98,13 @@ class StreamRegistry:
         differences = stream_differences(config, info.config)
         if not differences:
             return
-        if self._on_mismatch == "update":
+        if policy == "update":
             logger.warning("updating stream %s: %s", config.name, differences)
             await self._jsm.update_stream(config)
-        elif self._on_mismatch == "warn":
-            logger.warning("stream %s differs from its declaration, left as is: %s", config.name, differences)
+        elif policy == "warn":
+            if config.name not in self._warned:  # once per connection, not at every subscribe
+                self._warned.add(config.name)
+                logger.warning("stream %s differs from its declaration, left as is: %s", config.name, differences)
         else:
             raise StreamConfigError(
                 config.name, differences, "pass stream_mismatch='update' to update it, or 'warn' to keep it"
@@ -107,19 +115,25 @@ class StreamRegistry:
         return self._by_subject.get(subject)
 
     def remember(self, subject: str, stream: str) -> None:
-        """Record that ``stream`` captures ``subject`` (learned from a PubAck)."""
-        self._by_subject[subject] = stream
+        """Record that ``stream`` captures ``subject`` (learned from a PubAck, or asked), among the last
+        :data:`SUBJECTS_KEPT` subjects: an app publishing to ``orders.<id>`` meets a new subject every time."""
+        by_subject = self._by_subject
+        if len(by_subject) >= SUBJECTS_KEPT and subject not in by_subject:
+            del by_subject[next(iter(by_subject))]  # the oldest: dicts keep insertion order
+        by_subject[subject] = stream
 
-    async def find(self, subject: str) -> str | None:
-        """The stream capturing ``subject`` (wildcards allowed), asking the server once; ``None`` if none."""
-        stream = self._by_subject.get(subject)
+    async def find(self, subject: str, *, cache: bool = True) -> str | None:
+        """The stream capturing ``subject`` (wildcards allowed: a stream capturing any subject it matches),
+        asking the server once (every time with ``cache=False``); ``None`` if none."""
+        stream = self._by_subject.get(subject) if cache else None
         if stream is not None:
             return stream
         try:
             stream = await self._jsm.find_stream_name_by_subject(subject)
         except NotFoundError:
             return None
-        self._by_subject[subject] = stream
+        if cache:
+            self.remember(subject, stream)
         return stream
 
     async def stream_for(self, subject: str) -> str:

@@ -41,7 +41,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ...core.handling import ACKED, Action, ConsumerSettings
+from ...core.handling import ACKED, Action, ConsumerSettings, is_handler_failure
+from ...core.redaction import redact
 from ..base import Process
 from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
 from .conditions import is_schedule
@@ -54,8 +55,21 @@ logger = logging.getLogger("jetstream_fastapi")
 
 _MAX_HEARTBEAT = 30.0
 _KEEP_ACKS = 10_000
-"""Acks remembered for a resend after a reconnect or a check (about 1 MB): an ack applied by a server that
-then died may not have reached its replicas or its disk yet, for longer than the last few acks take."""
+"""At most this many acks are remembered per worker for a resend after a reconnect or a check (about 1 MB)."""
+_ACKS_PER_SLOT = 64
+
+
+def acks_to_keep(settings: ConsumerSettings) -> int:
+    """How many of its last acks a worker keeps for a resend (see :mod:`.recovery`).
+
+    An ack applied by a server that then died may not have reached its replicas or its disk yet, for longer
+    than the last few acks take: a consumer-leader kill at ~1,600 acks/s (``concurrency=8``, 5 ms handlers)
+    lost some, and 3 runs of 8 waited out the 30 s ack wait while only the last 24 were kept. A worker acks
+    at most ``concurrency`` messages per handler time, so the memory scales with its handler slots (64 acks
+    each: 1,024 there, 0 of 8 runs waited), capped at :data:`_KEEP_ACKS`; a key-order partition
+    (``concurrency=1``) keeps 128, so 256 partitions keep ~32,000 subjects instead of 2.5 million.
+    """
+    return min(_KEEP_ACKS, _ACKS_PER_SLOT * (settings.concurrency + settings.batch_size))
 
 
 class WorkerState(enum.Enum):
@@ -110,13 +124,15 @@ class PullWorker:
         """How often each rare path was taken, for metrics: every failure the worker survives is counted.
         Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
         status replies: ``pull_refused``, ``pin_lost`` (exclusive: another instance holds the pin),
-        ``no_responders``, ``consumer_deleted``; recovery: ``check_retried``, ``recreated``,
+        ``no_responders``, ``consumer_deleted``, ``forged_status`` (a 503 naming an ack subject of another
+        consumer: ignored); recovery: ``check_retried``, ``recreated``,
         ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
         self._recovery = Recovery(
             nc,
             info_subject=f"{api_prefix}.CONSUMER.INFO.{stream}.{consumer}",
             consumer=consumer,
-            keep=max(_KEEP_ACKS, 2 * settings.concurrency + settings.batch_size),
+            stream=stream,
+            keep=acks_to_keep(settings),
             ensure_consumer=ensure_consumer,
             publish=self._publish,
             counters=self.counters,
@@ -219,7 +235,7 @@ class PullWorker:
             # is being elected, or the consumer is gone. The check tells which.
             subject = no_responders_subject(headers)
             if subject.startswith("$JS.ACK."):
-                self._recovery.refused_acks.add(subject)  # not applied: resent once the consumer answers
+                self._recovery.refused(subject)  # not applied: resent once the consumer answers
             self.counters["no_responders"] += 1
             slots.outstanding = 0
             self._schedule_check(f"no responders for {subject or 'a pull request'}")
@@ -265,10 +281,14 @@ class PullWorker:
                 payload = b"+TERM " + verdict.reason.encode()[:1024]
             self._release(reply)
             await self._publish(reply, payload, "", None)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as error:
             # Shutdown timeout: give the message back at once instead of waiting out the ack wait.
             await self._give_back(msg)
-            raise
+            if not is_handler_failure(error):
+                raise
+            # Not this task being cancelled (run_handler turns a handler's own into a failed attempt, so this
+            # is a bug below it): this task may be nats-py's subscription task, which must outlive it.
+            self._failed("settle_failed", "could not process", msg.reply, error)
         except Exception as error:
             # SEND_ERRORS: the ack, nak or term could not be sent, and the server redelivers after the ack
             # wait. Anything else (a reply subject that does not decode) is a bug, logged with its
@@ -307,11 +327,11 @@ class PullWorker:
     def _note(self, problem: str) -> None:
         self.last_error = problem
 
-    def _failed(self, counter: str, what: str, reply: str | None, error: Exception) -> None:
+    def _failed(self, counter: str, what: str, reply: str | None, error: BaseException) -> None:
         """Count, record and log a failure the worker survives (one line, with the message if any)."""
         self.counters[counter] += 1
         about = f" {where(reply)}" if reply else ""
-        self.last_error = f"{what}{about}: {one_line(repr(error))}"
+        self.last_error = f"{what}{about}: {one_line(redact(repr(error)))}"
         expected = isinstance(error, SEND_ERRORS)
         level = logging.WARNING if expected else logging.ERROR
         logger.log(

@@ -30,7 +30,14 @@ from ...core.broker import BaseBroker
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
-from ...core.subjects import stream_to_provision, subject_matches, subjects_overlap
+from ...core.subjects import (
+    DEFAULT_INBOX_PREFIX,
+    DEFAULT_MAX_CONTROL_LINE,
+    check_inbox_prefix,
+    stream_to_provision,
+    subject_matches,
+    subjects_overlap,
+)
 from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, Message, PubAck
 from ...errors import (
@@ -55,9 +62,11 @@ class InMemoryBroker(BaseBroker):
     """The broker front over memory: the same contract, options and errors as :class:`JetStreamBroker`.
 
     Besides the broker options: ``duplicate_window`` (seconds a ``msg_id`` is remembered, 120 as on a
-    server), ``max_payload`` (bytes, headers included, 1 MiB as on a server) and ``clock`` (default: real
-    monotonic time) that drives every timer, ``server_version`` (a ``(major, minor, patch)`` to behave as, for
-    testing the feature checks; default: every feature). ``faults`` injects network and server faults::
+    server), ``max_payload`` (bytes, headers included, 1 MiB as on a server), ``max_control_line`` (bytes of
+    a protocol line, 4096 as on a server: bounds subjects), ``inbox_prefix`` (of request reply addresses,
+    ``"_INBOX"`` as nats-py) and ``clock`` (default: real monotonic time) that drives every timer,
+    ``server_version`` (a ``(major, minor, patch)`` to behave as, for testing the feature checks; default:
+    every feature). ``faults`` injects network and server faults::
 
         broker = InMemoryBroker(backoff=Backoff(initial=0.01))
         async with broker:
@@ -71,6 +80,8 @@ class InMemoryBroker(BaseBroker):
         *,
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        max_control_line: int = DEFAULT_MAX_CONTROL_LINE,
+        inbox_prefix: str = DEFAULT_INBOX_PREFIX,
         clock: Clock | None = None,
         server_version: tuple[int, int, int] | None = None,
         **options: Unpack[BrokerOptions],
@@ -80,6 +91,8 @@ class InMemoryBroker(BaseBroker):
             settings.streams,
             duplicate_window=duplicate_window,
             max_payload=max_payload,
+            max_control_line=max_control_line,
+            inbox_prefix=inbox_prefix,
             clock=clock,
             server_version=server_version,
         )
@@ -144,13 +157,18 @@ class MemoryBackend:
         *,
         duplicate_window: float = 120.0,
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        max_control_line: int = DEFAULT_MAX_CONTROL_LINE,
+        inbox_prefix: str = DEFAULT_INBOX_PREFIX,
         clock: Clock | None = None,
         server_version: tuple[int, int, int] | None = None,
     ) -> None:
         if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
             raise InvalidArgumentError(f"duplicate_window must be positive, got {duplicate_window!r}")
-        if not isinstance(max_payload, int) or isinstance(max_payload, bool) or max_payload < 1:
-            raise InvalidArgumentError(f"max_payload must be a positive integer, got {max_payload!r}")
+        for option, limit in (("max_payload", max_payload), ("max_control_line", max_control_line)):
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise InvalidArgumentError(f"{option} must be a positive integer, got {limit!r}")
+        self.inbox_prefix = check_inbox_prefix(inbox_prefix)
+        self.max_control_line = max_control_line
         self.streams: dict[str, MemoryStream] = {
             DEAD_LETTER_STREAM: MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
         }
@@ -212,7 +230,8 @@ class MemoryBackend:
         return name in self.streams
 
     async def ensure_dead_letter_stream(self) -> None:
-        return None  # always there
+        if DEAD_LETTER_STREAM not in self.streams:  # deleted by a test: recreated, as on a server
+            self.streams[DEAD_LETTER_STREAM] = MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         self._require()
@@ -357,7 +376,7 @@ class MemoryBackend:
 
     async def open_inbox(self, on_reply: OnReply) -> str:
         self._require()
-        prefix = f"_INBOX.{uuid.uuid4().hex}"
+        prefix = f"{self.inbox_prefix}.{uuid.uuid4().hex}"
         self._inboxes[prefix] = on_reply
         return prefix
 
@@ -373,6 +392,10 @@ class MemoryBackend:
                 listener(token, reply)
 
         self.faults._transmit(arrive, ack=False)  # held while the connection is dropped, as nats-py buffers
+
+    async def captures(self, subject: str) -> bool:
+        self._require()
+        return any(subjects_overlap(subject, captured) for s in self.streams.values() for captured in s.subjects)
 
     # -- stored messages ---------------------------------------------------------------------------
 
@@ -413,7 +436,15 @@ class MemoryBackend:
         found = self.streams.get(stream)
         if found is None:
             raise StreamNotFoundError(stream)
-        return StreamFacts(found.name, tuple(found.subjects), found.allow_msg_schedules, found.allow_msg_ttl)
+        source = (found.sourced.source, found.sourced.subject) if found.sourced is not None else None
+        return StreamFacts(
+            found.name,
+            tuple(found.subjects),
+            found.allow_msg_schedules,
+            found.allow_msg_ttl,
+            source=source,
+            duplicate_window=self.duplicate_window,
+        )
 
     def _require(self) -> None:
         if not self._open:

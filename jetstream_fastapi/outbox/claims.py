@@ -1,0 +1,157 @@
+"""Which rows a relay may publish now, so that several app instances share the outbox safely.
+
+* :class:`RowLeases` (PostgreSQL, and any database with ``FOR UPDATE SKIP LOCKED``): each relay claims a
+  batch of rows in a short transaction, skipping rows another relay is claiming, and leases them
+  (``lease_owner``, ``lease_until``). A key's rows are claimed as a prefix only: a row whose key has an
+  earlier waiting row this relay did not get (leased or being claimed by another) is left alone, so the
+  rows of one key are never published by two relays at once, nor out of order.
+* :class:`RelayLease` (SQLite): one writer at a time anyway; a single relay holds a lease row and publishes
+  every row in id order (the commit order on SQLite); the other instances stand by and take over when the
+  lease runs out (a relay that died).
+
+A relay that stops (or stalls) for longer than its lease loses it; another may then publish the same rows:
+the stream stores the second publish once (same msg id, within its duplicate window).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Row as SqlRow
+from sqlalchemy import Table, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+logger = logging.getLogger("jetstream_fastapi")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One waiting message of the outbox table."""
+
+    id: int
+    msg_id: str
+    subject: str
+    key: str | None
+    body: bytes
+    headers: dict[str, str]
+    attempts: int
+
+    @classmethod
+    def of(cls, row: SqlRow[Any]) -> Row:
+        """From a selected row of the message table."""
+        return cls(row.id, row.msg_id, row.subject, row.key, bytes(row.body), json.loads(row.headers), row.attempts)
+
+
+class Claims(Protocol):
+    """How a relay gets the rows it may publish now."""
+
+    async def claim(self, limit: int) -> list[Row]:
+        """Up to ``limit`` rows, in id order, that this relay alone publishes now."""
+        ...
+
+    async def give_up(self) -> None:
+        """Hand everything this relay holds back (it stops)."""
+        ...
+
+
+class RowLeases:
+    """Row leases with ``FOR UPDATE SKIP LOCKED`` (see the module docstring)."""
+
+    def __init__(self, engine: AsyncEngine, table: Table, owner: str, ttl: float) -> None:
+        self.engine, self.table, self.owner, self.ttl = engine, table, owner, ttl
+
+    async def claim(self, limit: int) -> list[Row]:
+        table, now = self.table, time.time()
+        free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+        candidates = (
+            select(table.c.id, table.c.key)
+            .where(table.c.failed.is_(None), free)
+            .order_by(table.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as connection:
+            found = [(row.id, row.key) for row in await connection.execute(candidates)]
+            kept = await self._key_prefixes(connection, found)
+            if not kept:
+                return []
+            await connection.execute(
+                update(table).where(table.c.id.in_(kept)).values(lease_owner=self.owner, lease_until=now + self.ttl)
+            )
+            rows = await connection.execute(select(table).where(table.c.id.in_(kept)).order_by(table.c.id))
+            return [Row.of(row) for row in rows]
+
+    async def _key_prefixes(self, connection: AsyncConnection, found: list[tuple[int, str | None]]) -> list[int]:
+        """The claimed ids that start their key's waiting rows: for each key, the claimed rows before the
+        first waiting row of that key this relay did not claim."""
+        ids = {id_ for id_, _ in found}
+        keys = {key for _, key in found if key is not None}
+        cut: dict[str, int] = {}
+        if keys:
+            table = self.table
+            waiting = (
+                select(table.c.key, table.c.id)
+                .where(table.c.key.in_(keys), table.c.failed.is_(None), table.c.id <= max(ids))
+                .order_by(table.c.id)
+            )
+            for key, id_ in await connection.execute(waiting):
+                if key not in cut and id_ not in ids:
+                    cut[key] = id_
+        return [id_ for id_, key in found if key is None or id_ < cut.get(key, id_ + 1)]
+
+    async def give_up(self) -> None:
+        table = self.table
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(table).where(table.c.lease_owner == self.owner).values(lease_owner=None, lease_until=None)
+            )
+
+
+class RelayLease:
+    """One relay at a time, by a lease row (see the module docstring)."""
+
+    def __init__(self, engine: AsyncEngine, table: Table, leases: Table, owner: str, ttl: float) -> None:
+        self.engine, self.table, self.leases, self.owner, self.ttl = engine, table, leases, owner, ttl
+        self.holding = False
+
+    async def claim(self, limit: int) -> list[Row]:
+        table = self.table
+        async with self.engine.begin() as connection:
+            if not await self._hold(connection):
+                return []
+            rows = await connection.execute(
+                select(table).where(table.c.failed.is_(None)).order_by(table.c.id).limit(limit)
+            )
+            return [Row.of(row) for row in rows]
+
+    async def _hold(self, connection: AsyncConnection) -> bool:
+        """Take or renew the lease; whether this relay holds it now."""
+        leases, now = self.leases, time.time()
+        mine_or_lapsed = or_(leases.c.owner == self.owner, leases.c.until < now)
+        renewed = await connection.execute(
+            update(leases)
+            .where(leases.c.name == self.table.name, mine_or_lapsed)
+            .values(owner=self.owner, until=now + self.ttl)
+        )
+        holding = renewed.rowcount == 1
+        if not holding:
+            exists = await connection.execute(select(leases.c.name).where(leases.c.name == self.table.name))
+            if exists.first() is None:
+                await connection.execute(
+                    leases.insert().values(name=self.table.name, owner=self.owner, until=now + self.ttl)
+                )
+                holding = True
+        if holding != self.holding:
+            self.holding = holding
+            logger.info("outbox %s: this relay %s", self.table.name, "publishes now" if holding else "stands by")
+        return holding
+
+    async def give_up(self) -> None:
+        leases = self.leases
+        async with self.engine.begin() as connection:
+            await connection.execute(update(leases).where(leases.c.owner == self.owner).values(until=0.0))
+        self.holding = False
