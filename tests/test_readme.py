@@ -254,3 +254,12 @@ def test_one_cpu_per_message_figure() -> None:
     column = [cell.strip() for cell in header.split("|")].index("ours CPU µs/msg")
     row = next(line for line in bench if line.startswith("| consume, no-op handler (durable pull, batch 100)"))
     assert round(float(row.split("|")[column])) == int(figures[0])
+
+
+def test_make_docs_fails_on_a_warning() -> None:
+    # mkdocs 1.6 counts for --strict only the warnings it prints: with --quiet a broken link builds the
+    # site and exits 0 (measured), so the documentation build must not be quiet.
+    recipe = re.search(r"^docs:.*\n((?:\t.*\n)+)", _text("Makefile"), re.MULTILINE)
+    assert recipe, "the Makefile has no docs target"
+    assert "mkdocs build --strict" in recipe.group(1)
+    assert not re.search(r"\s(--quiet|-q)\b", recipe.group(1)), recipe.group(1)
