@@ -10,21 +10,27 @@ outside the standard library: no ``nats``, ``fastapi``, ``starlette``, ``pydanti
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .clock import ManualClock
-from .core.deadletters import DeadLetter, DeadLetterAdmin
+from .core.deadletters import DeadLetter
 from .driver import (
     Ack,
     Backoff,
     Broker,
+    ConsumerAdmin,
     ConsumerOptions,
+    ConsumerState,
+    DeadLetterAdmin,
     Delivery,
     Handler,
     JsonModel,
     Message,
     Payload,
     PubAck,
+    PublishItem,
     Reject,
     Retry,
+    ScheduleAdmin,
     Subscriber,
 )
 from .errors import (
@@ -59,14 +65,13 @@ from .errors import (
     UnknownOptionError,
 )
 
-__version__ = "0.1.0"
-"""This release; the single source of the package version (pyproject.toml reads it at build time)."""
-
 if TYPE_CHECKING:
-    from .backends.jetstream.broker import JetStreamBroker, JetStreamSubscription
-    from .backends.memory.backend import InMemoryBroker, InMemorySubscription
-    from .core.declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport
-    from .core.recurring import RecurringSchedule
+    from .backends.jetstream.broker import JetStreamBroker
+    from .backends.jetstream.inspection import Inspector
+    from .backends.memory.broker import InMemoryBroker
+    from .core.partitioned import PartitionedSubscription
+    from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
+    from .core.subscription import Subscription
     from .integration.admin import admin_router
     from .integration.asyncapi import asyncapi_document, asyncapi_router
     from .integration.health import ConsumerHealth, Readiness, check_readiness, health_router
@@ -81,16 +86,17 @@ _LAZY = {
     "BrokerSettings": "settings",
     "ConsumerHealth": "integration.health",
     "ConsumerRouter": "integration.routing",
-    "InMemoryBroker": "backends.memory.backend",
-    "InMemorySubscription": "backends.memory.backend",
+    "InMemoryBroker": "backends.memory.broker",
+    "Inspector": "backends.jetstream.inspection",
     "JetStreamBroker": "backends.jetstream.broker",
-    "JetStreamSubscription": "backends.jetstream.broker",
+    "PartitionedSubscription": "core.partitioned",
     "Publication": "integration.publishing",
     "Readiness": "integration.health",
     "RecurringSchedule": "core.recurring",
-    "ScheduleDeclared": "core.declaring",
-    "ScheduleInfo": "core.declaring",
-    "ScheduleReport": "core.declaring",
+    "ScheduleDeclared": "core.recurring",
+    "ScheduleInfo": "core.recurring",
+    "ScheduleReport": "core.recurring",
+    "Subscription": "core.subscription",
     "admin_router": "integration.admin",
     "asyncapi_document": "integration.asyncapi",
     "asyncapi_router": "integration.asyncapi",
@@ -108,10 +114,12 @@ __all__ = [
     "Broker",
     "BrokerSettings",
     "ConnectError",
+    "ConsumerAdmin",
     "ConsumerConfigError",
     "ConsumerHealth",
     "ConsumerOptions",
     "ConsumerRouter",
+    "ConsumerState",
     "DeadLetter",
     "DeadLetterAdmin",
     "DeadLetterNotFoundError",
@@ -121,7 +129,7 @@ __all__ = [
     "Handler",
     "HandlerTimeoutError",
     "InMemoryBroker",
-    "InMemorySubscription",
+    "Inspector",
     "InvalidArgumentError",
     "InvalidHandlerError",
     "InvalidHeaderError",
@@ -129,13 +137,13 @@ __all__ = [
     "InvalidSubjectError",
     "JetStreamBroker",
     "JetStreamError",
-    "JetStreamSubscription",
     "JsonModel",
     "ManualClock",
     "Message",
     "NatsServerError",
     "NoStreamError",
     "NotConnectedError",
+    "PartitionedSubscription",
     "Payload",
     "PayloadTooLargeError",
     "PubAck",
@@ -143,6 +151,7 @@ __all__ = [
     "PublishBatchError",
     "PublishConflictError",
     "PublishError",
+    "PublishItem",
     "PublishTimeoutError",
     "Readiness",
     "RecurringSchedule",
@@ -151,6 +160,7 @@ __all__ = [
     "ReplyTimeoutError",
     "RequestTimeoutError",
     "Retry",
+    "ScheduleAdmin",
     "ScheduleDeclared",
     "ScheduleInfo",
     "ScheduleReport",
@@ -159,6 +169,7 @@ __all__ = [
     "StreamFlagError",
     "StreamNotFoundError",
     "Subscriber",
+    "Subscription",
     "UnknownOptionError",
     "admin_router",
     "asyncapi_document",
@@ -171,7 +182,13 @@ __all__ = [
 ]
 
 
+# Old names of one class, still importable: both brokers' subscriptions are one Subscription.
+_OLD_NAMES = {"InMemorySubscription": "Subscription", "JetStreamSubscription": "Subscription"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _OLD_NAMES:
+        return __getattr__(_OLD_NAMES[name])
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         value = getattr(module, name)

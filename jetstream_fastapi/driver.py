@@ -1,5 +1,11 @@
 """The contract: messages, the ``Broker`` and ``Subscriber`` protocols, and the handler's steering exceptions.
 
+:class:`Broker` is what :func:`~jetstream_fastapi.get_broker` returns and both brokers are. Its data plane
+is small (``connect``, ``disconnect``, ``publish``, ``subscribe``, ``request``, and their batch forms); the
+management plane is on the same object, declared by the protocols it extends: :class:`ConsumerAdmin`
+(consumer states, pause and resume), :class:`DeadLetterAdmin` and :class:`ScheduleAdmin` (recurring
+schedules). So the FastAPI layer, the CLI and the admin page call them without probing.
+
 Business code and its tests can depend on this module alone: it imports nothing from ``nats`` (directly or
 through the modules it imports), so a handler written against :class:`Message` runs unchanged on
 :class:`~jetstream_fastapi.JetStreamBroker`, on :class:`~jetstream_fastapi.InMemoryBroker`, or called
@@ -17,9 +23,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from .errors import (
     ConnectError,
@@ -43,8 +49,11 @@ __all__ = [
     "Backoff",
     "Broker",
     "ConnectError",
+    "ConsumerAdmin",
     "ConsumerConfigError",
     "ConsumerOptions",
+    "ConsumerState",
+    "DeadLetterAdmin",
     "Delivery",
     "Handler",
     "InvalidArgumentError",
@@ -60,10 +69,12 @@ __all__ = [
     "PayloadTooLargeError",
     "PubAck",
     "PublishBatchError",
+    "PublishItem",
     "PublishError",
     "PublishTimeoutError",
     "Reject",
     "Retry",
+    "ScheduleAdmin",
     "StreamConfigError",
     "Subscriber",
 ]
@@ -140,6 +151,10 @@ class JsonModel(Protocol):
 Payload = Message | bytes | str | JsonModel
 """What ``publish`` accepts: a :class:`Message`, raw bytes, text (UTF-8), or a pydantic model (JSON)."""
 
+PublishItem = tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]
+"""One message of ``publish_many`` or ``publish_batch``: ``(subject, message)``, or with that message's
+options (``{"delay": ...}``/``{"at": ...}`` for ``publish_many``, ``{"expected_...": ...}`` for a batch)."""
+
 CONTENT_TYPE_HEADER = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -202,6 +217,29 @@ class ConsumerOptions(TypedDict, total=False):
     """Cancel a handler running longer than this many seconds and retry its message (default: no limit)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """What the server knows of a consumer right now (for metrics, readiness, the admin page, idleness)."""
+
+    stream: str
+    name: str
+    pending: int
+    """Messages on its filter not delivered yet: the lag."""
+    ack_pending: int
+    """Messages delivered and not yet acked or terminated."""
+    redelivered: int
+    """Messages delivered more than once and still unacked."""
+    delivered_stream_seq: int
+    """The stream sequence of the last message delivered."""
+    ack_floor_stream_seq: int
+    """The stream sequence up to which every message is acked (or terminated)."""
+    last_active: _dt.datetime | None = None
+    """When it last delivered a message."""
+    paused: bool = False
+    paused_until: _dt.datetime | None = None
+    """Until when the consumer is paused on the server (``broker.pause``), or ``None``."""
+
+
 class Retry(Exception):
     """Raised by a handler: redeliver this message after ``after`` seconds (the backoff when ``None``).
 
@@ -244,7 +282,9 @@ class Reject(Exception):
 
 
 if TYPE_CHECKING:
+    # DeadLetter is part of the contract but still lives above it (it moves down with the module reshape).
     from .core.deadletters import DeadLetter
+    from .core.recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport
 
 
 @runtime_checkable
@@ -259,6 +299,16 @@ class Subscriber(Protocol):
     @property
     def queue(self) -> str | None:
         """The queue (durable consumer) name, or ``None`` for an ephemeral consumer."""
+        ...
+
+    @property
+    def stream(self) -> str:
+        """The stream its consumer reads."""
+        ...
+
+    @property
+    def consumer_name(self) -> str:
+        """Its consumer's name on the server (the queue, or a generated name for an ephemeral consumer)."""
         ...
 
     @property
@@ -292,12 +342,97 @@ class Subscriber(Protocol):
 
 
 @runtime_checkable
-class Broker(Protocol):
-    """What publishers and consumers rely on; both brokers of this package satisfy it."""
+class ConsumerAdmin(Protocol):
+    """The management plane of consumers: their state on the server, pause and resume."""
+
+    async def consumer_states(self) -> list[ConsumerState]:
+        """The state on the server of every running subscription's consumer: lag, ack pending, ..."""
+        ...
+
+    async def pause(self, queue: str, *, until: _dt.datetime, stream: str | None = None) -> None:
+        """Pause the durable consumer ``queue`` on the server until ``until`` (an aware ``datetime``)."""
+        ...
+
+    async def resume(self, queue: str, *, stream: str | None = None) -> None:
+        """End a pause of the durable consumer ``queue`` now."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterAdmin(Protocol):
+    """The management plane of dead letters: inspect, replay, purge."""
+
+    async def list_dead_letters(
+        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
+        ...
+
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        """Dead letter ``seq``; ``LookupError`` if none."""
+        ...
+
+    async def replay_dead_letter(self, seq: int) -> PubAck:
+        """Publish dead letter ``seq`` again to its original subject and remove it; ``LookupError`` if none."""
+        ...
+
+    async def purge_dead_letters(
+        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
+    ) -> int:
+        """Delete the dead letters ``seqs`` (or all of them, of ``stream``/``consumer``); how many."""
+        ...
+
+
+@runtime_checkable
+class ScheduleAdmin(Protocol):
+    """The management plane of recurring schedules, kept on the server."""
+
+    async def declare_schedule(
+        self,
+        subject: str,
+        *,
+        cron: str | None = None,
+        every: float | _dt.timedelta | None = None,
+        timezone: str | None = None,
+        message: Payload = b"",
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+        ttl: float | _dt.timedelta | None = None,
+        timeout: float | None = None,
+    ) -> ScheduleDeclared:
+        """Have the server publish ``message`` to ``subject`` at every tick of ``cron`` or ``every``."""
+        ...
+
+    async def declare_schedules(
+        self, schedules: Iterable[RecurringSchedule], *, subjects: Iterable[str] = (), timeout: float | None = None
+    ) -> ScheduleReport:
+        """Declare ``schedules``, and report those kept in their streams (and ``subjects``') not among them."""
+        ...
+
+    async def schedules(self, stream: str) -> list[ScheduleInfo]:
+        """The recurring schedules kept in ``stream``."""
+        ...
+
+    async def remove_schedule(self, subject: str, *, name: str | None = None) -> bool:
+        """Delete the recurring schedule ``name`` (default: ``subject``); False if there was none."""
+        ...
+
+
+@runtime_checkable
+class Broker(ConsumerAdmin, DeadLetterAdmin, ScheduleAdmin, Protocol):
+    """What publishers, consumers and operators rely on; both brokers of this package satisfy it.
+
+    The data plane is declared here; the management plane by :class:`ConsumerAdmin`,
+    :class:`DeadLetterAdmin` and :class:`ScheduleAdmin`, which it extends."""
 
     @property
     def is_connected(self) -> bool:
         """Whether the broker can publish right now (False before ``connect`` and while reconnecting)."""
+        ...
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was re-established after a loss."""
         ...
 
     async def connect(self) -> None:
@@ -321,8 +456,11 @@ class Broker(Protocol):
         expected_last_sequence: int | None = None,
         expected_last_subject_sequence: int | None = None,
         expected_last_msg_id: str | None = None,
+        delay: float | _dt.timedelta | None = None,
+        at: _dt.datetime | None = None,
     ) -> PubAck:
-        """Store a message and wait for the server's acknowledgement (with a TTL, or on conditions)."""
+        """Store a message and wait for the server's acknowledgement (with a TTL, on conditions, or
+        delivered later: ``delay``/``at``)."""
         ...
 
     async def request(
@@ -332,9 +470,15 @@ class Broker(Protocol):
         ...
 
     async def publish_many(
-        self, messages: Iterable[tuple[str, Payload]], *, window: int = 256, timeout: float | None = None
+        self, messages: Iterable[PublishItem], *, window: int = 256, timeout: float | None = None
     ) -> list[PubAck]:
         """Publish many messages with up to ``window`` in flight; every PubAck, in order."""
+        ...
+
+    async def publish_batch(
+        self, messages: Iterable[PublishItem], *, batch_id: str | None = None, timeout: float | None = None
+    ) -> list[PubAck]:
+        """Store messages as one atomic batch: all of them or none; every PubAck, in order."""
         ...
 
     async def subscribe(
@@ -363,12 +507,4 @@ class Broker(Protocol):
     async def wait_until_idle(self, timeout: float = 10.0) -> None:
         """Return once everything published so far has been handled to its end; ``TimeoutError`` after
         ``timeout`` seconds."""
-        ...
-
-    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
-        ...
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject and remove it from the dead letters."""
         ...

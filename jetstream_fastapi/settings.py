@@ -23,7 +23,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,9 +46,9 @@ from .core.options import BROKER_OPTIONS
 from .core.redaction import redact, redact_url, url_secrets
 from .errors import InvalidArgumentError
 
-# Settings passed to JetStreamBroker under their own name, when set: the broker options, and its own
-# connect_timeout (the others are read into nats.connect options below).
-_BROKER_OPTIONS = (*sorted(BROKER_OPTIONS), "connect_timeout")
+# Settings passed to JetStreamBroker under their own name, when set: the broker options (the others are
+# read into nats.connect options below).
+_BROKER_OPTIONS = tuple(sorted(BROKER_OPTIONS))
 _FILES = ("creds_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
@@ -127,6 +136,22 @@ class BrokerSettings(BaseSettings):
     """``NATS_METRICS``: record the Prometheus and OpenTelemetry metrics (``true``/``false``)."""
     name: str | None = Field(default=None, min_length=1)
     """``NATS_NAME``: the connection name shown by the server's monitoring."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise self._by_variable(error) from None
+
+    @classmethod
+    def _by_variable(cls, error: ValidationError) -> ValidationError:
+        """``error`` with each field named by its variable (``NATS_URL``, not ``url``): what the user sets."""
+        details: list[Any] = [
+            {key: value for key, value in line.items() if key in ("type", "input", "ctx")}
+            | {"loc": (cls._variable(str(line["loc"][0])), *line["loc"][1:]) if line["loc"] else ()}
+            for line in error.errors(include_url=False)
+        ]
+        return ValidationError.from_exception_data(error.title, details, hide_input=True)
 
     @classmethod
     def _variable(cls, field: str) -> str:

@@ -21,8 +21,10 @@ code does not change::
             await wait_until_handled(broker)
             ...
 
-Fixtures: ``nats_server`` (one server for the session), ``memory_broker``, ``jetstream_broker`` (on a server
-of the test's own: each test starts from nothing), ``broker`` (parametrized over both). The brokers are *not*
+Fixtures: ``nats_server`` (one server for the session), ``memory_broker`` (on the clock of ``broker_clock``:
+real time unless a test module overrides it with a :class:`~jetstream_fastapi.ManualClock`),
+``jetstream_broker`` (on a server of the test's own: each test starts from nothing), ``broker``
+(parametrized over both). The brokers are *not*
 connected, so an app's lifespan can connect them; call ``await broker.connect()`` to use one directly.
 """
 
@@ -40,18 +42,37 @@ except ImportError as error:
         "jetstream_fastapi.testing needs pytest-asyncio: pip install 'jetstream-fastapi[testing]'"
     ) from error
 
-from .backends.memory.backend import InMemoryBroker
+from .backends.memory.broker import InMemoryBroker
+from .clock import Clock, ManualClock
 from .driver import Broker
+from .errors import InvalidArgumentError
 from .server import NatsServer
 
-__all__ = ["jetstream_broker", "memory_broker", "nats_server", "wait_until_handled"]
+__all__ = ["broker_clock", "jetstream_broker", "memory_broker", "nats_server", "wait_until_handled"]
 
 KINDS = ("memory", "jetstream")
 
 
-async def wait_until_handled(broker: Broker, timeout: float = 10.0) -> None:
-    """Return once every message published to ``broker`` has been handled to its end (acked, or
-    dead-lettered after its retries), without sleeping; ``TimeoutError`` after ``timeout`` seconds."""
+async def wait_until_handled(broker: Broker, timeout: float = 10.0, *, advance: float | None = None) -> None:
+    """Return once every message published to ``broker`` that is due has been handled to its end (acked,
+    or dead-lettered after its retries), without sleeping; ``TimeoutError`` after ``timeout`` seconds.
+
+    A message published with ``delay=``/``at=`` is due at its time, and not waited for before: on a real
+    server (or a real clock) the test waits for its time itself. On an :class:`InMemoryBroker` with a
+    :class:`~jetstream_fastapi.ManualClock` (the ``broker_clock`` fixture), ``advance=seconds`` moves the
+    clock that far first, in order through every timer due on the way (the delayed messages among them),
+    and then waits until what fell due has been handled. ``advance`` on another broker or clock raises
+    :class:`~jetstream_fastapi.InvalidArgumentError`: it cannot make real time pass.
+    """
+    if advance is not None:
+        clock = broker.clock if isinstance(broker, InMemoryBroker) else None
+        if not isinstance(clock, ManualClock):
+            raise InvalidArgumentError(
+                "advance= moves a ManualClock: give the InMemoryBroker clock=ManualClock() (the broker_clock "
+                f"fixture), not {clock or broker!r}"
+            )
+        await broker.wait_until_idle(timeout)  # what is due now first, so that advancing starts from it
+        await clock.advance(advance)
     await broker.wait_until_idle(timeout)
 
 
@@ -79,10 +100,22 @@ def nats_server() -> Iterator[NatsServer]:
         yield server
 
 
+@pytest.fixture
+def broker_clock() -> Clock | None:
+    """The clock of the ``memory_broker`` fixture: ``None``, real time. Override it to drive the broker's
+    timers (nak delays, ack wait, delayed messages) from a test::
+
+        @pytest.fixture
+        def broker_clock() -> ManualClock:
+            return ManualClock()
+    """
+    return None
+
+
 @pytest_asyncio.fixture
-async def memory_broker() -> AsyncIterator[InMemoryBroker]:
-    """A fresh, unconnected :class:`InMemoryBroker`; disconnected after the test."""
-    broker = InMemoryBroker()
+async def memory_broker(broker_clock: Clock | None) -> AsyncIterator[InMemoryBroker]:
+    """A fresh, unconnected :class:`InMemoryBroker` on ``broker_clock``; disconnected after the test."""
+    broker = InMemoryBroker(clock=broker_clock)
     yield broker
     await broker.disconnect()
 

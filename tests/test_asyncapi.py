@@ -212,3 +212,25 @@ def test_a_handler_that_answers_requests_has_a_reply_with_its_return_type() -> N
         "application/octet-stream"
     )
     assert "reply" not in ops["plain"]  # returns None: answers nothing
+
+
+def test_the_cli_documents_an_app_built_as_the_readme_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jetstream-fastapi asyncapi module:app`` finds the routers the app's lifespan holds."""
+    from jetstream_fastapi.cli.apps import load_document
+
+    (tmp_path / "readme_app.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from jetstream_fastapi import ConsumerRouter, InMemoryBroker, Message, jetstream_lifespan\n"
+        "router = ConsumerRouter()\n"
+        "@router.handle('orders.created', queue='order-processor')\n"
+        "async def process(msg: Message) -> None: ...\n"
+        "app = FastAPI(title='Shop', version='2.0', lifespan=jetstream_lifespan(InMemoryBroker(), router))\n"
+        "@app.get('/orders')\n"
+        "async def orders() -> list[str]: return []\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    document = load_document("readme_app:app")
+    validate(document)
+    assert [channel["address"] for channel in document["channels"].values()] == ["orders.created"]
+    assert (document["info"]["title"], document["info"]["version"]) == ("Shop", "2.0")

@@ -422,3 +422,19 @@ async def test_a_queue_keeps_one_subject_while_it_runs(make_broker: BrokerFactor
     await broker.publish(f"{prefix}.b", b"x")
     await broker.wait_until_idle()
     assert [m.body for m in moved.messages] == [b"x"]
+
+
+async def test_publishing_a_model_class_instead_of_an_instance_says_so(make_broker: BrokerFactory, prefix: str) -> None:
+    from pydantic import BaseModel
+
+    from jetstream_fastapi import InvalidArgumentError
+
+    class Order(BaseModel):
+        id: str
+
+    broker = await make_broker()
+    with pytest.raises(InvalidArgumentError, match=r"the class Order.*an instance: Order\(\.\.\.\)"):
+        await broker.publish(f"{prefix}.orders", Order)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="the class Order"):
+        await broker.publish_many([(f"{prefix}.orders", Order)])  # type: ignore[list-item]
+    assert (await broker.publish(f"{prefix}.orders", Order(id="1"))).seq == 1

@@ -187,7 +187,8 @@ async def test_bad_targets_and_names_are_refused(make_broker: BrokerFactory, pre
 
 
 def test_cron_forms_the_server_reads() -> None:
-    from jetstream_fastapi.core.recurring import go_duration, recurring_schedule
+    from jetstream_fastapi.core.declaring import recurring_schedule
+    from jetstream_fastapi.core.recurring import go_duration
 
     def pattern(**options: Any) -> str:
         return recurring_schedule("a.b", **options).pattern
@@ -242,9 +243,11 @@ async def test_the_loser_of_a_race_reads_again_and_writes_nothing(
 ) -> None:
     """Another instance writes the same schedule between this one's read and its write (interleaved here
     on purpose): the conditional write is refused, the re-read finds the schedule, nothing is written."""
-    from jetstream_fastapi.core.recurring import recurring_schedule
+    from jetstream_fastapi.core.declaring import recurring_schedule
 
-    broker = await make_broker()
+    # No tracing: with an SDK tracer provider left by another test, the other instance's write would
+    # carry a traceparent header, and so be another schedule.
+    broker = await make_broker(tracing=False)
     subject = f"{prefix}.reports"
     schedule = recurring_schedule(subject, cron="0 6 * * *", timezone="Europe/Berlin")
     backend = broker._backend
@@ -270,7 +273,7 @@ async def test_the_loser_of_a_race_reads_again_and_writes_nothing(
 
 
 async def test_declaring_two_schedules_of_one_name_is_refused(make_broker: BrokerFactory, prefix: str) -> None:
-    from jetstream_fastapi.core.recurring import recurring_schedule
+    from jetstream_fastapi.core.declaring import recurring_schedule
 
     broker = await make_broker()
     one = recurring_schedule(f"{prefix}.a", every=60, name="tick")

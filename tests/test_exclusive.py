@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from jetstream_fastapi import ConsumerConfigError, ConsumerRouter, InvalidArgumentError, Message
-from jetstream_fastapi.core.exclusive import LEASE, require_priority_groups
+from jetstream_fastapi import ConsumerRouter, InvalidArgumentError, Message, ServerVersionError
+from jetstream_fastapi.core.exclusive import LEASE
+from jetstream_fastapi.core.publish_options import check_server_version
 from jetstream_fastapi.integration.health import check_readiness
 from tests.conftest import WAIT, BrokerFactory
 
@@ -97,10 +98,10 @@ async def test_bad_exclusive_options_are_refused_before_the_server(
 
 
 def test_a_server_without_priority_groups_is_named_with_the_version_needed() -> None:
-    with pytest.raises(ConsumerConfigError, match=r"needs nats-server 2\.11 or later.*the server is 2\.10\.24"):
-        require_priority_groups((2, 10, 24))
-    require_priority_groups((2, 11, 0))
-    require_priority_groups((3, 0, 0))
+    with pytest.raises(ServerVersionError, match=r"needs nats-server 2\.11\.0 or later.*the server is 2\.10\.24"):
+        check_server_version(["exclusive consumers"], (2, 10, 24))
+    check_server_version(["exclusive consumers"], (2, 11, 0))
+    check_server_version(["exclusive consumers"], (3, 0, 0))
 
 
 async def test_the_active_instance_keeps_its_pin_while_a_handler_outlasts_the_lease(brokers: Any, prefix: str) -> None:

@@ -213,3 +213,20 @@ def test_get_broker_without_the_lifespan_explains_itself() -> None:
 
     with TestClient(app) as client, pytest.raises(RuntimeError, match="jetstream_lifespan"):
         client.get("/")
+
+
+def test_the_lifespan_says_what_it_runs_even_after_include_router() -> None:
+    from fastapi import APIRouter
+
+    from jetstream_fastapi.integration.lifespan import lifespan_of
+
+    broker, router = InMemoryBroker(), ConsumerRouter()
+    lifespan = jetstream_lifespan(broker, router)
+    assert (lifespan.broker, lifespan.routers) == (broker, (router,))
+    app = FastAPI(lifespan=lifespan)
+    assert lifespan_of(app) is lifespan
+    app.include_router(APIRouter())  # FastAPI wraps the lifespan in a merged one: still found
+    assert lifespan_of(app) is lifespan
+    assert lifespan_of(FastAPI()) is None
+    with TestClient(app):  # and it still runs as a lifespan
+        assert broker.is_connected

@@ -73,8 +73,15 @@ def admin_app(broker: Broker, **options: Any) -> FastAPI:
 async def memory() -> AsyncIterator[InMemoryBroker]:
     broker = InMemoryBroker()
     async with broker:
-        await broker.publish("orders.created", b"x")  # provisions ORDERS, which a replay needs
+        # A replay needs the letter's stream and its consumer: ORDERS, provisioned by the first publish, and
+        # the durable "processor", which handles (and ignores) what is replayed.
+        await broker.publish("orders.created", b"x")
+        await broker.subscribe("orders.created", _ignore, queue="processor", deliver_policy="new")
         yield broker
+
+
+async def _ignore(message: object) -> None:
+    """The planted letters' consumer: what it receives does not matter here."""
 
 
 # -- CSRF --------------------------------------------------------------------------------------------------
@@ -303,6 +310,7 @@ async def test_cli_replay_of_every_letter_is_bounded_per_call(fresh_server: Nats
         js = nc.jetstream()
         await js.add_stream(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
         await js.add_stream(name="ORDERS", subjects=["orders.>"])
+        await js.add_consumer("ORDERS", durable_name="processor", filter_subject="orders.created")  # replay checks it
         for sequence in range(1, 4):
             headers = {ORIGINAL_SUBJECT: "orders.created", ORIGINAL_STREAM: "ORDERS", CONSUMER: "processor"}
             headers[ORIGINAL_SEQUENCE] = str(sequence)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -142,6 +144,7 @@ class _Failing:
     """A subscription whose last error quotes a server URL with its password (as a nats-py error may)."""
 
     subject, queue, state, in_flight, active = "orders", "q", "running", 0, None
+    counters: ClassVar[Counter[str]] = Counter()
     last_error = f"NoServersError: nats: no servers available ({url(PASSWORDS[0])})"
 
 

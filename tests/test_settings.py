@@ -170,12 +170,15 @@ def test_overrides_win_over_the_settings(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_every_broker_option_has_a_variable() -> None:
-    # Everything but the server list (NATS_URL) and the options that take Python objects.
+    # Everything but the server list (NATS_URL) and the options that take Python objects (connect_options:
+    # the variables of the credentials, TLS and name); NATS_DEAD_LETTERS (the old spelling) sets dead_letter.
     options = (BROKER_OPTIONS | set(inspect.signature(JetStreamBroker).parameters)) - {
         "servers",
         "streams",
         "backoff",
         "options",
+        "connect_options",
+        "dead_letter",
     }
     assert options <= set(BrokerSettings.model_fields), sorted(options - set(BrokerSettings.model_fields))
 
@@ -256,7 +259,8 @@ def test_invalid_values_fail_with_pydantic_errors(
     with pytest.raises(ValidationError) as caught:
         BrokerSettings()
     [error] = caught.value.errors()
-    assert error["loc"] == (field,)
+    assert error["loc"] == (name,)  # the variable to fix, not the field it sets
+    assert str(caught.value).splitlines()[1] == name
     assert message in str(caught.value)
     assert TOKEN not in str(caught.value)
 

@@ -7,7 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jetstream_fastapi import Broker, ConsumerRouter, Message
+import pytest
+
+from jetstream_fastapi import Broker, ConsumerRouter, InMemoryBroker, InvalidArgumentError, ManualClock, Message
 from jetstream_fastapi.testing import wait_until_handled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +136,38 @@ def test_plugin_works_in_pytest_asyncios_default_strict_mode(tmp_path: Path) -> 
     assert "5 passed" in output
     for test in ("test_broker_runs_on_each_kind[memory]", "test_broker_runs_on_each_kind[jetstream]"):
         assert f"{test} PASSED" in output
+
+
+class TestTheFixtureBrokerOnAManualClock:
+    """``broker_clock`` (overridden here) gives the ``memory_broker`` fixture a clock; ``wait_until_handled``
+    waits for what is due, and with ``advance=`` moves a manual clock so that delayed messages fall due."""
+
+    @pytest.fixture
+    def broker_clock(self) -> ManualClock:
+        return ManualClock()
+
+    async def test_a_delayed_message_is_handled_once_the_clock_passes_its_time(
+        self, memory_broker: InMemoryBroker
+    ) -> None:
+        assert isinstance(memory_broker.clock, ManualClock)
+        seen: list[bytes] = []
+
+        async def handle(msg: Message) -> None:
+            seen.append(msg.body)
+
+        async with memory_broker:
+            await memory_broker.subscribe("kit.later", handle, queue="later")
+            await memory_broker.publish("kit.later", b"now")
+            await memory_broker.publish("kit.later", b"later", delay=30)
+            await wait_until_handled(memory_broker)
+            assert seen == [b"now"]  # the delayed one is not due: not waited for
+            await wait_until_handled(memory_broker, advance=29)
+            assert seen == [b"now"]
+            await wait_until_handled(memory_broker, advance=1)
+            assert seen == [b"now", b"later"]
+
+
+async def test_advance_needs_a_manual_clock(memory_broker: InMemoryBroker) -> None:
+    async with memory_broker:
+        with pytest.raises(InvalidArgumentError, match="ManualClock"):
+            await wait_until_handled(memory_broker, advance=1)

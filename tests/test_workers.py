@@ -65,6 +65,25 @@ async def test_the_lifespan_warns_about_a_handler_without_a_queue_under_several_
     assert len(warned) == 1 and warned[0].startswith("cache.refresh has no queue") and "WEB_CONCURRENCY=4" in warned[0]
 
 
+async def test_the_lifespan_warns_that_a_handler_without_a_queue_misses_what_was_published_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = ConsumerRouter()
+
+    async def handler(msg: Message) -> None: ...
+
+    router.handle("cache.refresh")(handler)
+    router.handle("prices.live", deliver_policy="new")(handler)  # said on purpose: no warning
+    router.handle("orders.created", queue="orders")(handler)
+    caplog.set_level(logging.WARNING, "jetstream_fastapi")
+    async with jetstream_lifespan(InMemoryBroker(), router)(None):
+        pass
+    warned = [r.getMessage() for r in caplog.records if "without a queue" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("cache.refresh is handled without a queue")
+    assert "published while the app was down" in warned[0] and "queue=" in warned[0]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,8 +17,8 @@ errors. A backend only stores and delivers:
   messages of request/reply, and whether a reply address is a stream's;
 * report its limits and health, and :meth:`Backend.translate` the errors of the layer below.
 
-Two backends ship: :class:`~jetstream_fastapi.backends.jetstream.JetStreamBackend` (a NATS server, through
-nats-py) and :class:`~jetstream_fastapi.backends.memory.MemoryBackend` (this process's memory, for tests).
+Two backends ship: :class:`~jetstream_fastapi.backends.jetstream.backend.JetStreamBackend` (a NATS server, through
+nats-py) and :class:`~jetstream_fastapi.backends.memory.backend.MemoryBackend` (this process's memory, for tests).
 The test double sits behind the same interface as the real thing, so tests run the front's real code.
 Imports nothing from ``nats``.
 """
@@ -34,8 +34,21 @@ from typing import Protocol
 from ..clock import Clock
 from ..core.handling import ConsumerSettings, Verdict
 from ..core.publish_options import PublishConditions
-from ..driver import Message, PubAck
+from ..driver import ConsumerState, Message, PubAck
 from ..errors import JetStreamError
+
+__all__ = [
+    "Backend",
+    "Consumer",
+    "ConsumerSpec",
+    "ConsumerState",  # the contract's (driver), imported from here before
+    "OnReply",
+    "Outgoing",
+    "PartitionedStream",
+    "Process",
+    "Stored",
+    "StreamFacts",
+]
 
 
 @dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ is slower
@@ -106,29 +119,6 @@ class ConsumerSpec:
     """At most one member handles messages at a time (see :mod:`~jetstream_fastapi.core.exclusive`)."""
     sourced: PartitionedStream | None = None
     """The partitioned stream it consumes (key order): idle only once its source has caught up too."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerState:
-    """What the store knows of a consumer right now (for metrics, readiness, the admin page, idleness)."""
-
-    stream: str
-    name: str
-    pending: int
-    """Messages on its filter not delivered yet: the lag."""
-    ack_pending: int
-    """Messages delivered and not yet acked or terminated."""
-    redelivered: int
-    """Messages delivered more than once and still unacked."""
-    delivered_stream_seq: int
-    """The stream sequence of the last message delivered."""
-    ack_floor_stream_seq: int
-    """The stream sequence up to which every message is acked (or terminated)."""
-    last_active: _dt.datetime | None = None
-    """When it last delivered a message."""
-    paused: bool = False
-    paused_until: _dt.datetime | None = None
-    """Until when the consumer is paused on the server (``broker.pause``), or ``None``."""
 
 
 OnReply = Callable[[str, Message], None]

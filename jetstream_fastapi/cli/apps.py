@@ -13,9 +13,11 @@ import click
 
 
 def load_document(target: str) -> dict[str, Any]:
-    """The document of ``target``: a FastAPI app including ``asyncapi_router()``, a function returning one
-    (called without arguments), or a :class:`~jetstream_fastapi.ConsumerRouter`."""
+    """The document of ``target``: a FastAPI app including ``asyncapi_router()`` or run by
+    ``jetstream_lifespan(broker, *routers)`` (the routers it holds are documented), a function returning
+    one (called without arguments), or a :class:`~jetstream_fastapi.ConsumerRouter`."""
     from ..integration.asyncapi import OPENAPI_MARK, asyncapi_document
+    from ..integration.lifespan import lifespan_of
     from ..integration.routing import ConsumerRouter
 
     module_name, _, attribute = target.partition(":")
@@ -41,8 +43,16 @@ def load_document(target: str) -> dict[str, Any]:
         for path, operations in openapi().get("paths", {}).items():
             if operations.get("get", {}).get(OPENAPI_MARK):
                 return asyncio.run(_get(obj, path))
+    lifespan = lifespan_of(obj)
+    if lifespan is not None and lifespan.routers:
+        return asyncapi_document(
+            *lifespan.routers,
+            title=str(getattr(obj, "title", "jetstream-fastapi app")),
+            version=str(getattr(obj, "version", "0.1.0")),
+        )
     raise click.ClickException(
-        f"{target} is no app including asyncapi_router(), app factory or ConsumerRouter: nothing to document"
+        f"{target} is no app including asyncapi_router() or run by jetstream_lifespan(broker, router), "
+        "app factory or ConsumerRouter: nothing to document"
     )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-from ..driver import Payload
+from ..driver import Payload, PublishItem
 from ..errors import InvalidArgumentError, UnknownOptionError
 from .payloads import check_msg_id
 from .publish_options import PublishConditions, publish_conditions
@@ -22,7 +21,7 @@ MAX_BATCH = 1000
 
 _ITEM_OPTIONS = ("expected_stream", "expected_last_sequence", "expected_last_subject_sequence", "expected_last_msg_id")
 
-BatchItem = tuple[str, Payload] | tuple[str, Payload, Mapping[str, Any]]
+BatchItem = PublishItem
 """``(subject, message)``, or with the expectations that message is stored on (``expected_*``)."""
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from typing import TYPE_CHECKING, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
-from ..backends.base import ConsumerSpec
+from ..backends.base import ConsumerSpec, PartitionedStream
 from ..driver import ConsumerOptions, Handler, Message
 from ..errors import InvalidArgumentError, JetStreamError, NoStreamError
 from ..observability.logs import message_extra
@@ -21,9 +22,10 @@ from .deadletters import DEAD_LETTER_STREAM, dead_letter, dead_letter_msg_id, de
 from .exclusive import check_exclusive
 from .front import Front
 from .handling import Verdict, check_handler, check_one_filter
-from .keyorder import check_key_order, subscribe_partitioned
+from .keyorder import OriginalSubject, check_key_order, check_same, consumer_name, derived_stream_name
 from .partitioned import PartitionedSubscription
 from .processing import DeadLetterOutcome, Processor, ProcessorFactory, store_max_deliver
+from .publish_options import check_server_version
 from .subjects import check_queue, check_subject
 from .subscription import Subscription
 
@@ -108,9 +110,11 @@ class Consuming(Front):
         check_handler(handler)
         settings = self.defaults.merged(options)
         self._require()
+        if exclusive:
+            check_server_version(["exclusive consumers"], self._backend.server_version)
         if count:
             assert queue is not None
-            return await self._below(subscribe_partitioned(self, subject, handler, queue, count, dict(options)))
+            return await self._below(self._subscribe_partitioned(subject, handler, queue, count, dict(options)))
         stream = await self._below(self._backend.stream_for(subject))
         if queue is not None:
             running = ((sub.stream, sub.queue, sub.subject) for sub in self._subscriptions)
@@ -134,10 +138,51 @@ class Consuming(Front):
         watch = self._observer.consumer(watched, queue) if self._observer is not None else None
         processor = kind(handler, spec.settings, self._store_dead_letter, self._settled.set, watch, self._replier)
         consumer = await self._backend.consume(spec, processor)
-        subscription = Subscription(self, spec, spec.name if spec.durable else None, consumer, processor)
+        queue_name = spec.name if spec.durable else None
+        subscription = Subscription(
+            spec, queue_name, consumer, processor, self.shutdown_timeout, self._subscriptions.discard
+        )
         self._subscriptions.add(subscription)
         logger.info("consuming %s from stream %s as %s", spec.subject, spec.stream, spec.name)
         return subscription
+
+    async def _subscribe_partitioned(
+        self, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
+    ) -> PartitionedSubscription:
+        """Provision the queue's derived stream (see :mod:`~jetstream_fastapi.core.keyorder`) and subscribe
+        every partition, or none of them."""
+        backend = self._backend
+        check_server_version(["key order"], backend.server_version)
+        source = await backend.stream_for(subject)
+        wanted = PartitionedStream(
+            derived_stream_name(source, queue), source, subject, partitions, options.get("deliver_policy") == "new"
+        )
+        check_same(queue, wanted, await backend.ensure_partitioned_stream(wanted))
+        # concurrency: handler runs at once in this instance, across its partitions (default: one each).
+        concurrency = self.defaults.merged({"concurrency": options.get("concurrency", partitions)}).concurrency
+        slots = asyncio.Semaphore(concurrency) if concurrency < partitions else None
+        settings = self.defaults.merged(
+            {**options, "concurrency": 1, "max_ack_pending": 1, "batch_size": 1, "deliver_policy": "all"}
+        )
+        kind = functools.partial(OriginalSubject, slots=slots)
+        parts: list[Subscription] = []
+        try:
+            for index in range(partitions):
+                name, limit = consumer_name(queue, index), store_max_deliver(settings)
+                spec = ConsumerSpec(wanted.name, name, f"{index}.>", settings, True, limit, sourced=wanted)
+                parts.append(await self._consume(spec, handler, queue, subject, kind))
+        except BaseException:
+            for made in parts:
+                await made.unsubscribe()
+            raise
+
+        async def stop() -> None:
+            await asyncio.gather(*(made.unsubscribe() for made in parts))
+
+        grouped = PartitionedSubscription(subject, queue, source, parts, stop)
+        for part in parts:
+            part.group = grouped
+        return grouped
 
     @property
     def subscriptions(self) -> list[Subscription]:

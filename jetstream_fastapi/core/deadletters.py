@@ -30,11 +30,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from ..driver import MSG_ID_HEADER, Message, PubAck
+from ..driver import MSG_ID_HEADER, Message
+from ..driver import DeadLetterAdmin as DeadLetterAdmin  # the contract's; imported from here before
 from ..errors import InvalidArgumentError, JetStreamError, PublishError, PublishTimeoutError
 from .payloads import headers_size
 
@@ -305,29 +304,3 @@ class DeadLetter:
             "partial": self.partial,
             "original_size": self.original_size,
         }
-
-
-@runtime_checkable
-class DeadLetterAdmin(Protocol):
-    """Inspecting and replaying dead letters; both brokers of this package have it."""
-
-    async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
-    ) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
-        ...
-
-    async def dead_letter(self, seq: int) -> DeadLetter:
-        """Dead letter ``seq``; ``LookupError`` if none."""
-        ...
-
-    async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject, for its consumer only, and remove it
-        (kept when the server answers ``duplicate``: the PubAck says so); ``LookupError`` if none."""
-        ...
-
-    async def purge_dead_letters(
-        self, seqs: Iterable[int] | None = None, *, stream: str | None = None, consumer: str | None = None
-    ) -> int:
-        """Delete the dead letters ``seqs`` (or all of them, of ``stream``/``consumer``); how many."""
-        ...

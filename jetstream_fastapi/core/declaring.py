@@ -13,12 +13,14 @@ and in :attr:`ScheduleReport.undeclared`) and left to fire: removing it is an ex
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from ..errors import NoStreamError, PublishConflictError, StreamFlagError
+from ..driver import Payload
+from ..errors import InvalidArgumentError, NoStreamError, PublishConflictError, StreamFlagError
+from .payloads import coerce_message
 from .publish_options import PublishConditions, check_server_version
 from .recurring import (
     SCHEDULE_HEADER,
@@ -26,12 +28,32 @@ from .recurring import (
     TIME_ZONE_HEADER,
     TTL_HEADER,
     RecurringSchedule,
+    ScheduleDeclared,
+    ScheduleInfo,
+    ScheduleReport,
+    check_name,
+    check_timezone,
+    go_duration,
     go_duration_seconds,
     name_of,
+    next_cron,
     recurring_filter,
     recurring_subject,
+    server_cron,
 )
 from .schedules import SCHEDULE_TOKEN
+from .subjects import check_subject
+
+__all__ = [
+    "ScheduleDeclared",
+    "ScheduleInfo",
+    "ScheduleReport",
+    "declare",
+    "declare_all",
+    "listing",
+    "recurring_schedule",
+    "remove",
+]
 
 if TYPE_CHECKING:
     from ..backends.base import Stored
@@ -44,66 +66,37 @@ FEATURE = "recurring message schedules"
 _ATTEMPTS = 5  # reads and conditional writes before a declaration gives up to a writer that keeps winning
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduleInfo:
-    """A recurring schedule as the server keeps it."""
-
-    name: str
-    subject: str
-    """The target subject."""
-    pattern: str
-    """The ``Nats-Schedule`` value (six cron fields, ``@daily``..., ``@every 1m``)."""
-    timezone: str | None
-    stream: str
-    schedule_subject: str
-    """The subject the schedule message is kept on."""
-    seq: int
-    """The schedule message's stream sequence."""
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    """The headers each tick carries (without the server's ``Nats-*`` ones)."""
-    ttl: float | None = None
-    """Seconds each tick stays in the stream (``None``: no TTL)."""
-
-    def describe(self) -> str:
-        """One line for logs, as :meth:`RecurringSchedule.describe`."""
-        return self.as_schedule().describe()
-
-    def as_schedule(self) -> RecurringSchedule:
-        """What a declaration of this schedule says."""
-        return RecurringSchedule(
-            self.name, self.subject, self.pattern, self.timezone, self.body, self.headers, self.ttl
-        )
-
-    def same_as(self, schedule: RecurringSchedule) -> bool:
-        """Whether this is what ``schedule`` asks for (pattern, zone, target, body, headers and TTL)."""
-        mine = (self.pattern, self.timezone, self.subject, self.body, self.headers, self.ttl)
-        return mine == (
-            schedule.pattern,
-            schedule.timezone,
-            schedule.subject,
-            schedule.body,
-            dict(schedule.headers),
-            schedule.ttl,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleDeclared:
-    """What declaring one schedule did: ``"created"``, ``"updated"`` (``previous`` was there) or ``"unchanged"``."""
-
-    schedule: ScheduleInfo
-    outcome: Literal["created", "updated", "unchanged"]
-    previous: ScheduleInfo | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleReport:
-    """What declaring an app's schedules found: each declaration, and the schedules in its streams that
-    it no longer declares (still firing: remove them with ``broker.remove_schedule``)."""
-
-    declared: list[ScheduleDeclared]
-    undeclared: list[ScheduleInfo]
+def recurring_schedule(
+    subject: str,
+    *,
+    cron: str | None = None,
+    every: float | _dt.timedelta | None = None,
+    timezone: str | None = None,
+    message: Payload = b"",
+    headers: dict[str, str] | None = None,
+    name: str | None = None,
+    ttl: float | _dt.timedelta | None = None,
+) -> RecurringSchedule:
+    """Check a schedule as a caller gives it; :class:`InvalidArgumentError` saying what is wrong."""
+    check_subject(subject, wildcards=False)
+    if (cron is None) == (every is None):
+        raise InvalidArgumentError("give a schedule either cron=... or every=..., exactly one of them")
+    if cron is not None:
+        if timezone is not None:
+            check_timezone(timezone)
+        pattern = server_cron(cron)
+        next_cron(pattern, timezone, _dt.datetime.now(_dt.UTC))  # one that never fires is refused too
+    else:
+        if timezone is not None:
+            raise InvalidArgumentError("timezone goes with cron=...; an every=... interval has no time zone")
+        pattern = f"@every {go_duration(every, 'every')}"
+    body, merged = coerce_message(message, headers)
+    for key in merged:
+        if key.lower().startswith("nats-"):
+            raise InvalidArgumentError(f"a schedule's header {key!r} is reserved: Nats-* headers are the server's")
+    kept = None if ttl is None else go_duration_seconds(go_duration(ttl, "ttl"))
+    schedule_name = check_name(subject if name is None else name)
+    return RecurringSchedule(schedule_name, subject, pattern, timezone, body, merged, kept)
 
 
 def info_of(stored: Stored) -> ScheduleInfo | None:

@@ -1,7 +1,8 @@
 """Exclusive consumers: at most one instance of a queue handles messages at any time, the others stand by.
 
 ``subscribe(..., queue="report-builder", exclusive=True)`` (or ``ConsumerRouter.handle``) makes the queue's
-durable consumer a *pinned client* priority group (ADR-42, nats-server 2.11 or later):
+durable consumer a *pinned client* priority group (ADR-42, nats-server 2.11 or later; an older server
+is refused with :class:`~jetstream_fastapi.errors.ServerVersionError`):
 
 * the consumer is created with ``priority_groups=["exclusive"]``, ``priority_policy="pinned_client"`` and
   ``priority_timeout`` = :data:`LEASE`;
@@ -25,14 +26,12 @@ active one has stopped and its handlers are done.
 
 from __future__ import annotations
 
-from ..errors import ConsumerConfigError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 GROUP = "exclusive"
 """The priority group every instance of an exclusive queue pulls in."""
 LEASE = 5.0
 """Seconds the server keeps the pin of an active instance that stopped pulling (``priority_timeout``)."""
-NEEDS = (2, 11)
-"""The first nats-server version with priority groups."""
 
 
 def check_exclusive(exclusive: object, queue: str | None) -> bool:
@@ -44,13 +43,3 @@ def check_exclusive(exclusive: object, queue: str | None) -> bool:
             "exclusive=True needs a queue: the instances that share a queue are the ones of which one is active"
         )
     return exclusive
-
-
-def require_priority_groups(version: tuple[int, int, int], what: str = "exclusive=True") -> None:
-    """Raise :class:`ConsumerConfigError` naming the version needed when ``version`` has no priority groups."""
-    if version[:2] < NEEDS:
-        have = ".".join(str(part) for part in version)
-        raise ConsumerConfigError(
-            f"{what} needs nats-server {NEEDS[0]}.{NEEDS[1]} or later (priority groups, pinned client); "
-            f"the server is {have}"
-        )

@@ -9,18 +9,19 @@ and so of :class:`~jetstream_fastapi.core.broker.BaseBroker`, which adds the lif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
+from ..driver import MSG_ID_HEADER, PubAck
 from ..errors import JetStreamError, NotConnectedError, PublishConflictError
 from ..observability.hooks import observer
 from .preparing import Preparer, deadline
-from .publish_options import stored_before
 from .subjects import max_subject_length
 
 if TYPE_CHECKING:
     from ..backends.base import Backend, Outgoing
-    from ..driver import Payload, PubAck
+    from ..driver import Payload
     from .options import FrontSettings
     from .subscription import Subscription
 
@@ -94,7 +95,7 @@ class Front:
         try:
             return await self._backend.store(outgoing, total)
         except PublishConflictError as conflict:
-            ack = await stored_before(self._backend, conflict, outgoing)
+            ack = await self._stored_before(conflict, outgoing)
             if ack is None:
                 raise
             return ack
@@ -102,3 +103,16 @@ class Front:
             raise
         except Exception as error:
             raise self._translate(error) from error
+
+    async def _stored_before(self, conflict: PublishConflictError, outgoing: Outgoing) -> PubAck | None:
+        """The PubAck of ``outgoing`` if the ``conflict`` is with ``outgoing`` itself, stored by an earlier
+        attempt (a retry after a lost PubAck): the server checks expectations before its duplicate window,
+        so the retry is refused with the sequence the first attempt got. ``None``: another writer's message."""
+        if conflict.stream is None or not conflict.current_sequence:
+            return None
+        stored = None
+        with contextlib.suppress(Exception):  # the conflict stands if the message cannot be read
+            stored = await self._backend.read(conflict.stream, conflict.current_sequence)
+        if stored is None or stored.headers.get(MSG_ID_HEADER) != outgoing.headers.get(MSG_ID_HEADER):
+            return None
+        return PubAck(stream=conflict.stream, seq=conflict.current_sequence, duplicate=True)

@@ -57,24 +57,19 @@ partition drain, delete the derived stream, subscribe with the new number). Need
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..backends.base import ConsumerSpec, PartitionedStream
+from ..backends.base import PartitionedStream
 from ..driver import Handler, Message
 from ..errors import InvalidArgumentError
 from .handling import ConsumerSettings, Verdict
-from .partitioned import PartitionedSubscription
-from .processing import Processor, StoreDeadLetter, store_max_deliver
-from .publish_options import check_server_version
+from .processing import Processor, StoreDeadLetter
 from .subjects import MAX_NAME_LENGTH
-from .subscription import Subscription
 
 if TYPE_CHECKING:
     from ..observability.hooks import ConsumerWatch
-    from .consuming import Consuming
     from .requests import Replier
 
 DEFAULT_PARTITIONS = 16
@@ -197,41 +192,3 @@ class OriginalSubject(Processor):
         # progress", so the message is not redelivered elsewhere while it waits for a slot.
         async with self._slots:
             return await super().__call__(message)
-
-
-async def subscribe_partitioned(
-    broker: Consuming, subject: str, handler: Handler, queue: str, partitions: int, options: dict[str, Any]
-) -> PartitionedSubscription:
-    """Provision the queue's derived stream and subscribe every partition, or none of them."""
-    backend = broker._backend
-    check_server_version(["key order"], backend.server_version)
-    source = await backend.stream_for(subject)
-    wanted = PartitionedStream(
-        derived_stream_name(source, queue), source, subject, partitions, options.get("deliver_policy") == "new"
-    )
-    check_same(queue, wanted, await backend.ensure_partitioned_stream(wanted))
-    # concurrency: handler runs at once in this instance, across its partitions (default: one each).
-    concurrency = broker.defaults.merged({"concurrency": options.get("concurrency", partitions)}).concurrency
-    slots = asyncio.Semaphore(concurrency) if concurrency < partitions else None
-    settings = broker.defaults.merged(
-        {**options, "concurrency": 1, "max_ack_pending": 1, "batch_size": 1, "deliver_policy": "all"}
-    )
-    kind = functools.partial(OriginalSubject, slots=slots)
-    parts: list[Subscription] = []
-    try:
-        for index in range(partitions):
-            name, limit = consumer_name(queue, index), store_max_deliver(settings)
-            spec = ConsumerSpec(wanted.name, name, f"{index}.>", settings, True, limit, sourced=wanted)
-            parts.append(await broker._consume(spec, handler, queue, subject, kind))
-    except BaseException:
-        for made in parts:
-            await made.unsubscribe()
-        raise
-
-    async def stop() -> None:
-        await asyncio.gather(*(made.unsubscribe() for made in parts))
-
-    grouped = PartitionedSubscription(subject, queue, source, parts, stop)
-    for part in parts:
-        part.group = grouped
-    return grouped

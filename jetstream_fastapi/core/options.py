@@ -1,50 +1,39 @@
 """The broker's options, with their one set of defaults, checked once for every backend.
 
 :class:`BrokerOptions` lists what both brokers take (the README's option table); the consumer options
-among them are the defaults of every ``subscribe`` (:class:`~jetstream_fastapi.consuming.ConsumerSettings`
+among them are the defaults of every ``subscribe`` (:class:`~jetstream_fastapi.core.handling.ConsumerSettings`
 holds their default values). A misspelt name fails at construction with the nearest valid one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
-from ..driver import Backoff
+from ..driver import ConsumerOptions
 from ..errors import InvalidArgumentError, UnknownOptionError
 from .deadletters import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
-from .handling import ConsumerSettings, DeliverPolicy
+from .handling import ConsumerSettings
 
 StreamMismatch = Literal["error", "warn", "update"]
 """What to do when a declared stream differs on the server: raise, log and keep it, or update it."""
 
 
-class BrokerOptions(TypedDict, total=False):
-    """The options of :class:`~jetstream_fastapi.JetStreamBroker` and :class:`~jetstream_fastapi.InMemoryBroker`."""
+class BrokerOptions(ConsumerOptions, total=False):
+    """The options of :class:`~jetstream_fastapi.JetStreamBroker` and :class:`~jetstream_fastapi.InMemoryBroker`.
 
-    batch_size: int
-    """Most messages asked for in one pull request (default 10)."""
-    fetch_wait: float
-    """Seconds a pull request waits on the server before it expires and is renewed (default 5)."""
-    concurrency: int | None
-    """Most handlers of one subscription running at once (default: ``batch_size``)."""
-    ack_wait: float
-    """Seconds the server waits for an ack before it redelivers (default 30)."""
-    max_deliver: int
-    """Most delivery attempts of a message; the last failure dead-letters it (default 5, -1 unlimited)."""
-    max_ack_pending: int
-    """Most unacked messages across every instance of a consumer (default 1000, at least ``concurrency``)."""
-    backoff: Backoff | None
-    """Delay before a failed message is redelivered (default ``Backoff()``: 1 s doubling to 60 s)."""
-    handler_timeout: float | None
-    """Cancel a handler running longer than this many seconds and retry its message (default: no limit)."""
-    deliver_policy: DeliverPolicy | None
-    """Where a new consumer starts: ``"all"`` (the durable default), ``"new"`` (ephemeral default) or ``"last"``."""
-    inactive_threshold: float
-    """Seconds after which the server removes an idle ephemeral consumer (default 300)."""
-    dead_letters: bool
-    """Store terminated messages in the dead-letter stream before terminating them (default True)."""
+    The consumer options (:class:`~jetstream_fastapi.driver.ConsumerOptions`, declared once there) are the
+    defaults of every ``subscribe``: ``batch_size`` 10, ``fetch_wait`` 5 s, ``concurrency`` ``batch_size``,
+    ``ack_wait`` 30 s, ``max_deliver`` 5, ``max_ack_pending`` 1000 (at least ``concurrency``), ``backoff``
+    ``Backoff()``, ``deliver_policy`` ``"all"`` for a durable and ``"new"`` for an ephemeral consumer,
+    ``inactive_threshold`` 300 s, ``dead_letter`` True, ``handler_timeout`` none. The others are the broker's.
+    """
+
+    connect_timeout: float
+    """Seconds ``connect()`` may take before :class:`~jetstream_fastapi.ConnectError` (default 5; the
+    in-memory broker connects at once and accepts it for code written for either broker)."""
     dead_letter_max_age: float
     """Seconds the dead-letter stream keeps a letter when it creates it (default 14 days)."""
     dead_letter_max_bytes: int
@@ -66,8 +55,13 @@ class BrokerOptions(TypedDict, total=False):
     """OpenTelemetry spans for publishes and handler runs, when ``opentelemetry-api`` is installed (default True)."""
 
 
-BROKER_OPTIONS = frozenset(BrokerOptions.__annotations__)
+OLD_SPELLINGS = {"dead_letters": "dead_letter"}
+"""Broker option names of earlier releases, still accepted: the broker's ``dead_letters`` is the consumer
+option ``dead_letter`` (the same switch, one name)."""
+BROKER_OPTIONS = frozenset(BrokerOptions.__annotations__) | frozenset(OLD_SPELLINGS)
+"""Every name a broker takes as an option (its old spellings included)."""
 _DEFAULTS = ConsumerSettings()
+CONSUMER_OPTIONS = frozenset(ConsumerOptions.__annotations__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +87,7 @@ class FrontSettings:
     shutdown_timeout: float = 10.0
     tracing: bool = True
     metrics: bool = True
+    connect_timeout: float = 5.0
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], where: str = "the broker") -> FrontSettings:
@@ -100,25 +95,7 @@ class FrontSettings:
         for name in options:
             if name not in BROKER_OPTIONS:
                 raise UnknownOptionError(where, name, BROKER_OPTIONS)
-        batch_size = options.get("batch_size", _DEFAULTS.batch_size)
-        concurrency = options.get("concurrency")
-        concurrency = batch_size if concurrency is None else concurrency
-        max_ack_pending = options.get("max_ack_pending", _DEFAULTS.max_ack_pending)
-        if isinstance(max_ack_pending, int) and isinstance(concurrency, int):
-            max_ack_pending = max(max_ack_pending, concurrency)
-        consumer = ConsumerSettings(
-            batch_size=batch_size,
-            fetch_wait=options.get("fetch_wait", _DEFAULTS.fetch_wait),
-            concurrency=concurrency,
-            ack_wait=options.get("ack_wait", _DEFAULTS.ack_wait),
-            max_deliver=options.get("max_deliver", _DEFAULTS.max_deliver),
-            max_ack_pending=max_ack_pending,
-            backoff=options.get("backoff") or _DEFAULTS.backoff,
-            deliver_policy=options.get("deliver_policy", _DEFAULTS.deliver_policy),
-            inactive_threshold=options.get("inactive_threshold", _DEFAULTS.inactive_threshold),
-            dead_letter=options.get("dead_letters", _DEFAULTS.dead_letter),
-            handler_timeout=options.get("handler_timeout", _DEFAULTS.handler_timeout),
-        )
+        consumer = consumer_settings(options)
         mismatch = options.get("stream_mismatch", "error")
         if mismatch not in ("error", "warn", "update"):
             raise InvalidArgumentError(f"stream_mismatch must be 'error', 'warn' or 'update', not {mismatch!r}")
@@ -135,7 +112,8 @@ class FrontSettings:
             tuple(declared), bool(options.get("auto_provision", True)), mismatch, float(max_age), max_bytes
         )
         timeouts = {
-            name: options.get(name, default) for name, default in (("publish_timeout", 5.0), ("shutdown_timeout", 10.0))
+            name: options.get(name, default)
+            for name, default in (("publish_timeout", 5.0), ("shutdown_timeout", 10.0), ("connect_timeout", 5.0))
         }
         for name, value in timeouts.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
@@ -151,4 +129,20 @@ class FrontSettings:
             float(timeouts["shutdown_timeout"]),
             switches["tracing"],
             switches["metrics"],
+            float(timeouts["connect_timeout"]),
         )
+
+
+def consumer_settings(options: Mapping[str, Any]) -> ConsumerSettings:
+    """The broker's consumer defaults: the consumer options among ``options``, over the built-in defaults.
+
+    ``concurrency`` defaults to ``batch_size`` (``None`` too), ``max_ack_pending`` is raised to ``concurrency``
+    when lower, and ``None`` for ``backoff`` means the default backoff."""
+    given = {OLD_SPELLINGS.get(name, name): value for name, value in options.items()}
+    chosen = {name: given[name] for name in CONSUMER_OPTIONS if given.get(name) is not None}
+    if "concurrency" not in chosen and "batch_size" in chosen:
+        chosen["concurrency"] = chosen["batch_size"]
+    concurrency, max_ack_pending = chosen.get("concurrency"), chosen.get("max_ack_pending", _DEFAULTS.max_ack_pending)
+    if isinstance(max_ack_pending, int) and isinstance(concurrency, int):
+        chosen["max_ack_pending"] = max(max_ack_pending, concurrency)
+    return dataclasses.replace(_DEFAULTS, **chosen)

@@ -40,6 +40,11 @@ class PartitionedSubscription:
         return self.parts[0].stream
 
     @property
+    def consumer_name(self) -> str:
+        """The queue: each partition's consumer is named after it (``<queue>-p<i>``)."""
+        return self._queue
+
+    @property
     def partitions(self) -> int:
         """How many partitions the keys are spread over."""
         return len(self.parts)

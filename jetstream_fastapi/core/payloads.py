@@ -23,6 +23,10 @@ def coerce_message(message: Payload, headers: dict[str, str] | None) -> tuple[by
         body, merged = message, {}
     elif isinstance(message, str):
         body, merged = message.encode(), {}
+    elif isinstance(message, type):  # Order instead of Order(...): its unbound model_dump_json would fail
+        raise InvalidArgumentError(
+            f"cannot publish the class {message.__name__}: publish an instance: {message.__name__}(...)"
+        )
     elif hasattr(message, "model_dump_json"):  # a pydantic model, without importing pydantic here
         body, merged = message.model_dump_json().encode(), {CONTENT_TYPE_HEADER: JSON_CONTENT_TYPE}
     elif isinstance(message, bytearray | memoryview):

@@ -7,20 +7,14 @@ A server too old for a feature is refused with :class:`~jetstream_fastapi.errors
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..driver import MSG_ID_HEADER, PubAck
-from ..errors import InvalidArgumentError, PublishConflictError, ServerVersionError, UnknownOptionError
+from ..errors import InvalidArgumentError, ServerVersionError, UnknownOptionError
 from .payloads import check_msg_id
 from .schedules import due
-
-if TYPE_CHECKING:
-    from ..backends.base import Backend, Outgoing
 
 MIN_TTL = 1.0
 """The shortest per-message TTL a server accepts, in seconds."""
@@ -32,8 +26,10 @@ MIN_SERVER_VERSION: dict[str, tuple[int, int, int]] = {
     "atomic batch publish": (2, 12, 0),
     "consumer pause": (2, 11, 0),
     "key order": (2, 11, 0),
+    "exclusive consumers": (2, 11, 0),  # priority groups, pinned client (ADR-42)
 }
-"""The first nats-server release with each feature."""
+"""The first nats-server release with each feature: the one gate of every feature that needs a recent
+server (:func:`check_server_version`, raising :class:`~jetstream_fastapi.errors.ServerVersionError`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +134,3 @@ def check_server_version(features: list[str], version: tuple[int, int, int] | No
         minimum = MIN_SERVER_VERSION[feature]
         if version < minimum:
             raise ServerVersionError(feature, minimum, version)
-
-
-async def stored_before(backend: Backend, conflict: PublishConflictError, outgoing: Outgoing) -> PubAck | None:
-    """The PubAck of ``outgoing`` if the ``conflict`` is with ``outgoing`` itself, stored by an earlier
-    attempt (a retry after a lost PubAck): the server checks expectations before its duplicate window, so
-    the retry is refused with the sequence the first attempt got. ``None``: another writer's message."""
-    if conflict.stream is None or not conflict.current_sequence:
-        return None
-    stored = None
-    with contextlib.suppress(Exception):  # the conflict stands if the message cannot be read
-        stored = await backend.read(conflict.stream, conflict.current_sequence)
-    if stored is None or stored.headers.get(MSG_ID_HEADER) != outgoing.headers.get(MSG_ID_HEADER):
-        return None
-    return PubAck(stream=conflict.stream, seq=conflict.current_sequence, duplicate=True)

@@ -6,8 +6,10 @@ A schedule is one message on a schedule subject of the target's stream, with the
 (the pattern), ``Nats-Schedule-Target`` and ``Nats-Schedule-Time-Zone`` headers; the server keeps one
 schedule per subject (a new one replaces it), so the subject is made from the schedule's name
 (``reports._schedule.recurring.<name>``) and every app instance declaring it writes the same one. This
-module checks what a caller asks for (at import time, in the decorator) and gives it the server's form;
-:mod:`~jetstream_fastapi.core.declaring` declares it.
+module holds the schedules' values (:class:`RecurringSchedule`, what the server keeps:
+:class:`ScheduleInfo`, and what declaring did: :class:`ScheduleDeclared`, :class:`ScheduleReport`; part of the
+contract, so imported from nothing above) and the server's forms; :mod:`~jetstream_fastapi.core.declaring`
+checks what a caller asks for (at import time, in the decorator) and declares it.
 
 The server's cron grammar (``server/cron.go``): six fields, seconds first; ``*``, ``?``, numbers, ranges,
 steps and lists, month and weekday names of three letters, weekdays 0-6 (0: Sunday); ``@yearly``,
@@ -25,14 +27,12 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cronsim import CronSim, CronSimError
 
-from ..driver import Payload
 from ..errors import InvalidArgumentError
-from .payloads import coerce_message
 from .schedules import SCHEDULE_TOKEN
-from .subjects import check_subject
 
 RECURRING_TOKEN = "recurring"
 """The token after ``_schedule`` that marks a recurring schedule's subject (delayed ones have an id there)."""
@@ -111,37 +111,66 @@ class RecurringSchedule:
         return next_cron(self.pattern, self.timezone, moment)
 
 
-def recurring_schedule(
-    subject: str,
-    *,
-    cron: str | None = None,
-    every: float | _dt.timedelta | None = None,
-    timezone: str | None = None,
-    message: Payload = b"",
-    headers: dict[str, str] | None = None,
-    name: str | None = None,
-    ttl: float | _dt.timedelta | None = None,
-) -> RecurringSchedule:
-    """Check a schedule as a caller gives it; :class:`InvalidArgumentError` saying what is wrong."""
-    check_subject(subject, wildcards=False)
-    if (cron is None) == (every is None):
-        raise InvalidArgumentError("give a schedule either cron=... or every=..., exactly one of them")
-    if cron is not None:
-        if timezone is not None:
-            check_timezone(timezone)
-        pattern = server_cron(cron)
-        next_cron(pattern, timezone, _dt.datetime.now(_dt.UTC))  # one that never fires is refused too
-    else:
-        if timezone is not None:
-            raise InvalidArgumentError("timezone goes with cron=...; an every=... interval has no time zone")
-        pattern = f"@every {go_duration(every, 'every')}"
-    body, merged = coerce_message(message, headers)
-    for key in merged:
-        if key.lower().startswith("nats-"):
-            raise InvalidArgumentError(f"a schedule's header {key!r} is reserved: Nats-* headers are the server's")
-    kept = None if ttl is None else go_duration_seconds(go_duration(ttl, "ttl"))
-    schedule_name = check_name(subject if name is None else name)
-    return RecurringSchedule(schedule_name, subject, pattern, timezone, body, merged, kept)
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A recurring schedule as the server keeps it."""
+
+    name: str
+    subject: str
+    """The target subject."""
+    pattern: str
+    """The ``Nats-Schedule`` value (six cron fields, ``@daily``..., ``@every 1m``)."""
+    timezone: str | None
+    stream: str
+    schedule_subject: str
+    """The subject the schedule message is kept on."""
+    seq: int
+    """The schedule message's stream sequence."""
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    """The headers each tick carries (without the server's ``Nats-*`` ones)."""
+    ttl: float | None = None
+    """Seconds each tick stays in the stream (``None``: no TTL)."""
+
+    def describe(self) -> str:
+        """One line for logs, as :meth:`RecurringSchedule.describe`."""
+        return self.as_schedule().describe()
+
+    def as_schedule(self) -> RecurringSchedule:
+        """What a declaration of this schedule says."""
+        return RecurringSchedule(
+            self.name, self.subject, self.pattern, self.timezone, self.body, self.headers, self.ttl
+        )
+
+    def same_as(self, schedule: RecurringSchedule) -> bool:
+        """Whether this is what ``schedule`` asks for (pattern, zone, target, body, headers and TTL)."""
+        mine = (self.pattern, self.timezone, self.subject, self.body, self.headers, self.ttl)
+        return mine == (
+            schedule.pattern,
+            schedule.timezone,
+            schedule.subject,
+            schedule.body,
+            dict(schedule.headers),
+            schedule.ttl,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDeclared:
+    """What declaring one schedule did: ``"created"``, ``"updated"`` (``previous`` was there) or ``"unchanged"``."""
+
+    schedule: ScheduleInfo
+    outcome: Literal["created", "updated", "unchanged"]
+    previous: ScheduleInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleReport:
+    """What declaring an app's schedules found: each declaration, and the schedules in its streams that
+    it no longer declares (still firing: remove them with ``broker.remove_schedule``)."""
+
+    declared: list[ScheduleDeclared]
+    undeclared: list[ScheduleInfo]
 
 
 def check_name(name: object) -> str:

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
-from .declaring import ScheduleDeclared, ScheduleInfo, ScheduleReport, declare, declare_all, listing, remove
+from .declaring import declare, declare_all, listing, recurring_schedule, remove
 from .front import Front
 from .publish_options import check_stream_name
-from .recurring import RecurringSchedule, check_name, recurring_schedule
+from .recurring import RecurringSchedule, ScheduleDeclared, ScheduleInfo, ScheduleReport, check_name
 from .subjects import check_subject
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..backends.base import Consumer, ConsumerSpec
@@ -10,22 +11,28 @@ from .handling import ConsumerSettings
 from .processing import Processor
 
 if TYPE_CHECKING:
-    from .front import Front
-    from .partitioned import PartitionedSubscription
+    from ..driver import Subscriber
 
 
 class Subscription:
     """A running consumer; ``unsubscribe()`` stops it (durable consumers stay on the server)."""
 
     def __init__(
-        self, broker: Front, spec: ConsumerSpec, queue: str | None, consumer: Consumer, processor: Processor
+        self,
+        spec: ConsumerSpec,
+        queue: str | None,
+        consumer: Consumer,
+        processor: Processor,
+        shutdown_timeout: float,
+        stopped: Callable[[Subscription], None],
     ) -> None:
-        self._broker = broker
+        self._shutdown_timeout = shutdown_timeout
+        self._stopped = stopped  # tells the broker this subscription is gone from its registry
         self._spec = spec
         self._queue = queue
         self.consumer = consumer
         self._processor = processor
-        self.group: PartitionedSubscription | None = None
+        self.group: Subscriber | None = None
         """For a partition of a key-ordered queue: the queue's subscription, all partitions as one."""
 
     @property
@@ -89,8 +96,8 @@ class Subscription:
         """Stop taking messages at once, let running handlers finish within the broker's
         ``shutdown_timeout``, give back the messages not started. An ephemeral consumer is deleted."""
         self._processor.stopping.set()  # a message held for its dead letter is given back now
-        await self.consumer.stop(self._broker.shutdown_timeout)
-        self._broker._subscriptions.discard(self)
+        await self.consumer.stop(self._shutdown_timeout)
+        self._stopped(self)
 
     def __repr__(self) -> str:
         return f"Subscription(subject={self.subject!r}, queue={self._queue!r}, state={self.state!r})"

@@ -20,13 +20,13 @@ import asyncio
 import datetime as _dt
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, Unpack, cast
+from typing import Any, TypeVar, Unpack
 
-from ..core.declaring import ScheduleReport
+from ..core.declaring import recurring_schedule
 from ..core.exclusive import check_exclusive
 from ..core.handling import ConsumerSettings, check_handler
 from ..core.keyorder import check_key_order
-from ..core.recurring import RecurringSchedule, recurring_schedule
+from ..core.recurring import RecurringSchedule, ScheduleReport
 from ..core.subjects import check_queue, check_subject
 from ..driver import Broker, ConsumerOptions, Payload, Subscriber
 from ..errors import InvalidArgumentError
@@ -37,29 +37,16 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[object]])
 F = TypeVar("F")
 
 
-class ScheduleDeclarer(Protocol):
-    """A broker that declares recurring schedules (both brokers of this package)."""
-
-    async def declare_schedules(
-        self, schedules: Iterable[RecurringSchedule], *, subjects: Iterable[str] = (), timeout: float | None = None
-    ) -> ScheduleReport: ...
-
-
 async def declare_schedules(broker: Broker, routers: Iterable[ConsumerRouter]) -> ScheduleReport | None:
     """Declare the recurring schedules of ``routers`` on ``broker`` at once, reporting those kept in the
     streams of their schedules and handlers that none declares: also when the routers declare none any
-    more (an app that dropped its last schedule hears of it). ``None``: nothing to declare or look at, or
-    a broker of one's own without ``declare_schedules`` and no schedule to declare."""
+    more (an app that dropped its last schedule hears of it). ``None``: nothing to declare or look at."""
     routers = list(routers)
     schedules = [schedule for router in routers for schedule in router.schedules]
     subjects = [spec.subject for router in routers for spec in router]
-    if not hasattr(broker, "declare_schedules"):
-        if schedules:
-            raise InvalidArgumentError(f"{type(broker).__name__} cannot declare recurring schedules")
-        return None
     if not schedules and not subjects:
         return None
-    return await cast(ScheduleDeclarer, broker).declare_schedules(schedules, subjects=subjects)
+    return await broker.declare_schedules(schedules, subjects=subjects)
 
 
 @dataclass(frozen=True, slots=True)

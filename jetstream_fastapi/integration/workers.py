@@ -8,6 +8,11 @@ message, which is right for a cache refresh and wrong for a side effect. At star
 several: ``--workers N`` (N > 1) on the command line (uvicorn's workers inherit it), or
 ``WEB_CONCURRENCY`` > 1 (the variable uvicorn and gunicorn take their worker count from). Replicas on
 several hosts cannot be seen from inside one; the README's "Running several instances" covers them.
+
+In one process too, a handler without a queue has an ephemeral consumer that starts with what is
+published from then on (``deliver_policy="new"``): what was published while the app was down never
+reaches it. :func:`warn_without_queue` says so at startup, unless the handler (or its router) sets
+``deliver_policy`` itself, which shows that this is meant.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..driver import Subscriber
 
@@ -55,5 +60,22 @@ def warn_fan_out(subscribers: Iterable[Subscriber], reason: str | None = None) -
                 "message of it; give the handler a queue=... for each message to go to one process",
                 sub.subject,
                 reason,
+            )
+    return warned
+
+
+def warn_without_queue(handlers: Iterable[tuple[str, str | None, Mapping[str, object]]]) -> int:
+    """Warn about each handler without a queue and without its own ``deliver_policy``: ``(subject, queue,
+    options)`` of each handler; returns how many warnings were logged."""
+    warned = 0
+    for subject, queue, options in handlers:
+        if queue is None and "deliver_policy" not in options:
+            warned += 1
+            logger.warning(
+                "%s is handled without a queue: its consumer lives as long as this process and receives only what "
+                "is published from now on, so what was published while the app was down never reaches it; give "
+                "the handler a queue=... to receive that too, or deliver_policy='new' to say that only new "
+                "messages are meant",
+                subject,
             )
     return warned

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from .. import __version__
+from .._version import __version__
 
 if TYPE_CHECKING:
     from .scrape import BrokerFigures

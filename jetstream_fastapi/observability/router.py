@@ -16,14 +16,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from ..core.broker import BaseBroker
+from ..driver import Broker
 from . import metrics as instruments
 from .scrape import FiguresCollector, WithDerivedCounters, figures_of
 
 __all__ = ["metrics_router"]
 
 
-def metrics_router(*, broker: BaseBroker | None = None, path: str = "/metrics") -> APIRouter:
+def metrics_router(*, broker: Broker | None = None, path: str = "/metrics") -> APIRouter:
     """A router serving ``GET {path}``; the broker is the one of the app's ``jetstream_lifespan`` unless
     ``broker`` is given. Needs ``prometheus_client`` (``pip install 'jetstream-fastapi[metrics]'``)."""
     if not instruments.PROMETHEUS:
@@ -48,8 +48,8 @@ def metrics_router(*, broker: BaseBroker | None = None, path: str = "/metrics") 
     async def metrics(request: Request) -> Response:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(WithDerivedCounters(process_registry()))
-        served = broker if broker is not None else getattr(request.state, "jetstream_broker", None)
-        if isinstance(served, BaseBroker):
+        served: Broker | None = broker if broker is not None else getattr(request.state, "jetstream_broker", None)
+        if served is not None:
             figures = figures_of(served)
             await figures.refresh()
             registry.register(FiguresCollector(figures))

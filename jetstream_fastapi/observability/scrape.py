@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import ConsumerState
-
 if TYPE_CHECKING:
-    from ..core.broker import BaseBroker
+    from ..driver import Broker, ConsumerState
 
 CACHE_SECONDS = 1.0
 """How long consumer states read from the server are reused."""
@@ -26,7 +24,7 @@ READ_TIMEOUT = 2.0
 class BrokerFigures:
     """The scrape-time figures of one broker (see the module docstring)."""
 
-    def __init__(self, broker: BaseBroker) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._states: dict[tuple[str, str], ConsumerState] = {}
         self._read_at = -CACHE_SECONDS
@@ -205,11 +203,12 @@ class WithDerivedCounters:
         return []
 
 
-def figures_of(broker: BaseBroker) -> BrokerFigures:
-    """The broker's :class:`BrokerFigures`, created at the first call."""
+def figures_of(broker: Broker) -> BrokerFigures:
+    """The broker's :class:`BrokerFigures`, created at the first call and kept on the broker (they live as
+    long as it does)."""
     figures: BrokerFigures | None = getattr(broker, "_figures", None)
     if figures is None:
         figures = BrokerFigures(broker)
-        with contextlib.suppress(AttributeError):
-            broker._figures = figures
+        with contextlib.suppress(AttributeError):  # a broker of one's own with __slots__: figures per scrape
+            setattr(broker, "_figures", figures)  # noqa: B010 - the broker's private cache, not in the contract
     return figures

@@ -20,7 +20,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from .. import __version__
+from .._version import __version__
 from ..driver import Message
 
 SYSTEM = "nats"

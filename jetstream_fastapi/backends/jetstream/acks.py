@@ -19,11 +19,6 @@ SEND_ERRORS = (nats.errors.Error, OSError)
 buffer is full, or the socket failed. The server redelivers an unacknowledged message after its ack wait."""
 
 
-class DeliveryLimitError(Exception):
-    """A message was delivered past ``max_deliver`` (its last failure could not be dead-lettered, or its
-    handler never returned): it is dead-lettered without running the handler again."""
-
-
 def nak_payload(delay: float) -> bytes:
     """The ``-NAK`` body asking the server to redeliver after ``delay`` seconds."""
     if delay <= 0:

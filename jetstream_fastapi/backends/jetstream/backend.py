@@ -16,7 +16,7 @@ from nats.js.api import ConsumerInfo, StreamConfig
 from nats.js.manager import JetStreamManager
 
 from ...clock import Clock, MonotonicClock
-from ...core.exclusive import GROUP, require_priority_groups
+from ...core.exclusive import GROUP
 from ...core.options import StreamPolicy
 from ...core.subjects import DEFAULT_INBOX_PREFIX, DEFAULT_MAX_CONTROL_LINE, check_inbox_prefix
 from ...driver import PubAck
@@ -221,9 +221,6 @@ class JetStreamBackend:
 
     async def consume(self, spec: ConsumerSpec, process: Process) -> JetStreamConsumer:
         nc, jsm, _, _ = self._require()
-        if spec.exclusive:
-            version = nc.connected_server_version
-            require_priority_groups((version.major, version.minor, version.patch))
         config = consumer_config(
             spec.name, spec.subject, spec.settings, durable=spec.durable, max_deliver=spec.store_max_deliver
         )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Unpack
 
 from nats.aio.client import Client as NATS
 
 from ...core.broker import BaseBroker
-from ...core.options import BROKER_OPTIONS, FrontSettings
+from ...core.options import BROKER_OPTIONS, BrokerOptions, FrontSettings
 from ...core.redaction import redact_url
-from ...core.subscription import Subscription
 from ...errors import UnknownOptionError
 from .backend import JetStreamBackend
 from .inspection import Inspector
@@ -20,6 +19,7 @@ from .inspection import Inspector
 CONNECT_OPTIONS = frozenset(inspect.signature(NATS.connect).parameters) - {
     "self",
     "servers",
+    "connect_timeout",  # a broker option (BrokerOptions)
     "error_cb",
     "disconnected_cb",
     "reconnected_cb",
@@ -31,13 +31,13 @@ class JetStreamBroker(BaseBroker):
     """Publishes with PubAck and consumes with pull workers on a NATS JetStream server.
 
     ``connect()``/``disconnect()`` are explicit and idempotent (or use ``async with``); the broker options
-    (:class:`~jetstream_fastapi.core.options.BrokerOptions`, the README's option table) are the defaults
-    of every ``subscribe``. Any other keyword must be a ``nats.connect`` option (``user_credentials``,
-    ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ``name``, ...) and goes to it unchanged; an
-    unknown one raises :class:`~jetstream_fastapi.UnknownOptionError` at once. Secrets never appear in
-    logs, ``repr`` or errors::
+    (:class:`~jetstream_fastapi.core.options.BrokerOptions`, the same as :class:`~jetstream_fastapi.InMemoryBroker`'s)
+    are the defaults of every ``subscribe``. ``connect_options`` go to ``nats.connect`` unchanged
+    (``user_credentials``, ``tls``, ``token``, ``user``, ``password``, ``nkeys_seed``, ``name``, ...); they may
+    also be given as keywords of their own (untyped: a type checker flags them). An unknown name raises
+    :class:`~jetstream_fastapi.UnknownOptionError` at once. Secrets never appear in logs, ``repr`` or errors::
 
-        broker = JetStreamBroker("nats://localhost:4222", batch_size=10, fetch_wait=5.0)
+        broker = JetStreamBroker("nats://localhost:4222", batch_size=10, connect_options={"name": "orders"})
         async with broker:
             ack = await broker.publish("orders.created", b"{}")
     """
@@ -46,17 +46,20 @@ class JetStreamBroker(BaseBroker):
         self,
         servers: str | Sequence[str] = "nats://localhost:4222",
         *,
-        connect_timeout: float = 5.0,
-        **options: Any,
+        connect_options: Mapping[str, Any] | None = None,
+        **options: Unpack[BrokerOptions],
     ) -> None:
-        broker_options = {name: value for name, value in options.items() if name in BROKER_OPTIONS}
-        connect_options = {name: value for name, value in options.items() if name not in BROKER_OPTIONS}
-        for name in connect_options:
+        given: dict[str, Any] = dict(options)
+        broker_options = {name: value for name, value in given.items() if name in BROKER_OPTIONS}
+        # nats.connect options given as keywords of their own (as before connect_options existed).
+        connect = {name: value for name, value in given.items() if name not in BROKER_OPTIONS}
+        connect.update(connect_options or {})
+        for name in connect:
             if name not in CONNECT_OPTIONS:
                 raise UnknownOptionError("JetStreamBroker()", name, BROKER_OPTIONS | CONNECT_OPTIONS)
         settings = FrontSettings.from_options(broker_options, "JetStreamBroker()")
         backend = JetStreamBackend(
-            servers, connect_timeout=connect_timeout, connect_options=connect_options, streams=settings.streams
+            servers, connect_timeout=settings.connect_timeout, connect_options=connect, streams=settings.streams
         )
         super().__init__(backend, settings)
         self.servers = backend.servers
@@ -71,7 +74,3 @@ class JetStreamBroker(BaseBroker):
         state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
         servers = [redact_url(url) for url in self.servers]
         return f"JetStreamBroker(servers={servers!r}, state={state!r}, subscriptions={len(self._subscriptions)})"
-
-
-JetStreamSubscription = Subscription
-"""A subscription of a :class:`JetStreamBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""

@@ -4,24 +4,24 @@ Built on nats-py's core ``subscribe``/``publish`` in the way nats.go's ``Consume
 ``fetch()`` (which stalls, mixes error types and hangs ``drain``; see the project notes):
 
 * one inbox subscription receives messages and status replies for every pull request;
-* pull requests ask for at most the free handler slots (:class:`~jetstream_fastapi.flow.Slots`); a new
+* pull requests ask for at most the free handler slots (:class:`~.flow.Slots`); a new
   one is sent as soon as a quarter of a batch of slots is free (a sixty-fourth when handlers take over a
   millisecond); each expires after ``fetch_wait``, with idle heartbeats every ``fetch_wait / 2``;
 * a pull request that follows an ack rides on it (``+NXT``, "ack and request next"): one message instead
   of two, and the server applies that ack, and every ack before it, before it serves the request, so the
   consumer's ack-pending count on the server stays within the concurrency (a separate request could be
   served while acks sent before it still wait in the server's queue);
-* messages run on :class:`~jetstream_fastapi.lanes.Lanes`: at most ``concurrency`` long-lived tasks, not
+* messages run on :class:`~.lanes.Lanes`: at most ``concurrency`` long-lived tasks, not
   a task per message;
 * a watchdog resets and re-pulls after two missed heartbeats, sends "in progress" for handlers running
   past half the ack wait, and re-pulls after a reconnect;
-* a 503 "no responders" or a 409 "Consumer Deleted" starts a check (:mod:`~jetstream_fastapi.recovery`):
+* a 503 "no responders" or a 409 "Consumer Deleted" starts a check (:mod:`~.recovery`):
   the consumer is recreated only if the server says it is gone, and acks that may have been lost to a
   server restart are resent once it answers (after a reconnect too);
 * with a priority ``group`` (``exclusive=True``), pulls carry the group and the pin id, and the pin is
   renewed and given up as :mod:`~jetstream_fastapi.backends.jetstream.pinning` says;
 * a message whose dead letter cannot be stored is held, kept "in progress", until it can
-  (:mod:`~jetstream_fastapi.terminating`).
+  (:mod:`~jetstream_fastapi.core.processing`).
 
 The fate of each message is decided by the broker's front (the ``process`` it is given).
 """

@@ -1,18 +1,19 @@
-"""The memory backend, and :class:`InMemoryBroker`: the very same broker front, without a server, for tests.
+"""The memory backend: what :class:`~jetstream_fastapi.InMemoryBroker` (:mod:`.broker`, the very same broker
+front as :class:`~jetstream_fastapi.JetStreamBroker`'s) stores and delivers, without a server, for tests.
 
-The front (:class:`~jetstream_fastapi.core.broker.BaseBroker`) is the one :class:`JetStreamBroker` runs:
-argument checks, msg ids, size checks, the dead-letter policy and the fate of each message are the same
-code. What this backend keeps in memory follows what a JetStream server does: streams with increasing
-sequences, ``msg_id`` dedupe within a duplicate window, durable queues (one member per message, resumed
-after resubscribing), ephemeral consumers (every subscriber sees every new message), fan-out across
-queues, nak → redelivery after its delay with a rising attempt number, ``max_deliver``, wildcards.
+Argument checks, msg ids, size checks, the dead-letter policy and the fate of each message are the
+front's code, the same for both brokers. What this backend keeps in memory follows what a JetStream
+server does: streams with increasing sequences, ``msg_id`` dedupe within a duplicate window, durable
+queues (one member per message, resumed after resubscribing), ephemeral consumers (every subscriber sees
+every new message), fan-out across queues, nak → redelivery after its delay with a rising attempt
+number, ``max_deliver``, wildcards.
 
 It also models what a test needs to see and a real server shows only with effort: ack-wait expiry
 (an unanswered message comes back with the next attempt; a long handler keeps its message with
 in-progress, as the JetStream worker does), ``max_ack_pending`` across members, all on a clock a test can
 advance without sleeping (``clock=ManualClock()``, :mod:`~jetstream_fastapi.clock`); and fault injection
-(``broker.faults``, :mod:`~jetstream_fastapi.faults`): redeliver an acked message, fail publishes, lose
-acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.memory_consumer`.
+(``broker.faults``, :mod:`~jetstream_fastapi.backends.memory.faults`): redeliver an acked message, fail publishes, lose
+acks, drop and restore the connection. The consumers live in :mod:`~jetstream_fastapi.backends.memory.consumers`.
 Imports nothing from ``nats``.
 """
 
@@ -23,13 +24,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Unpack
 
 from ...clock import Clock, MonotonicClock
-from ...core.broker import BaseBroker
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
-from ...core.options import BrokerOptions, FrontSettings, StreamPolicy
+from ...core.options import StreamPolicy
 from ...core.subjects import (
     DEFAULT_INBOX_PREFIX,
     DEFAULT_MAX_CONTROL_LINE,
@@ -38,7 +37,6 @@ from ...core.subjects import (
     subject_matches,
     subjects_overlap,
 )
-from ...core.subscription import Subscription
 from ...driver import MSG_ID_HEADER, Message, PubAck
 from ...errors import (
     ConsumerConfigError,
@@ -55,67 +53,8 @@ from .consumers import MemoryConsumer, MemoryMember
 from .faults import Faults
 from .recurring import hold, is_recurring
 
-_DEFAULT_MAX_PAYLOAD = 1024 * 1024
-
-
-class InMemoryBroker(BaseBroker):
-    """The broker front over memory: the same contract, options and errors as :class:`JetStreamBroker`.
-
-    Besides the broker options: ``duplicate_window`` (seconds a ``msg_id`` is remembered, 120 as on a
-    server), ``max_payload`` (bytes, headers included, 1 MiB as on a server), ``max_control_line`` (bytes of
-    a protocol line, 4096 as on a server: bounds subjects), ``inbox_prefix`` (of request reply addresses,
-    ``"_INBOX"`` as nats-py) and ``clock`` (default: real monotonic time) that drives every timer,
-    ``server_version`` (a ``(major, minor, patch)`` to behave as, for testing the feature checks; default:
-    every feature). ``faults`` injects network and server faults::
-
-        broker = InMemoryBroker(backoff=Backoff(initial=0.01))
-        async with broker:
-            await broker.subscribe("orders.created", handle, queue="order-processor")
-            await broker.publish("orders.created", b"{}")
-            await broker.wait_until_idle()
-    """
-
-    def __init__(
-        self,
-        *,
-        duplicate_window: float = 120.0,
-        max_payload: int = _DEFAULT_MAX_PAYLOAD,
-        max_control_line: int = DEFAULT_MAX_CONTROL_LINE,
-        inbox_prefix: str = DEFAULT_INBOX_PREFIX,
-        clock: Clock | None = None,
-        server_version: tuple[int, int, int] | None = None,
-        **options: Unpack[BrokerOptions],
-    ) -> None:
-        settings = FrontSettings.from_options(options, "InMemoryBroker()")
-        backend = MemoryBackend(
-            settings.streams,
-            duplicate_window=duplicate_window,
-            max_payload=max_payload,
-            max_control_line=max_control_line,
-            inbox_prefix=inbox_prefix,
-            clock=clock,
-            server_version=server_version,
-        )
-        super().__init__(backend, settings)
-        self._memory = backend
-        self.clock: Clock = backend.clock
-        """The clock of every timer (nak delays, ack wait, in-progress, duplicate window)."""
-        self.faults: Faults = backend.faults
-        """Fault injection: see :class:`~jetstream_fastapi.faults.Faults`."""
-
-    def idle(self) -> bool:
-        """Whether nothing is running, nothing is waiting for redelivery, and no subscribed consumer has
-        messages waiting (what :meth:`wait_until_idle` waits for)."""
-        return self._memory.idle()
-
-    def __repr__(self) -> str:
-        state = "disconnected" if not self._opened else ("connected" if self.is_connected else "reconnecting")
-        streams = {name: len(stream.messages) for name, stream in self._memory.streams.items()}
-        return f"InMemoryBroker(state={state!r}, streams={streams}, subscriptions={len(self._subscriptions)})"
-
-
-InMemorySubscription = Subscription
-"""A subscription of an :class:`InMemoryBroker` (the one :class:`~jetstream_fastapi.core.broker.Subscription`)."""
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""nats-server's default ``max_payload``, the memory backend's too."""
 
 
 @dataclass(slots=True)
@@ -156,7 +95,7 @@ class MemoryBackend:
         streams: StreamPolicy,
         *,
         duplicate_window: float = 120.0,
-        max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_control_line: int = DEFAULT_MAX_CONTROL_LINE,
         inbox_prefix: str = DEFAULT_INBOX_PREFIX,
         clock: Clock | None = None,

@@ -184,7 +184,7 @@ class MemoryConsumer:
 
     def send(self, action: Action | None, seq: int, delay: float = 0.0) -> None:
         """A member answers for message ``seq`` (``None``: in progress), through the broker's connection,
-        which may lose it (:meth:`Faults.lose_acks`) or hold it until it is restored."""
+        which may lose it (:meth:`~.faults.Faults.lose_acks`) or hold it until it is restored."""
         self.backend.faults._transmit(lambda: self._receive(action, seq, delay), ack=action is Action.ACK)
 
     def _receive(self, action: Action | None, seq: int, delay: float) -> None:
