@@ -288,7 +288,7 @@ async def test_the_rows_the_page_calls_optional_are_not_needed(start_server: Any
     orders = StreamConfig(name="ORDERS", subjects=["orders.>"])
     async with JetStreamBroker(server.url, user=ADMIN, password=ADMIN_PASSWORD, streams=[orders]):
         pass  # operations create the stream
-    broker = app_brokers(server, streams=[orders], auto_provision=False, dead_letters=False)
+    broker = app_brokers(server, streams=[orders], auto_provision=False, dead_letter=False)
     await broker.connect()
     seen = Seen()
 
