@@ -363,9 +363,16 @@ class DeadLetterAdmin(Protocol):
     """The management plane of dead letters: inspect, replay, purge."""
 
     async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+        self,
+        limit: int = 100,
+        *,
+        stream: str | None = None,
+        consumer: str | None = None,
+        after: int | None = None,
     ) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given)."""
+        """The oldest ``limit`` dead letters (of the original ``stream`` and ``consumer`` when given) with a
+        sequence above ``after`` (a cursor: the last ``seq`` of the page before; ``None``: from the first);
+        at most ``limit`` are read from the store."""
         ...
 
     async def dead_letter(self, seq: int) -> DeadLetter:
@@ -373,7 +380,8 @@ class DeadLetterAdmin(Protocol):
         ...
 
     async def replay_dead_letter(self, seq: int) -> PubAck:
-        """Publish dead letter ``seq`` again to its original subject and remove it; ``LookupError`` if none."""
+        """Publish dead letter ``seq`` again to its original subject, for its consumer only, and remove it
+        (kept when the server answers ``duplicate``: the PubAck says so); ``LookupError`` if none."""
         ...
 
     async def purge_dead_letters(

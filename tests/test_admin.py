@@ -91,7 +91,7 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         await broker.publish(ORDERS_CREATED, poison)  # not an Order: dead-lettered with its validation error
         await bury(broker, json.dumps(ORDER).encode())
         await broker.wait_until_idle()
-        letters = (await client.get(f"{API}/dead-letters")).json()
+        letters = (await client.get(f"{API}/dead-letters")).json()["letters"]
         assert len(letters) == 2
         invalid, buried = sorted(letters, key=lambda d: d["error"] != "the database was down")[::-1]
         assert invalid["error_type"] == "Reject"
@@ -105,7 +105,7 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         assert buried["headers"]["X-Trace"] == "t-1"
 
         filtered = await client.get(f"{API}/dead-letters", params={"consumer": ORDER_PROCESSOR, "stream": "ORDERS"})
-        assert len(filtered.json()) == 2
+        assert len(filtered.json()["letters"]) == 2
 
         replayed = await client.post(f"{API}/dead-letters/{buried['seq']}/replay")
         assert replayed.status_code == 200
@@ -118,7 +118,7 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         assert "confirm=true" in refused.json()["detail"]
         purged = await client.post(f"{API}/dead-letters/purge", json={"confirm": True, "seqs": [invalid["seq"]]})
         assert purged.json() == {"purged": 1, "more": False}
-        assert (await client.get(f"{API}/dead-letters")).json() == []
+        assert (await client.get(f"{API}/dead-letters")).json() == {"letters": [], "next": None}
 
 
 async def test_bad_input_is_a_4xx_with_a_reason(broker: Any) -> None:
@@ -142,7 +142,7 @@ async def test_replay_whose_stream_is_gone_is_409(jetstream_broker: JetStreamBro
     app = create_app(jetstream_broker)
     async with serve(app) as client:
         await bury(jetstream_broker, b"{}", stream="GONE")
-        [letter] = (await client.get(f"{API}/dead-letters")).json()
+        [letter] = (await client.get(f"{API}/dead-letters")).json()["letters"]
         response = await client.post(f"{API}/dead-letters/{letter['seq']}/replay")
         assert response.status_code == 409
         assert "stream 'GONE', which no longer exists" in response.json()["detail"]
@@ -165,3 +165,58 @@ async def test_a_server_that_does_not_answer_is_503_not_500() -> None:
         response = await client.get(f"{API}/dead-letters")
         assert response.status_code == 503
         assert "jetstream_lifespan" in response.json()["detail"]
+
+
+async def test_dead_letters_are_listed_a_page_at_a_time(broker: Any) -> None:
+    app = create_app(broker)
+    async with serve(app) as client:
+        for n in range(5):
+            await bury(broker, json.dumps({**ORDER, "id": f"o-{n}"}).encode())
+        seqs, after, answers = [], None, []
+        while True:
+            params: dict[str, Any] = {"limit": 2} if after is None else {"limit": 2, "after": after}
+            answer = (await client.get(f"{API}/dead-letters", params=params)).json()
+            answers.append(answer)
+            seqs += [d["seq"] for d in answer["letters"]]
+            after = answer["next"]
+            if after is None:
+                break
+        assert [len(a["letters"]) for a in answers] == [2, 2, 1]
+        assert [a["next"] for a in answers] == [seqs[1], seqs[3], None]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 5
+        assert (await client.get(f"{API}/dead-letters", params={"after": -1})).status_code == 422
+        end = (await client.get(f"{API}/dead-letters", params={"after": seqs[-1]})).json()
+        assert end == {"letters": [], "next": None}
+
+
+async def test_a_refused_replay_is_422_with_its_reason_and_the_letter_stays(broker: Any) -> None:
+    app = create_app(broker)
+    async with serve(app) as client:
+        headers = {ORIGINAL_SUBJECT: "$JS.API.STREAM.DELETE.ORDERS", ORIGINAL_STREAM: "ORDERS"}
+        headers |= {ORIGINAL_SEQUENCE: "1", CONSUMER: ORDER_PROCESSOR}
+        await broker.publish(dead_letter_subject("ORDERS", ORDER_PROCESSOR), b"{}", headers=headers)
+        headers = {ORIGINAL_SUBJECT: ORDERS_CREATED, ORIGINAL_STREAM: "ORDERS", CONSUMER: ORDER_PROCESSOR}
+        await broker.publish(dead_letter_subject("ORDERS", ORDER_PROCESSOR), b"{}", headers=headers)  # no sequence
+        foreign, malformed = (await client.get(f"{API}/dead-letters")).json()["letters"]
+        assert (foreign["malformed"], foreign["partial"]) == (None, False)
+        assert "Dlq-Original-Sequence is missing" in malformed["malformed"]
+        for letter, reason in ((foreign, "is not one messages are published to"), (malformed, "it is malformed")):
+            response = await client.post(f"{API}/dead-letters/{letter['seq']}/replay")
+            assert response.status_code == 422, response.text
+            assert f"dead letter {letter['seq']} cannot be replayed" in response.json()["detail"]
+            assert reason in response.json()["detail"]
+            assert (await client.get(f"{API}/dead-letters/{letter['seq']}")).status_code == 200  # kept
+
+
+async def test_a_duplicate_replay_keeps_the_letter_and_says_so(broker: Any) -> None:
+    app = create_app(broker)
+    async with serve(app) as client:
+        await bury(broker, json.dumps(ORDER).encode())
+        [letter] = (await client.get(f"{API}/dead-letters")).json()["letters"]
+        # Something stored the replay's msg id before (a replay whose letter deletion was lost, say).
+        replay_id = (await broker.dead_letter(letter["seq"])).replay_msg_id
+        await broker.publish(ORDERS_CREATED, json.dumps({**ORDER, "id": "o-2"}).encode(), msg_id=replay_id)
+        answer = await client.post(f"{API}/dead-letters/{letter['seq']}/replay")
+        assert answer.status_code == 200
+        assert answer.json() | {"seq": 0} == {"stream": "ORDERS", "seq": 0, "duplicate": True, "kept": True}
+        assert (await client.get(f"{API}/dead-letters/{letter['seq']}")).status_code == 200

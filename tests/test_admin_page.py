@@ -14,6 +14,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -97,7 +98,7 @@ def test_another_site_can_neither_frame_the_page_nor_replay(fresh_server: NatsSe
         with sync_playwright() as playwright:
             _check_hostile_site(playwright, base)
         # Nothing was replayed or purged.
-        assert len(httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()) == 2
+        assert len(httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]) == 2
 
 
 @contextlib.contextmanager
@@ -130,7 +131,7 @@ def hostile_site(html: str) -> Iterator[str]:
 
 def _check_hostile_site(playwright: Any, base: str) -> None:
     """A page on another site frames the admin page, posts a form to it and fetches it."""
-    seqs = [d["seq"] for d in httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()]
+    seqs = [d["seq"] for d in httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]]
     replay = f"{base}/admin/jetstream/api/dead-letters/{seqs[0]}/replay"
     evil = f"""<!doctype html><title>evil</title>
 <iframe id="framed" src="{base}/admin/jetstream"></iframe>
@@ -237,3 +238,83 @@ def _check_page(playwright: Any, base: str) -> None:
         assert background == "rgb(250, 251, 252)"  # the inline style applied
     finally:
         browser.close()
+
+
+async def _letters_replay_refuses(url: str) -> dict[str, int]:
+    """Four dead letters of the example app's consumer: malformed, partial, foreign (a subject no stream
+    captures for it) and one whose replay was stored before (a duplicate); their sequences by name."""
+    from jetstream_fastapi.core.deadletters import (
+        CONSUMER,
+        ORIGINAL_SEQUENCE,
+        ORIGINAL_SIZE,
+        ORIGINAL_STREAM,
+        ORIGINAL_SUBJECT,
+        TRUNCATED,
+        dead_letter_subject,
+    )
+
+    subject = dead_letter_subject("ORDERS", ORDER_PROCESSOR)
+    whole = {ORIGINAL_SUBJECT: ORDERS_CREATED, ORIGINAL_STREAM: "ORDERS", ORIGINAL_SEQUENCE: "1"}
+    whole[CONSUMER] = ORDER_PROCESSOR
+    order = json.dumps({"id": "o-dup", "item": "lamp", "quantity": 1}).encode()
+    planted = {
+        "malformed": (b"{}", {**whole, ORIGINAL_SEQUENCE: "many"}),
+        "partial": (b"{", {**whole, TRUNCATED: "body", ORIGINAL_SIZE: "9000"}),
+        "foreign": (b"{}", {**whole, ORIGINAL_SUBJECT: "$JS.API.STREAM.DELETE.ORDERS"}),
+        "duplicate": (order, whole),
+    }
+    async with JetStreamBroker(url) as broker:
+        seqs = {
+            name: (await broker.publish(subject, body, headers=headers)).seq
+            for name, (body, headers) in planted.items()
+        }
+        letter = await broker.dead_letter(seqs["duplicate"])
+        await broker.publish(ORDERS_CREATED, order, msg_id=letter.replay_msg_id)  # its replay, stored before
+    return seqs
+
+
+def test_refused_and_duplicate_replays_and_flagged_letters_on_the_page(fresh_server: NatsServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with served(fresh_server.url) as base:
+        seqs = asyncio.run(_letters_replay_refuses(fresh_server.url))
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on("dialog", lambda dialog: dialog.accept())
+                page.goto(f"{base}/admin/jetstream?limit=3")  # a page of 3: the fourth is on the next page
+                rows = page.locator("#dead-letters tbody tr")
+                expect(rows).to_have_count(3)
+
+                def row(name: str) -> Any:
+                    return page.locator(f'#dead-letters tbody tr[data-seq="{seqs[name]}"]')
+
+                # Flags, and no replay for what replay refuses anyway.
+                expect(row("malformed").locator(".flag")).to_have_text("malformed")
+                malformed = row("malformed").locator(".flag")
+                expect(malformed).to_have_attribute("title", re.compile("Dlq-Original-Sequence"))
+                expect(row("malformed").locator("button.replay")).to_be_disabled()
+                expect(row("partial").locator(".flag")).to_have_text("partial")
+                expect(row("partial").locator("button.replay")).to_be_disabled()
+                expect(row("foreign").locator(".flag")).to_have_count(0)
+
+                # A refused replay: its own status (422) and the reason; the letter stays.
+                row("foreign").locator("button.replay").click()
+                status = page.locator("#status")
+                expect(status).to_contain_text("Replay failed: 422")
+                expect(status).to_contain_text("is not one messages are published to")
+                expect(row("foreign")).to_have_count(1)
+
+                # The next page has the fourth; a replay answered duplicate says the letter was kept.
+                page.locator("#next-page").click()
+                expect(rows).to_have_count(1)
+                row("duplicate").locator("button.replay").click()
+                expect(status).to_contain_text("kept (duplicate)")
+                expect(row("duplicate")).to_have_count(1)
+                page.locator("#first-page").click()
+                expect(rows).to_have_count(3)
+            finally:
+                browser.close()
+        letters = httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]
+        assert sorted(d["seq"] for d in letters) == sorted(seqs.values())  # nothing replayed, nothing lost

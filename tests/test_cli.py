@@ -197,7 +197,9 @@ async def test_replay_of_a_dead_letter_whose_stream_is_gone(
     await admin.delete_stream(ack.stream)
     result = await asyncio.to_thread(lambda: cli(None, "dead-letters", "replay", str(letter.seq), env=_env(broker)))
     assert result.returncode == 1
-    assert f"came from stream '{ack.stream}', which no longer exists" in result.stderr
+    assert f"skipped {letter.seq}: " in result.stdout  # the letter is kept, and the reason said
+    assert f"came from stream '{ack.stream}', which no longer exists" in result.stdout
+    assert "1 dead letter skipped" in result.stderr
     purge = await asyncio.to_thread(
         lambda: cli(None, "dead-letters", "purge", "--all", "--stream", ack.stream, "--yes", env=_env(broker))
     )
@@ -294,3 +296,82 @@ def test_a_server_that_does_not_answer(fresh_server: NatsServer) -> None:
     assert f"could not connect to NATS at {fresh_server.url}" in result.stderr
     assert result.stderr.count("\n") == 1
     assert ok(cli(None, "--server", fresh_server.url, "--json", "streams")) == []
+
+
+async def _plant(broker: JetStreamBroker, prefix: str, stream: str, **changes: str) -> int:
+    """A dead letter of ``<prefix>.orders`` for consumer ``dl``, with header ``changes`` (``""`` removes one)."""
+    from jetstream_fastapi.core.deadletters import CONSUMER, ORIGINAL_SEQUENCE, ORIGINAL_STREAM, ORIGINAL_SUBJECT
+
+    headers = {ORIGINAL_SUBJECT: f"{prefix}.orders", ORIGINAL_STREAM: stream, ORIGINAL_SEQUENCE: "1", CONSUMER: "dl"}
+    headers = {k: v for k, v in {**headers, **changes}.items() if v}
+    return (await broker.publish(f"deadletter.{stream}.dl", b"planted", headers=headers)).seq
+
+
+async def test_replay_skips_refused_letters_says_why_and_fails(js: JetStreamBroker, prefix: str) -> None:
+    broker = js
+    handler = Healing()
+    await broker.subscribe(f"{prefix}.orders", handler, queue="dl")
+    bodies = [b"first", b"second", b"third"]
+    for body in bodies:
+        ack = await broker.publish(f"{prefix}.orders", body)
+    await broker.wait_until_idle()
+    stream, env = ack.stream, _env(broker)
+    good = [d.seq for d in await broker.list_dead_letters(10, stream=stream)]
+    malformed = await _plant(broker, prefix, stream, **{"Dlq-Original-Sequence": "many"})
+    partial = await _plant(broker, prefix, stream, **{"Dlq-Truncated": "body", "Dlq-Original-Size": "9000"})
+    foreign = await _plant(broker, prefix, stream, **{"Dlq-Original-Subject": "$JS.API.STREAM.DELETE.VICTIM"})
+    last = await _plant(broker, prefix, stream)  # a good one after the refused ones
+    # The replay of the first good letter was stored before (a replay whose deletion was lost, say).
+    duplicate = good[0]
+    handler.healed = True
+    await broker.publish(f"{prefix}.orders", b"first", msg_id=(await broker.dead_letter(duplicate)).replay_msg_id)
+    await handler.wait_for(1)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(None, *args, env=env)
+
+    every = ("dead-letters", "replay", "--all", "--stream", stream, "--yes")
+    result = await asyncio.to_thread(lambda: run("--json", *every))
+    assert result.returncode == 1, result.stderr
+    outcomes = {r["seq"]: r for r in json.loads(result.stdout)}
+    assert list(outcomes) == [*good, malformed, partial, foreign, last]  # every one, in order: none stopped it
+    assert outcomes[duplicate] | {"stream_seq": 0} == {
+        "seq": duplicate,
+        "outcome": "kept",
+        "stream": stream,
+        "stream_seq": 0,
+        "duplicate": True,
+        "reason": "replayed before (duplicate): nothing stored, the letter is kept",
+    }
+    assert [outcomes[s]["outcome"] for s in (*good[1:], last)] == ["replayed"] * 3
+    for seq, why in ((malformed, "it is malformed"), (partial, "it is truncated"), (foreign, "is not one messages")):
+        assert outcomes[seq]["outcome"] == "skipped" and outcomes[seq]["stream_seq"] is None
+        assert why in outcomes[seq]["reason"] and f"dead letter {seq} cannot be replayed" in outcomes[seq]["reason"]
+    assert "3 dead letters skipped" in result.stderr
+    await handler.wait_for(4)
+    assert sorted(handler.handled) == sorted([b"first", b"second", b"third", b"planted"])
+    left = [d.seq for d in await broker.list_dead_letters(10, stream=stream)]
+    assert left == [duplicate, malformed, partial, foreign]  # kept: the duplicate and the skipped ones
+
+    # As text: one line each, the duplicate "kept (duplicate)", the reasons; and `replay N` of a refused one.
+    text = await asyncio.to_thread(lambda: run(*every))
+    assert text.returncode == 1
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"kept (duplicate) {duplicate}")
+    assert lines[1].startswith(f"skipped {malformed}: dead letter {malformed} cannot be replayed: it is malformed")
+    assert len(lines) == 4
+    single = await asyncio.to_thread(lambda: run("dead-letters", "replay", str(partial)))
+    assert single.returncode == 1
+    assert f"skipped {partial}: dead letter {partial} cannot be replayed: it is truncated" in single.stdout
+    assert "1 dead letter skipped" in single.stderr
+    # --after passes what was skipped; a list page says where the next one starts.
+    after = await asyncio.to_thread(lambda: run("--json", *every, "--after", str(foreign)))
+    assert (after.returncode, json.loads(after.stdout)) == (0, [])
+    page = await asyncio.to_thread(lambda: run("--json", "dead-letters", "list", "--stream", stream, "-n", "2"))
+    assert [d["seq"] for d in json.loads(page.stdout)] == [duplicate, malformed]
+    assert f"--after {malformed}" in page.stderr
+    rest = await asyncio.to_thread(
+        lambda: run("--json", "dead-letters", "list", "--stream", stream, "-n", "2", "--after", str(malformed))
+    )
+    assert [d["seq"] for d in json.loads(rest.stdout)] == [partial, foreign]
+    await broker.purge_dead_letters(stream=stream)

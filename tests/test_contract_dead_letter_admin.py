@@ -78,3 +78,37 @@ async def test_replay_refuses_a_dead_letter_whose_stream_is_gone(
     with pytest.raises(Exception, match="not found"):
         await admin.stream_info(stream)
     await broker.purge_dead_letters([letter.seq])
+
+
+async def test_dead_letters_are_listed_a_page_at_a_time(
+    make_broker: BrokerFactory, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = await make_broker()
+    stream = await _dead_letters(broker, prefix, {"a": 3, "b": 2})
+    every = await broker.list_dead_letters(10_000, stream=stream)
+    assert len(every) == 5
+    reads = 0
+    read = broker._backend.read
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(broker._backend, "read", counted)
+    pages, after = [], None
+    while True:
+        page = await broker.list_dead_letters(2, stream=stream, after=after)
+        pages.append([d.seq for d in page])
+        if len(page) < 2:
+            break
+        after = page[-1].seq
+    assert pages == [[d.seq for d in every[:2]], [d.seq for d in every[2:4]], [every[4].seq]]
+    assert reads <= 2 + 2 + 2  # at most `limit` letters read per page (the last one finds the end)
+    only_a = await broker.list_dead_letters(2, stream=stream, consumer=f"{prefix}-a", after=every[0].seq)
+    later_a = [d.seq for d in every[1:] if d.consumer == f"{prefix}-a"]
+    assert [d.seq for d in only_a] == later_a[:2]
+    assert await broker.list_dead_letters(2, stream=stream, after=every[4].seq) == []
+    for bad in (-1, "3", True, 1.5):
+        with pytest.raises(InvalidArgumentError, match="after must be"):
+            await broker.list_dead_letters(2, after=bad)

@@ -21,7 +21,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI, Header, HTTPException
 
-from jetstream_fastapi import Broker, InMemoryBroker, admin_router
+from jetstream_fastapi import Broker, InMemoryBroker, Message, admin_router
 from jetstream_fastapi.core.deadletters import (
     CONSUMER,
     DEAD_LETTER_PREFIX,
@@ -63,6 +63,10 @@ async def plant(broker: Broker, body: bytes = b"{}", **extra: str) -> None:
     await broker.publish(dead_letter_subject("ORDERS", "processor"), body, headers=headers)
 
 
+async def _ignore(message: Message) -> None:
+    return None
+
+
 def admin_app(broker: Broker, **options: Any) -> FastAPI:
     app = FastAPI()
     app.include_router(admin_router(broker=broker, **options))
@@ -73,15 +77,9 @@ def admin_app(broker: Broker, **options: Any) -> FastAPI:
 async def memory() -> AsyncIterator[InMemoryBroker]:
     broker = InMemoryBroker()
     async with broker:
-        # A replay needs the letter's stream and its consumer: ORDERS, provisioned by the first publish, and
-        # the durable "processor", which handles (and ignores) what is replayed.
-        await broker.publish("orders.created", b"x")
-        await broker.subscribe("orders.created", _ignore, queue="processor", deliver_policy="new")
+        await broker.publish("orders.created", b"x")  # provisions ORDERS, which a replay needs
+        await broker.subscribe("orders.created", _ignore, queue="processor")  # and the letters' consumer
         yield broker
-
-
-async def _ignore(message: object) -> None:
-    """The planted letters' consumer: what it receives does not matter here."""
 
 
 # -- CSRF --------------------------------------------------------------------------------------------------
@@ -217,7 +215,7 @@ async def test_lists_carry_previews_and_are_bounded(memory: InMemoryBroker) -> N
     body = "é".encode() * 40_000  # two bytes a character: the cut must not split one
     await plant(memory, body, **{"X-Long": "v" * 5000})
     async with serve(admin_app(memory, insecure=True)) as client:
-        [letter] = (await client.get(f"{API}/dead-letters")).json()
+        [letter] = (await client.get(f"{API}/dead-letters")).json()["letters"]
         assert letter["truncated"] is True
         assert letter["body_size"] == len(body)
         assert len(letter["body"].encode()) <= PREVIEW
@@ -302,6 +300,8 @@ async def test_cli_escapes_what_a_planted_dead_letter_says(fresh_server: NatsSer
     refused = await asyncio.to_thread(cli, None, "dead-letters", "replay", str(ack.seq), env=env)
     assert refused.returncode == 1
     _visible(refused.stderr)
+    _visible(refused.stdout)  # the skipped letter's reason quotes its subject: escaped
+    assert f"skipped {ack.seq}: " in refused.stdout and "\\x1b]0;pwned" in refused.stdout
 
 
 async def test_cli_replay_of_every_letter_is_bounded_per_call(fresh_server: NatsServer) -> None:
@@ -310,7 +310,7 @@ async def test_cli_replay_of_every_letter_is_bounded_per_call(fresh_server: Nats
         js = nc.jetstream()
         await js.add_stream(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
         await js.add_stream(name="ORDERS", subjects=["orders.>"])
-        await js.add_consumer("ORDERS", durable_name="processor", filter_subject="orders.created")  # replay checks it
+        await js.add_consumer("ORDERS", durable_name="processor")  # a replay reaches the letter's consumer only
         for sequence in range(1, 4):
             headers = {ORIGINAL_SUBJECT: "orders.created", ORIGINAL_STREAM: "ORDERS", CONSUMER: "processor"}
             headers[ORIGINAL_SEQUENCE] = str(sequence)

@@ -22,7 +22,15 @@ from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.manager import JetStreamManager
 
-from jetstream_fastapi import DeadLetterReplayError, JetStreamBroker, Message, NoStreamError, Reject
+from jetstream_fastapi import (
+    DeadLetterReplayError,
+    InMemoryBroker,
+    JetStreamBroker,
+    Message,
+    NoStreamError,
+    Reject,
+)
+from jetstream_fastapi.clock import ManualClock
 from jetstream_fastapi.core.deadletters import DEAD_LETTER_STREAM, REPLAY_CONSUMER
 from jetstream_fastapi.integration.health import check_readiness
 from jetstream_fastapi.server import NatsServer
@@ -302,6 +310,40 @@ async def test_dead_letter_limits_are_options(fresh_server: NatsServer) -> None:
         assert (config.max_age, config.max_bytes) == (3600, 10_000_000)
     finally:
         await broker.disconnect()
+
+
+async def test_the_memory_dead_letter_stream_keeps_the_same_limits_on_its_clock(prefix: str) -> None:
+    # A flood of poison must not fill memory either: age and bytes, the oldest discarded, as on a server.
+    clock = ManualClock()
+    broker = InMemoryBroker(clock=clock, dead_letter_max_age=3600, dead_letter_max_bytes=4096, max_deliver=1)
+    async with broker:
+        await broker.subscribe(f"{prefix}.in", _poison, queue="q")
+        await broker.publish(f"{prefix}.in", b"old")
+        await broker.wait_until_idle()
+        await clock.advance(1800)
+        await broker.publish(f"{prefix}.in", b"newer")
+        await broker.wait_until_idle()
+        assert [d.body for d in await broker.list_dead_letters()] == [b"old", b"newer"]
+        await clock.advance(1800)  # the first is an hour old: gone
+        assert [d.body for d in await broker.list_dead_letters()] == [b"newer"]
+        # Bytes: each letter is about 1 KiB; past 4 KiB the oldest go first, the newest always stays.
+        for n in range(8):
+            await broker.publish(f"{prefix}.in", b"%d" % n + b"x" * 800)
+            await broker.wait_until_idle()
+        kept = [d.body[:1] for d in await broker.list_dead_letters()]
+        assert kept and len(kept) < 5 and kept == [b"%d" % n for n in range(8 - len(kept), 8)]
+        await clock.advance(3600)
+        assert await broker.list_dead_letters() == []
+        # Recreated (a test deleting it) with the same limits.
+        del broker._memory.streams[DEAD_LETTER_STREAM]
+        await broker.publish(f"{prefix}.in", b"again")
+        await broker.wait_until_idle()
+        await clock.advance(3600)
+        assert await broker.list_dead_letters() == []
+
+
+async def _poison(message: Message) -> None:
+    raise Reject("poison")
 
 
 # -- case 4: replay trusts nothing in the letter -----------------------------------------------------

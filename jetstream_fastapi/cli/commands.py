@@ -190,20 +190,31 @@ def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--stream", help="Only those from this original stream.")(func)
 
 
+_after = click.option(
+    "--after", type=click.IntRange(min=0), help="Only dead letters with a sequence above this one (a page's start)."
+)
+
+
 @dead_letters.command("list")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=100, show_default=True)
+@_after
 @_filters
 @pass_context
-def list_letters(ctx: Context, limit: int, stream: str | None, consumer: str | None) -> None:
-    """The oldest dead letters, with why they died."""
+def list_letters(ctx: Context, limit: int, after: int | None, stream: str | None, consumer: str | None) -> None:
+    """The oldest dead letters (after --after), with why they died."""
+    from ..core.dead_letter_ops import next_cursor
 
     async def work(broker: JetStreamBroker) -> list[Any]:
-        return await broker.list_dead_letters(limit, stream=stream, consumer=consumer)
+        return await broker.list_dead_letters(limit, stream=stream, consumer=consumer, after=after)
 
-    letters = [letter.as_dict() for letter in ctx.run(work)]
+    found = ctx.run(work)
+    letters = [letter.as_dict() for letter in found]
     emit(
         ctx.as_json, letters, lambda: table(dead_letter_rows(letters), ["seq", "subject", "consumer", "error", "body"])
     )
+    following = next_cursor(found, limit)
+    if following is not None:
+        click.echo(f"more dead letters may follow: the next page is --after {following}", err=True)
 
 
 @dead_letters.command("show")
@@ -258,13 +269,27 @@ def _selection(seqs: Sequence[int], every: bool, stream: str | None, consumer: s
     show_default=True,
     help="With --all: the most dead letters (the oldest) this call replays.",
 )
+@_after
 @pass_context
 def replay(
-    ctx: Context, seqs: tuple[int, ...], every: bool, stream: str | None, consumer: str | None, yes: bool, limit: int
+    ctx: Context,
+    seqs: tuple[int, ...],
+    every: bool,
+    stream: str | None,
+    consumer: str | None,
+    yes: bool,
+    limit: int,
+    after: int | None,
 ) -> None:
-    """Publish dead letters SEQS (or --all, --limit at a time) again to their original subjects, and remove
-    them."""
+    """Publish dead letters SEQS (or --all after --after, --limit at a time) again to their original
+    subjects, and remove them.
+
+    A letter replay refuses (malformed, truncated, a subject its stream does not capture, its stream or
+    consumer gone) is skipped with the reason, and the others go on; one the server answers ``duplicate``
+    (replayed before) is kept. Exit status 1 if any was skipped."""
     _selection(seqs, every, stream, consumer)
+    if after is not None and not every:
+        raise click.UsageError("--after selects with --all")
     if every:
         which = " of ".join(filter(None, ["every dead letter", consumer and f"consumer {consumer}", stream]))
         _confirm(yes, f"Replay {which} (the oldest {limit})?")
@@ -272,26 +297,52 @@ def replay(
 
     async def work(broker: JetStreamBroker) -> list[dict[str, Any]]:
         nonlocal more
-        targets = list(seqs)
         if every:  # one more than asked: whether some remain
-            targets = [d.seq for d in await broker.list_dead_letters(limit + 1, stream=stream, consumer=consumer)]
-            more, targets = len(targets) > limit, targets[:limit]
-        for seq in targets:
-            await broker.dead_letter(seq)  # every one exists before the first is replayed
-        done = []
-        for seq in targets:
-            ack = await broker.replay_dead_letter(seq)
-            done.append({"seq": seq, "stream": ack.stream, "stream_seq": ack.seq, "duplicate": ack.duplicate})
-        return done
+            letters = await broker.list_dead_letters(limit + 1, stream=stream, consumer=consumer, after=after)
+            more, letters = len(letters) > limit, letters[:limit]
+        else:
+            letters = [await broker.dead_letter(seq) for seq in seqs]  # every one exists before the first is replayed
+        return [await _replay_one(broker, letter) for letter in letters]
 
     done = ctx.run(work)
+    skipped = [d for d in done if d["outcome"] == "skipped"]
     if more:
-        click.echo(f"more dead letters remain (--limit {limit}): run the command again", err=True)
-    emit(
-        ctx.as_json,
-        done,
-        lambda: "\n".join(printable(f"replayed {d['seq']} as {d['stream']} #{d['stream_seq']}") for d in done),
-    )
+        hint = f" with --after {done[-1]['seq']} to pass the skipped ones" if skipped else ""
+        click.echo(f"more dead letters remain (--limit {limit}): run the command again{hint}", err=True)
+    emit(ctx.as_json, done, lambda: "\n".join(_replay_line(d) for d in done))
+    if skipped:
+        count = f"{len(skipped)} dead letter{'s' * (len(skipped) != 1)}"
+        click.echo(f"{count} skipped (kept): {', '.join(str(d['seq']) for d in skipped)}", err=True)
+        sys.exit(1)
+
+
+async def _replay_one(broker: JetStreamBroker, letter: Any) -> dict[str, Any]:
+    """Replay ``letter`` (a :class:`~jetstream_fastapi.core.deadletters.DeadLetter`): what became of it, as
+    fields (``outcome`` ``replayed``, ``kept`` or ``skipped``, and the ``reason``)."""
+    from ..errors import DeadLetterNotFoundError, DeadLetterReplayError, NoStreamError
+
+    row: dict[str, Any] = {"seq": letter.seq, "outcome": "replayed", "stream": None, "stream_seq": None}
+    row |= {"duplicate": False, "reason": None}
+    try:
+        ack = await broker.replay_dead_letter(letter.seq)
+    except (DeadLetterReplayError, NoStreamError, DeadLetterNotFoundError) as error:
+        # Malformed and partial letters are refused here too (DeadLetterReplayError), nothing published.
+        return row | {"outcome": "skipped", "reason": str(error)}
+    row |= {"stream": ack.stream, "stream_seq": ack.seq, "duplicate": ack.duplicate}
+    if ack.duplicate:
+        row |= {"outcome": "kept", "reason": "replayed before (duplicate): nothing stored, the letter is kept"}
+    return row
+
+
+def _replay_line(done: dict[str, Any]) -> str:
+    seq, where = done["seq"], f"{done['stream']} #{done['stream_seq']}"
+    if done["outcome"] == "skipped":
+        line = f"skipped {seq}: {done['reason']}"
+    elif done["outcome"] == "kept":
+        line = f"kept (duplicate) {seq}: replayed before as {where}, nothing stored again"
+    else:
+        line = f"replayed {seq} as {where}"
+    return printable(line)
 
 
 @dead_letters.command()

@@ -38,10 +38,27 @@ def read_letter(stored: Stored) -> DeadLetter:
     return DeadLetter.from_stored(stored.seq, stored.body, stored.headers, stored.time, subject=stored.subject)
 
 
-async def scan(backend: Backend, limit: int, subject: str) -> list[DeadLetter]:
-    """The oldest ``limit`` dead letters on ``subject`` (a filter)."""
+def check_after(after: object) -> int:
+    """The sequence a listing starts after: ``after`` (``None``: from the start) if a non-negative integer,
+    else :class:`InvalidArgumentError`."""
+    if after is None:
+        return 0
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise InvalidArgumentError(f"after must be a non-negative integer (a dead letter's seq), got {after!r}")
+    return after
+
+
+def next_cursor(letters: list[DeadLetter], limit: int) -> int | None:
+    """The ``after`` of the page that follows ``letters`` (a page of at most ``limit``): the last one's
+    sequence when the page is full (more may follow), ``None`` when it is the last page."""
+    return letters[-1].seq if letters and len(letters) >= limit else None
+
+
+async def scan(backend: Backend, limit: int, subject: str, after: int = 0) -> list[DeadLetter]:
+    """The oldest ``limit`` dead letters on ``subject`` (a filter) with a sequence above ``after``: one read
+    per letter, each the next one the stream holds on the filter, so at most ``limit`` letters are read."""
     letters: list[DeadLetter] = []
-    seq = 1
+    seq = after + 1
     while len(letters) < limit:
         stored = await backend.read(DEAD_LETTER_STREAM, seq, subject=subject, next=True)
         if stored is None:

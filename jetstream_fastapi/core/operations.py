@@ -14,7 +14,7 @@ from datetime import datetime
 from ..backends.base import ConsumerState
 from ..driver import Message, PubAck
 from ..errors import InvalidArgumentError, JetStreamError
-from .dead_letter_ops import check_seq, fetch, letter_filter, purge, replay_target, scan
+from .dead_letter_ops import check_after, check_seq, fetch, letter_filter, purge, replay_target, scan
 from .deadletters import DEAD_LETTER_STREAM, DeadLetter, dead_letter_headers, dead_letter_subject
 from .front import Front
 from .pausing import consumer_of, pause_until
@@ -68,15 +68,28 @@ class Operations(Front):
         logger.info("resumed consumer %s on stream %s", queue, target[0])
 
     async def list_dead_letters(
-        self, limit: int = 100, *, stream: str | None = None, consumer: str | None = None
+        self,
+        limit: int = 100,
+        *,
+        stream: str | None = None,
+        consumer: str | None = None,
+        after: int | None = None,
     ) -> list[DeadLetter]:
         """The oldest ``limit`` messages in the dead-letter stream, with why they died; only those from the
-        original ``stream`` and terminated by ``consumer`` when given."""
+        original ``stream`` and terminated by ``consumer`` when given, and only those with a sequence above
+        ``after`` (a cursor: the last ``seq`` of the page before). At most ``limit`` letters are read from
+        the server::
+
+            page = await broker.list_dead_letters(50)
+            while len(page) == 50:
+                page = await broker.list_dead_letters(50, after=page[-1].seq)
+        """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        start = check_after(after)
         subject = letter_filter(stream, consumer)
         self._require()
-        return await self._below(scan(self._backend, limit, subject))
+        return await self._below(scan(self._backend, limit, subject, start))
 
     async def dead_letter(self, seq: int) -> DeadLetter:
         """Dead letter ``seq``; :class:`DeadLetterNotFoundError` if there is none."""

@@ -9,8 +9,10 @@ One HTML page (no build step, no CDN, no external request) at ``GET /admin/jetst
 endpoints under ``/admin/jetstream/api``. The router refuses to be created without a decision about
 authentication: the page replays and deletes messages. Every text from a message is put in the page as
 text (``textContent``), never as HTML. Bad input is a 4xx with a reason (``{"detail": ...}``): an unknown
-sequence 404, a replay whose original stream is gone 409, a purge without ``confirm`` 400; a server that
-does not answer 503. Never a 500.
+sequence 404, a letter replay refuses (malformed, truncated, a subject its stream does not capture, its
+consumer gone: :class:`~jetstream_fastapi.errors.DeadLetterReplayError`) 422, a replay whose original
+stream is gone 409, a purge without ``confirm`` 400; a server that does not answer 503. Never a 500. A
+replay the server answers ``duplicate`` (stored before) keeps the letter: ``{"duplicate": true, "kept": true}``.
 
 What a hostile web page cannot do with the operator's browser:
 
@@ -25,8 +27,9 @@ What a hostile web page cannot do with the operator's browser:
 
 Lists are bounded (``limit`` up to :data:`MAX_LIMIT`) and show previews (:data:`PREVIEW` bytes of a body,
 :data:`HEADER_PREVIEW` characters of a header value, flagged ``truncated`` with the full ``body_size``);
-``GET .../dead-letters/{seq}`` has the whole letter. Purging every dead letter deletes at most ``limit``
-per call and says whether ``more`` remain.
+``GET .../dead-letters/{seq}`` has the whole letter. A list answers ``{"letters": [...], "next": seq}``:
+the next page is ``?after=<next>`` (``next`` is ``null`` on the last page). Purging every dead letter
+deletes at most ``limit`` per call and says whether ``more`` remain.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from ..core.dead_letter_ops import next_cursor
 from ..core.deadletters import DeadLetter, DeadLetterAdmin
 from ..driver import Broker
 from ..errors import (
     ConnectError,
     DeadLetterNotFoundError,
+    DeadLetterReplayError,
     InvalidArgumentError,
     JetStreamError,
     NoStreamError,
@@ -184,11 +189,13 @@ def admin_router(
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
         stream: str | None = None,
         consumer: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """The oldest ``limit`` dead letters, bodies and header values cut to a preview."""
+        after: int | None = Query(None, ge=0),
+    ) -> dict[str, Any]:
+        """The oldest ``limit`` dead letters with a sequence above ``after``, bodies and header values cut to a
+        preview; ``next`` is the ``after`` of the following page (``null`` on the last one)."""
         found = letters_of(request)
-        letters = await _call(found.list_dead_letters(limit, stream=stream, consumer=consumer))
-        return [_preview(letter) for letter in letters]
+        letters = await _call(found.list_dead_letters(limit, stream=stream, consumer=consumer, after=after))
+        return {"letters": [_preview(letter) for letter in letters], "next": next_cursor(letters, limit)}
 
     @router.get("/api/dead-letters/{seq}")
     async def show_dead_letter(request: Request, seq: int) -> dict[str, Any]:
@@ -199,7 +206,8 @@ def admin_router(
     async def replay_dead_letter(request: Request, seq: int) -> dict[str, Any]:
         """Publish dead letter ``seq`` again to its original subject, and remove it."""
         ack = await _call(letters_of(request).replay_dead_letter(seq))
-        return {"stream": ack.stream, "seq": ack.seq, "duplicate": ack.duplicate}
+        # A duplicate: this replay was stored before, nothing new was, and the letter is kept.
+        return {"stream": ack.stream, "seq": ack.seq, "duplicate": ack.duplicate, "kept": ack.duplicate}
 
     @router.post("/api/dead-letters/purge")
     async def purge_dead_letters(request: Request, body: PurgeRequest) -> dict[str, Any]:
@@ -325,6 +333,10 @@ async def _call(call: Awaitable[T]) -> T:
         return await call
     except DeadLetterNotFoundError as error:
         raise HTTPException(404, str(error)) from None
+    except DeadLetterReplayError as error:
+        # The letter itself is the problem (malformed, truncated, a subject its stream does not capture):
+        # asking again changes nothing, unlike a 409.
+        raise HTTPException(422, str(error)) from None
     except NoStreamError as error:
         raise HTTPException(409, str(error)) from None
     except InvalidArgumentError as error:

@@ -37,6 +37,31 @@ def decode(msg: Msg) -> Message:
     return Message(msg.data, msg.headers or {}, msg.subject, delivery)
 
 
+def ack_prefix(stream: str, consumer: str) -> str:
+    """The start of every v1 ack subject of ``consumer`` of ``stream`` (``$JS.ACK.<stream>.<consumer>.``)."""
+    return f"$JS.ACK.{stream}.{consumer}."
+
+
+def is_ack_of(reply: str, stream: str, consumer: str) -> bool:
+    """Whether ``reply`` is an ack subject of a message ``consumer`` of ``stream`` delivered: the v1 form
+    (``$JS.ACK.<stream>.<consumer>.``, 9 tokens in all) or the v2 form of nats-server 2.16
+    (``$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.``, 11 tokens or more).
+
+    A message on a worker's inbox whose reply is anything else is no delivery of its consumer: someone
+    published it there (or made another consumer deliver there), and settling it would ack, nak or
+    terminate a message of someone else, or publish to a subject of the sender's choosing."""
+    if not reply.startswith("$JS.ACK."):
+        return False
+    tokens = reply.count(".") + 1
+    if tokens != 9 and tokens < 11:
+        return False
+    try:
+        fields = reply_fields(reply)  # stream, consumer, and the delivery count and sequence as numbers
+    except ValueError:  # a number token that is not one
+        return False
+    return fields.get("stream") == stream and fields.get("consumer") == consumer
+
+
 def reply_fields(reply: str) -> dict[str, object]:
     """The log-record fields of a message known by its ``$JS.ACK`` reply subject (as the front's records have)."""
     tokens = reply.split(".")

@@ -44,7 +44,7 @@ from nats.aio.subscription import Subscription
 from ...core.handling import ACKED, Action, ConsumerSettings, is_handler_failure
 from ...core.redaction import redact
 from ..base import Process
-from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, decode, nak_payload, reply_fields, where
+from .acks import ACK, IN_PROGRESS, NAK, SEND_ERRORS, ack_prefix, decode, is_ack_of, nak_payload, reply_fields, where
 from .conditions import is_schedule
 from .flow import Slots
 from .lanes import Lanes
@@ -57,6 +57,8 @@ _MAX_HEARTBEAT = 30.0
 _KEEP_ACKS = 10_000
 """At most this many acks are remembered per worker for a resend after a reconnect or a check (about 1 MB)."""
 _ACKS_PER_SLOT = 64
+FORGED_LOG_EVERY = 1000
+"""A forged delivery is logged at WARNING once per this many (the first included): counted, not a flood."""
 
 
 def acks_to_keep(settings: ConsumerSettings) -> int:
@@ -104,6 +106,7 @@ class PullWorker:
         self._settings = settings
         self._ensure_consumer = ensure_consumer
         self._pull_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._ack_prefix = ack_prefix(stream, consumer)  # what a delivery's reply starts with (v1)
         self._heartbeat = min(settings.fetch_wait / 2, _MAX_HEARTBEAT)
         self._slots = Slots(settings.concurrency, settings.batch_size)
         self._requests: dict[int, bytes] = {}
@@ -125,7 +128,8 @@ class PullWorker:
         Sending: ``pull_failed``, ``settle_failed``, ``give_back_failed``, ``in_progress_failed``;
         status replies: ``pull_refused``, ``pin_lost`` (exclusive: another instance holds the pin),
         ``no_responders``, ``consumer_deleted``, ``forged_status`` (a 503 naming an ack subject of another
-        consumer: ignored); recovery: ``check_retried``, ``recreated``,
+        consumer: ignored), ``forged_delivery`` (a message on the inbox whose reply is no ack subject of
+        this consumer: dropped); recovery: ``check_retried``, ``recreated``,
         ``recreate_failed``, ``acks_resent``, ``ack_resend_failed``; ``ephemeral_delete_failed``."""
         self._recovery = Recovery(
             nc,
@@ -199,9 +203,16 @@ class PullWorker:
                 return
 
     async def _on_message(self, msg: Msg) -> None:
-        if not msg.reply:
+        reply = msg.reply
+        if not reply:
             self._last_activity = time.monotonic()
             await self._on_status(msg.headers or {})
+        elif not (reply.startswith(self._ack_prefix) and reply.count(".") == 8) and not is_ack_of(
+            reply, self.stream, self.consumer
+        ):
+            # Not a delivery of this consumer (v1 checked by prefix, v2 parsed only then): anyone who can
+            # publish to the inbox sent it. Neither run, nor settle (that would publish to its reply).
+            self._forged(reply)
         elif self.state is WorkerState.RUNNING:
             if self._pin is not None:
                 self._pin.seen(msg.headers)
@@ -213,6 +224,19 @@ class PullWorker:
         else:
             self._slots.delivered()
             await self._give_back(msg)
+
+    def _forged(self, reply: str) -> None:
+        count = self.counters["forged_delivery"] = self.counters["forged_delivery"] + 1
+        if (count - 1) % FORGED_LOG_EVERY == 0:
+            logger.warning(
+                "consumer %s: dropped a forged delivery on its inbox (%d so far): its reply %r is no ack subject "
+                "of stream %s, consumer %s",
+                self.consumer,
+                count,
+                reply[:200],
+                self.stream,
+                self.consumer,
+            )
 
     def _accept(self, msg: Msg) -> None:
         self._last_activity = time.monotonic()

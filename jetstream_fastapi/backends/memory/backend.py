@@ -29,6 +29,7 @@ from ...clock import Clock, MonotonicClock
 from ...core.deadletters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ...core.keyorder import STREAM_SOURCE, key_of, partition_of, partition_transform
 from ...core.options import StreamPolicy
+from ...core.payloads import headers_size
 from ...core.subjects import (
     DEFAULT_INBOX_PREFIX,
     DEFAULT_MAX_CONTROL_LINE,
@@ -82,6 +83,17 @@ class MemoryStream:
     allow_msg_schedules: bool = False
     allow_atomic: bool = False
     sourced: PartitionedStream | None = None  # a key-ordered queue's partitioned stream: what it sources
+    max_age: float | None = None  # seconds a message is kept (the dead-letter stream's limits, as on a server)
+    max_bytes: int | None = None  # most bytes kept: past it the oldest messages are discarded
+    size: int = 0  # bytes of the messages kept, counted where a limit applies
+    first: int = 0  # where the oldest message kept may be in `messages` (the discard of old ones starts there)
+
+
+def stored_size(stored: StoredMessage) -> int:
+    """The bytes a message takes in a stream, as a server's file store counts them against ``max_bytes``:
+    subject, header block and body, and a 30-byte record overhead."""
+    headers = headers_size(stored.headers) if stored.headers else 0
+    return 30 + len(stored.subject) + headers + len(stored.body)
 
 
 class MemoryBackend:
@@ -108,9 +120,8 @@ class MemoryBackend:
                 raise InvalidArgumentError(f"{option} must be a positive integer, got {limit!r}")
         self.inbox_prefix = check_inbox_prefix(inbox_prefix)
         self.max_control_line = max_control_line
-        self.streams: dict[str, MemoryStream] = {
-            DEAD_LETTER_STREAM: MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
-        }
+        self._policy = streams
+        self.streams: dict[str, MemoryStream] = {DEAD_LETTER_STREAM: self._dead_letter_stream()}
         for declared in streams.declared:
             name, subjects = getattr(declared, "name", None), getattr(declared, "subjects", None)
             if not name or not subjects:
@@ -170,7 +181,18 @@ class MemoryBackend:
 
     async def ensure_dead_letter_stream(self) -> None:
         if DEAD_LETTER_STREAM not in self.streams:  # deleted by a test: recreated, as on a server
-            self.streams[DEAD_LETTER_STREAM] = MemoryStream(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"])
+            self.streams[DEAD_LETTER_STREAM] = self._dead_letter_stream()
+
+    def _dead_letter_stream(self) -> MemoryStream:
+        """The dead-letter stream with the limits a server's has: ``dead_letter_max_age`` seconds of the
+        backend's clock, ``dead_letter_max_bytes`` (the oldest discarded past it)."""
+        policy = self._policy
+        return MemoryStream(
+            DEAD_LETTER_STREAM,
+            [f"{DEAD_LETTER_PREFIX}.>"],
+            max_age=policy.dead_letter_max_age,
+            max_bytes=policy.dead_letter_max_bytes,
+        )
 
     async def ensure_partitioned_stream(self, wanted: PartitionedStream) -> PartitionedStream:
         self._require()
@@ -243,9 +265,34 @@ class MemoryBackend:
         """Store a message at the end of ``stream`` and (with ``deliver``) hand it to the consumers on its subject."""
         stored = StoredMessage(len(stream.messages) + 1, subject, body, headers, time.time_ns())
         stream.messages.append(stored)
+        if stream.max_age is not None or stream.max_bytes is not None:
+            self._limit(stream, stored)
         if deliver:
             self.deliver(stream, stored)
         return stored
+
+    def _limit(self, stream: MemoryStream, stored: StoredMessage) -> None:
+        """Apply ``stream``'s limits to a message just stored: it goes after ``max_age`` seconds of the
+        backend's clock, and older messages go (oldest first) while the stream holds over ``max_bytes``;
+        the newest stays, as on a server with the discard-old policy."""
+        stream.size += stored_size(stored)
+        if stream.max_age is not None:
+            self.clock.call_later(stream.max_age, lambda: self._discard(stream, stored))
+        if stream.max_bytes is None:
+            return
+        while stream.size > stream.max_bytes and stream.first < len(stream.messages) - 1:
+            self._discard(stream, stream.messages[stream.first])
+            stream.first += 1
+
+    def _discard(self, stream: MemoryStream, stored: StoredMessage) -> None:
+        """Remove ``stored`` from a stream with limits (past its age, or its room), if still there."""
+        if stored.seq in stream.deleted:
+            return
+        stream.deleted.add(stored.seq)
+        stream.size -= stored_size(stored)
+        for consumer in self.consumers.values():
+            if consumer.stream is stream and stored in consumer.waiting:
+                consumer.waiting.remove(stored)
 
     def deliver(self, stream: MemoryStream, stored: StoredMessage) -> None:
         """Hand a stored message to the consumers of ``stream`` on its subject."""
@@ -357,7 +404,10 @@ class MemoryBackend:
         found = self.streams.get(stream)
         if found is None or not 1 <= seq <= len(found.messages) or seq in found.deleted:
             return False
-        found.deleted.add(seq)
+        if found.max_age is not None or found.max_bytes is not None:
+            self._discard(found, found.messages[seq - 1])  # its bytes no longer count against the limit
+        else:
+            found.deleted.add(seq)
         return True
 
     async def read_last(self, stream: str, subject: str) -> Stored | None:
