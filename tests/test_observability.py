@@ -9,6 +9,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -475,3 +476,54 @@ async def test_a_request_is_traced_as_a_publish_whose_handler_span_is_its_child(
     assert publish.kind is trace.SpanKind.PRODUCER and publish.name == "publish traced.request"
     assert process.parent is not None and process.parent.span_id == publish.context.span_id
     assert process.attributes["messaging.nats.outcome"] == "ack"  # type: ignore[index]
+
+
+async def test_the_outbox_figures_at_scrape_time(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from nats.js.api import StreamConfig
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from jetstream_fastapi.outbox import Outbox
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+    outbox = Outbox(engine, poll_interval=0.5, lease_ttl=2.0)
+    await outbox.create_tables()
+    received = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        received.set()
+
+    broker = InMemoryBroker(auto_provision=False, streams=[StreamConfig(name="SHOP", subjects=["shop.>"])])
+    app = FastAPI(lifespan=jetstream_lifespan(broker, outbox=outbox))
+    app.include_router(metrics_router())
+    async with LifespanManager(app) as manager:
+        await broker.subscribe("shop.>", handler, queue="shop")
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, "nowhere.created", "refused for good", key="a")  # dead-lettered
+            await outbox.publish(session, "shop.created", "stored", key="a")
+        await received.wait()
+
+        async def relayed() -> None:
+            assert (await outbox.stats()).backlog == 0
+
+        await eventually(relayed)  # the row is deleted after its PubAck: the table signals nothing
+        broker.faults.drop_connection()  # what comes next waits in the table
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, "shop.created", "waiting")
+            failing = await outbox.publish(session, "shop.created", "failed")
+        table = outbox.tables.messages
+        async with engine.begin() as connection:  # as a relay leaves a row it could not even dead-letter
+            await connection.execute(update(table).where(table.c.msg_id == failing).values(failed="Boom: no"))
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metrics.test") as client:
+            samples = _samples((await client.get("/metrics")).text)
+        broker.faults.restore_connection()
+    await engine.dispose()
+    labels = {"outbox": "jetstream_outbox"}
+    assert _value(samples, "jetstream_outbox_up", **labels) == 1
+    assert _value(samples, "jetstream_outbox_backlog_messages", **labels) == 1
+    assert _value(samples, "jetstream_outbox_failed_messages", **labels) == 1
+    assert _value(samples, "jetstream_outbox_oldest_age_seconds", **labels) >= 0
+    assert _value(samples, "jetstream_outbox_published_messages_total", **labels) == 1
+    assert _value(samples, "jetstream_outbox_dead_letters_total", **labels) == 1
+    assert _value(samples, "jetstream_outbox_failures_total", **labels) == 0
