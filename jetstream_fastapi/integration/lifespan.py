@@ -101,7 +101,29 @@ def jetstream_lifespan(
         finally:
             await broker.disconnect()
 
+    _lifespan.jetstream_outbox = outbox  # type: ignore[attr-defined]  # for lifespan_outbox (the CLI)
     return _lifespan
+
+
+def lifespan_outbox(lifespan: Any, depth: int = 8) -> Any:
+    """The ``outbox=`` given to the :func:`jetstream_lifespan` that ``lifespan`` is or wraps (FastAPI merges
+    the lifespans of included routers into wrappers, holding the app's in their closure); ``None`` when
+    there is none. Lets the CLI find an app's outbox without running its lifespan."""
+    if lifespan is None or depth < 0:
+        return None
+    found = getattr(lifespan, "jetstream_outbox", None)
+    if found is not None:
+        return found
+    for cell in getattr(lifespan, "__closure__", None) or ():
+        try:
+            inner = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(inner):
+            found = lifespan_outbox(inner, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 async def _stop(subscribers: list[Subscriber]) -> None:
