@@ -165,3 +165,58 @@ async def test_a_server_that_does_not_answer_is_503_not_500() -> None:
         response = await client.get(f"{API}/dead-letters")
         assert response.status_code == 503
         assert "jetstream_lifespan" in response.json()["detail"]
+
+
+async def test_the_outbox_section_lists_rows_that_need_a_look_and_retries_them(tmp_path: Any) -> None:
+    import asyncio
+
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from jetstream_fastapi import InMemoryBroker, Message, jetstream_lifespan
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), poll_interval=0.2, lease_ttl=1)
+    await outbox.create_tables()
+    async with AsyncSession(outbox.engine) as session, session.begin():
+        msg_id = await outbox.publish(session, "shop.created", "the order", key="<b>k</b>")
+    table = outbox.tables.messages
+    async with outbox.engine.begin() as connection:  # as a relay leaves a row it could not even dead-letter
+        await connection.execute(update(table).values(failed="Refused: " + "x" * 1000))
+    broker = InMemoryBroker()
+    arrived = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        arrived.set()
+
+    app = FastAPI(lifespan=jetstream_lifespan(broker, outbox=outbox))
+    app.include_router(admin_router(insecure=True))
+    async with serve(app) as client:
+        await broker.subscribe("shop.created", handler, queue="shop")
+        view = (await client.get(f"{API}/outbox")).json()
+        [row] = view.pop("rows")
+        assert view == {"outbox": "jetstream_outbox", "backlog": 0, "oldest_age": 0.0, "failed": 1, "relay": "running"}
+        assert (row["msg_id"], row["key"], row["attempts"]) == (msg_id, "<b>k</b>", 0)
+        assert row["failed"].startswith("Refused: x") and len(row["failed"]) < 300  # a preview
+        assert (await client.post(f"{API}/outbox/retry", json={})).status_code == 400  # every row: confirm
+        forged = await client.post(f"{API}/outbox/retry", json={"ids": [row["id"]]}, headers={ADMIN_HEADER: ""})
+        assert forged.status_code == 403
+        retried = await client.post(f"{API}/outbox/retry", json={"ids": [row["id"]]})
+        assert retried.json() == {"retried": [row["id"]]}
+        await asyncio.wait_for(arrived.wait(), 10)
+    await outbox.engine.dispose()
+
+    broken = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'app.db'}"))
+    without = FastAPI()
+    without.include_router(admin_router(insecure=True, broker=broker, outbox=broken))
+    async with serve(without) as client:
+        down = await client.get(f"{API}/outbox")
+        assert (down.status_code, down.json()) == (
+            503,
+            {"detail": "the outbox's database does not answer: OperationalError"},
+        )
+    none = FastAPI()
+    none.include_router(admin_router(insecure=True, broker=broker))
+    async with serve(none) as client:
+        assert (await client.get(f"{API}/outbox")).json() == {"outbox": None}
+        assert (await client.post(f"{API}/outbox/retry", json={"ids": [1]})).status_code == 404

@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 
 from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
-from jetstream_fastapi import JetStreamBroker
+from jetstream_fastapi import JetStreamBroker, Message
 from jetstream_fastapi.server import NatsServer
 from tests.test_admin import bury
 
@@ -49,12 +49,12 @@ if not os.path.exists(CHROMIUM):
 
 
 @contextlib.contextmanager
-def served(url: str) -> Iterator[str]:
-    """The example app under uvicorn in a thread, on ``url``'s server; yields the app's base URL."""
+def served(url: str, app: Any = None) -> Iterator[str]:
+    """``app`` (default: the example app on ``url``'s server) under uvicorn in a thread; yields its base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(JetStreamBroker(url))
+    app = app if app is not None else create_app(JetStreamBroker(url))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -237,3 +237,64 @@ def _check_page(playwright: Any, base: str) -> None:
         assert background == "rgb(250, 251, 252)"  # the inline style applied
     finally:
         browser.close()
+
+
+async def _failed_outbox_row(outbox: Any) -> int:
+    """A row as a relay leaves one it could neither publish nor dead-letter, with a hostile key and error."""
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    await outbox.create_tables()
+    async with AsyncSession(outbox.engine) as session, session.begin():
+        await outbox.publish(session, "shop.created", "the order", key=EVIL)
+    table = outbox.tables.messages
+    async with outbox.engine.begin() as connection:
+        await connection.execute(update(table).values(failed=f"Refused: {EVIL}"))
+    [row] = await outbox.stuck()
+    await outbox.engine.dispose()  # the app's loop opens its own connections
+    return int(row.id)
+
+
+def test_the_outbox_section_retries_a_failed_row_by_click(fresh_server: NatsServer, tmp_path: Any) -> None:
+    from fastapi import FastAPI
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from jetstream_fastapi import ConsumerRouter, admin_router, jetstream_lifespan
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), poll_interval=0.2, lease_ttl=1)
+    row_id = asyncio.run(_failed_outbox_row(outbox))
+    published = threading.Event()
+    router = ConsumerRouter()
+
+    @router.handle("shop.created", queue="shop")
+    async def shop(message: Message) -> None:
+        published.set()
+
+    app = FastAPI(lifespan=jetstream_lifespan(JetStreamBroker(fresh_server.url), router, outbox=outbox))
+    app.include_router(admin_router(insecure=True))
+    with served(fresh_server.url, app) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+            page.goto(f"{base}/admin/jetstream")
+            summary = page.locator("#outbox-summary")
+            expect(summary).to_contain_text("Backlog 0")
+            expect(summary).to_contain_text("failed 1")
+            row = page.locator(f"#outbox tbody tr[data-id='{row_id}']")
+            expect(row.locator("td").nth(2)).to_have_text(EVIL)  # the key, as text
+            expect(row.locator("td").nth(5)).to_have_text(f"Refused: {EVIL}")
+            assert page.evaluate("window.pwned") is None
+            assert page.locator("#outbox img").count() == 0
+            assert not published.is_set()
+            row.locator("button.retry").click()
+            expect(page.locator("#status")).to_contain_text("Retried 1 outbox row.")
+            assert dialogs == [f"Publish outbox row {row_id} (shop.created) again?"]
+            assert published.wait(20), "the relay did not publish the retried row"
+            expect(page.locator("#outbox tbody")).to_contain_text("Nothing waits for long.")  # the next refresh
+            expect(summary).to_contain_text("failed 0")
+        finally:
+            browser.close()
