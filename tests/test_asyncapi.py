@@ -212,3 +212,35 @@ def test_a_handler_that_answers_requests_has_a_reply_with_its_return_type() -> N
         "application/octet-stream"
     )
     assert "reply" not in ops["plain"]  # returns None: answers nothing
+
+
+def test_outbox_publications_are_send_operations_marked_with_the_outbox(tmp_path: Path) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), name="shop_outbox")
+    basket_added = outbox.publisher("shop.basket", Basket, description="A basket, after its transaction commits")
+    assert (basket_added.subject, outbox.subjects) == ("shop.basket", ("shop.basket",))  # its window is checked
+    router = ConsumerRouter()
+
+    @router.handle("shop.basket", queue="packer")
+    async def pack(basket: Basket) -> None: ...
+
+    document = asyncapi_document(router, outboxes=[outbox])
+    validate(document)
+    [channel] = document["channels"].values()
+    assert list(channel["messages"]) == ["Basket"]
+    sends = [op for op in document["operations"].values() if op["action"] == "send"]
+    assert sends == [
+        {
+            "action": "send",
+            "channel": {"$ref": "#/channels/shop_basket"},
+            "summary": "publishes to shop.basket through the outbox shop_outbox (after the transaction commits)",
+            "messages": [{"$ref": "#/channels/shop_basket/messages/Basket"}],
+            "description": "A basket, after its transaction commits",
+            "x-jetstream-outbox": {"table": "shop_outbox"},
+        }
+    ]
+    served = asyncapi_router(router, outboxes=[outbox], title="Shop")
+    assert served.routes

@@ -10,7 +10,7 @@ import uuid
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, MetaData
 
     from ..core.broker import BaseBroker
+    from ..integration.publishing import Publication
     from .relay import Relay
+
+P = TypeVar("P")
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -117,6 +120,8 @@ class Outbox:
         self.lease_ttl = float(lease_ttl)
         self.max_attempts = max_attempts
         self.subjects = tuple(check_subject(subject, wildcards=False) for subject in subjects)
+        self.publications: list[Publication[Any]] = []
+        """What the app declared it publishes through this outbox (:meth:`publisher`), for AsyncAPI."""
         self.dialect = engine.dialect.name
         self._relay: Relay | None = None
         self._wake = asyncio.Event()
@@ -127,6 +132,19 @@ class Outbox:
         relay's retry of it (a relay that died after the PubAck, before the delete: its lease runs out, the
         next round takes the row): the streams' duplicate windows must be at least this long."""
         return self.lease_ttl + self.poll_interval
+
+    def publisher(self, subject: str, payload: type[P], *, description: str | None = None) -> Publication[P]:
+        """Declare that the app publishes ``payload`` on ``subject`` through this outbox: the AsyncAPI
+        document (``asyncapi_router(..., outboxes=[outbox])``) lists it as a ``send`` operation marked
+        ``x-jetstream-outbox``, and the relay checks the subject's duplicate window at start. Returns the
+        :class:`~jetstream_fastapi.Publication` (``publication.encode(value)``, ``publication.subject``)."""
+        from ..integration.publishing import Publication
+
+        publication = Publication(subject, payload, description=description)
+        self.publications.append(publication)
+        if subject not in self.subjects:
+            self.subjects += (subject,)
+        return publication
 
     # -- in the app's transaction --------------------------------------------------------------------
 
