@@ -52,8 +52,9 @@ def test_the_validator_rejects_a_broken_document() -> None:
 
 
 def test_example_app_document_lists_its_subjects_and_schemas() -> None:
+    outbox = create_app(InMemoryBroker()).state.outbox  # POST /orders publishes through it
     document = asyncapi_document(
-        consumer_router, title="Orders", version="1.0.0", servers=["nats://u:p@localhost:4222"]
+        consumer_router, outboxes=[outbox], title="Orders", version="1.0.0", servers=["nats://u:p@localhost:4222"]
     )
     validate(document)
     assert document["servers"] == {"nats": {"host": "localhost:4222", "protocol": "nats"}}  # no credentials
@@ -61,6 +62,7 @@ def test_example_app_document_lists_its_subjects_and_schemas() -> None:
     assert channel["address"] == ORDERS_CREATED
     actions = {op["action"]: op for op in document["operations"].values()}
     assert set(actions) == {"send", "receive"}
+    assert actions["send"]["x-jetstream-outbox"] == {"table": "jetstream_outbox"}
     receive = actions["receive"]
     assert receive["bindings"]["nats"]["queue"] == ORDER_PROCESSOR
     assert receive["x-jetstream-consumer"]["durable"] is True

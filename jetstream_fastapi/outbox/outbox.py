@@ -141,10 +141,14 @@ class Outbox:
         from ..integration.publishing import Publication
 
         publication = Publication(subject, payload, description=description)
-        self.publications.append(publication)
-        if subject not in self.subjects:
-            self.subjects += (subject,)
+        self.add_publication(publication)
         return publication
+
+    def add_publication(self, publication: Publication[Any]) -> None:
+        """Declare an existing :class:`~jetstream_fastapi.Publication` as published through this outbox."""
+        self.publications.append(publication)
+        if publication.subject not in self.subjects:
+            self.subjects += (publication.subject,)
 
     # -- in the app's transaction --------------------------------------------------------------------
 
