@@ -23,7 +23,7 @@ test: lint docs
 ## Build the documentation site into site/ (`$(BIN)/mkdocs serve` to read it while writing); --strict fails
 ## on a broken link or an API reference that no longer resolves.
 docs: $(VENV)/.installed
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## Benchmark against raw nats-py (see bench/README.md).
 bench: $(VENV)/.installed

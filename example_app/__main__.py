@@ -4,7 +4,9 @@
 listens. ``ADMIN_TOKEN`` guards the admin page and the dead-letter routes; without it the admin page is
 served only when ``HOST`` is a loopback address, and only to requests addressed to a loopback name.
 With ``NATS_URL`` set it uses that server; otherwise it starts an embedded ``nats-server`` with its store
-in a temporary directory, and stops it after uvicorn exits. SIGTERM and Ctrl-C shut down
+in a temporary directory, and stops it after uvicorn exits. Orders are kept in the SQLite file
+``ORDERS_DB`` (default ``orders.db`` in the working directory): what the outbox has not yet published
+survives a restart. SIGTERM and Ctrl-C shut down
 gracefully (in-flight handlers finish) and exit with status 0. An invalid setting (an ``http://`` URL in
 ``NATS_URL``, say) exits at once with status 1, saying what is wrong.
 """
@@ -61,8 +63,12 @@ def main() -> None:
             nats_url = server.url
             which = f"an embedded nats-server at {nats_url}, store in {server.store_dir} (set NATS_URL to use another)"
         logger.info("orders service on http://%s:%d using %s", host, port, which)
+        database = os.environ.get("ORDERS_DB") or "orders.db"
+        logger.info("orders kept in %s (ORDERS_DB)", os.path.abspath(database))
         try:
-            app = create_app(settings.broker(servers=nats_url), local_admin=listens_on_loopback(host))
+            app = create_app(
+                settings.broker(servers=nats_url), local_admin=listens_on_loopback(host), database=database
+            )
         except ValueError as error:
             raise SystemExit(f"example_app: invalid configuration: {error}") from None
         logger.info("admin page: %s", _admin_mode(host))

@@ -1,7 +1,15 @@
-"""The orders service: an HTTP API that publishes orders and a consumer that processes them.
+"""The orders service: an HTTP API that stores orders and publishes them, a consumer that processes them,
+and a billing consumer that writes each order's invoice exactly once.
 
-Each :func:`create_app` gets its own broker, consumer router and :class:`OrderStore`, so tests can run
-several apps side by side (for example on an :class:`~jetstream_fastapi.InMemoryBroker`)::
+Orders live in a SQLite file (``ORDERS_DB``; by default a file in a temporary directory of the app's own,
+``orders.db`` in the working directory under ``python -m example_app``). ``POST /orders`` stores the order
+and its ``OrderCreated`` event in one transaction (the transactional outbox): the event leaves once the
+transaction committed, even if NATS is down meanwhile, and never for an order that was not stored. The
+billing handler writes the invoice in the same transaction as the inbox's record of the message: a
+redelivery never bills twice.
+
+Each :func:`create_app` gets its own broker, database, outbox and inbox, so tests can run several apps side
+by side (for example on an :class:`~jetstream_fastapi.InMemoryBroker`)::
 
     app = create_app(InMemoryBroker())
 
@@ -21,12 +29,19 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shutil
+import tempfile
+import time
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from starlette.datastructures import State
 
 from jetstream_fastapi import (
@@ -34,9 +49,7 @@ from jetstream_fastapi import (
     BrokerSettings,
     ConsumerRouter,
     DeadLetterAdmin,
-    NotConnectedError,
-    PublishError,
-    PublishTimeoutError,
+    Publication,
     admin_router,
     asyncapi_router,
     get_broker,
@@ -44,11 +57,15 @@ from jetstream_fastapi import (
     jetstream_lifespan,
     metrics_router,
 )
+from jetstream_fastapi.inbox import Inbox
+from jetstream_fastapi.outbox import Outbox
 
 ORDERS_CREATED = "orders.created"
 """The subject new orders are published to."""
 ORDER_PROCESSOR = "order-processor"
 """The queue (durable consumer) shared by every instance that processes orders."""
+BILLING = "billing"
+"""The queue (durable consumer) of the billing handler: one invoice per order, exactly once."""
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 """Where the app connects when ``NATS_URL`` is not set."""
 MAX_BODY_SIZE = 64 * 1024
@@ -70,11 +87,11 @@ class Order(BaseModel):
 
 
 class OrderAccepted(BaseModel):
-    """The answer to ``POST /orders``: where the order was stored on the stream."""
+    """The answer to ``POST /orders``: the order is stored, its event committed with it."""
 
     id: str
-    stream: str
-    seq: int
+    msg_id: str
+    """The ``Nats-Msg-Id`` its ``orders.created`` event carries."""
     duplicate: bool
     """True when the ``Idempotency-Key`` was seen before: the order was not stored again."""
 
@@ -95,44 +112,51 @@ class Health(BaseModel):
     nats: bool
 
 
-@dataclass(slots=True)
-class _Record:
-    status: Status = "pending"
-    attempts: int = 0
+class Invoices(BaseModel):
+    """The answer to ``GET /orders/{id}/invoices``: how many invoices billing wrote (1 once it billed)."""
+
+    order_id: str
+    invoices: int
 
 
-class OrderStore:
-    """What this process knows about orders: accepted (pending) or processed, and delivery counts."""
+metadata = MetaData()
+orders_table = Table(
+    "orders",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("item", String(1024), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    # The msg id of a POST made with an Idempotency-Key: a retry finds its order by it.
+    Column("msg_id", String(64), unique=True, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+invoices_table = Table(
+    "invoices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Not unique on purpose: what keeps a redelivery from billing twice is the inbox, not a constraint.
+    Column("order_id", String(128), nullable=False, index=True),
+    Column("quantity", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
 
-    def __init__(self) -> None:
-        self._records: dict[str, _Record] = {}
 
-    def accept(self, order_id: str) -> None:
-        """Note an order as pending, unless the consumer got to it first."""
-        self._records.setdefault(order_id, _Record())
-
-    def mark_processed(self, order_id: str) -> None:
-        """Note that the consumer handled one delivery of the order."""
-        record = self._records.setdefault(order_id, _Record())
-        record.status = "processed"
-        record.attempts += 1
-
-    def get(self, order_id: str) -> OrderStatus | None:
-        """The order's status, or ``None`` if this process never saw it."""
-        record = self._records.get(order_id)
-        if record is None:
-            return None
-        return OrderStatus(id=order_id, status=record.status, attempts=record.attempts)
+async def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    """FastAPI dependency: the app's session factory (``async``, so FastAPI does not hop to its thread pool)."""
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return sessions
 
 
-async def get_orders(request: Request) -> OrderStore:
-    """FastAPI dependency: the app's :class:`OrderStore` (``async``, so FastAPI does not hop to its thread pool)."""
-    orders: OrderStore = request.app.state.orders
-    return orders
+async def get_outbox(request: Request) -> Outbox:
+    """FastAPI dependency: the app's :class:`~jetstream_fastapi.outbox.Outbox`."""
+    outbox: Outbox = request.app.state.outbox
+    return outbox
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
-OrdersDep = Annotated[OrderStore, Depends(get_orders)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 
 router = APIRouter()
 
@@ -150,39 +174,55 @@ def order_msg_id(order: Order, idempotency_key: str) -> str:
 @router.post("/orders", status_code=202)
 async def create_order(
     order: Order,
-    broker: BrokerDep,
-    orders: OrdersDep,
+    sessions: SessionsDep,
+    outbox: OutboxDep,
     idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY_KEY)] = None,
 ) -> OrderAccepted:
-    """Publish the order to ``orders.created``.
+    """Store the order and its ``orders.created`` event in one transaction; the outbox's relay publishes
+    the event after the commit (NATS down: as soon as it answers again).
 
-    A retry of the same order with the same ``Idempotency-Key`` within the stream's duplicate window (2
-    minutes by default) is not stored again: the answer has the original ``seq`` and ``duplicate: true``.
+    A retry of the same order with the same ``Idempotency-Key`` finds the stored order: the answer is the
+    first one's, with ``duplicate: true``. An order id stored before under another key (or none) is 409.
     """
     msg_id = order_msg_id(order, idempotency_key) if idempotency_key else None
     try:
-        ack = await order_created.publish(broker, order, msg_id=msg_id)
-    except PublishTimeoutError as error:
-        # No PubAck in time, but the message may have reached the stream (it is often stored after all):
-        # only a retry with the same key is deduplicated by the server.
-        detail = "order may have been stored; retry with the same Idempotency-Key"
-        if not idempotency_key:
-            detail += " (this request had none, so a retry may store the order twice)"
-        detail = f"{detail}: {error}"
-        raise HTTPException(status_code=503, detail=detail) from None
-    except (PublishError, NotConnectedError) as error:
-        raise HTTPException(status_code=503, detail=f"order not stored, try again: {error}") from None
-    orders.accept(order.id)
-    return OrderAccepted(id=order.id, stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate)
+        async with sessions() as session, session.begin():
+            if msg_id is not None and await _stored_with(session, msg_id):
+                return OrderAccepted(id=order.id, msg_id=msg_id, duplicate=True)
+            values = {"id": order.id, "item": order.item, "quantity": order.quantity, "msg_id": msg_id}
+            await session.execute(insert(orders_table).values(**values, status="pending", attempts=0))
+            sent = await outbox.publish(session, ORDERS_CREATED, order, key=order.id, msg_id=msg_id)
+    except IntegrityError:
+        # Another request stored this order id first: the same retry running concurrently, or another order.
+        async with sessions() as session:
+            if msg_id is not None and await _stored_with(session, msg_id):
+                return OrderAccepted(id=order.id, msg_id=msg_id, duplicate=True)
+        raise HTTPException(status_code=409, detail=f"order {order.id!r} exists") from None
+    return OrderAccepted(id=order.id, msg_id=sent, duplicate=False)
+
+
+async def _stored_with(session: AsyncSession, msg_id: str) -> bool:
+    found = await session.execute(select(orders_table.c.id).where(orders_table.c.msg_id == msg_id))
+    return found.first() is not None
 
 
 @router.get("/orders/{order_id}")
-async def read_order(order_id: str, orders: OrdersDep) -> OrderStatus:
-    """Whether the order was processed; 404 if this process never saw it."""
-    status = orders.get(order_id)
-    if status is None:
+async def read_order(order_id: str, sessions: SessionsDep) -> OrderStatus:
+    """Whether the order was processed; 404 if it was never stored nor delivered."""
+    async with sessions() as session:
+        row = (await session.execute(select(orders_table).where(orders_table.c.id == order_id))).first()
+    if row is None:
         raise HTTPException(status_code=404, detail=f"order {order_id!r} not found")
-    return status
+    return OrderStatus(id=order_id, status=row.status, attempts=row.attempts)
+
+
+@router.get("/orders/{order_id}/invoices")
+async def read_invoices(order_id: str, sessions: SessionsDep) -> Invoices:
+    """How many invoices billing wrote for the order: 1 once it was billed, never 2."""
+    query = select(func.count()).where(invoices_table.c.order_id == order_id)
+    async with sessions() as session:
+        count = (await session.execute(query)).scalar_one()
+    return Invoices(order_id=order_id, invoices=count)
 
 
 @router.get("/healthz")
@@ -262,28 +302,61 @@ async def replay_dead_letter(seq: int, broker: BrokerDep) -> dict[str, Any]:
     return {"stream": ack.stream, "seq": ack.seq}
 
 
-async def order_store(state: State) -> OrderStore:
-    """Dependency of the consumer: the app's :class:`OrderStore`, from the lifespan state."""
-    orders: OrderStore = state.orders
-    return orders
+async def database(state: State) -> async_sessionmaker[AsyncSession]:
+    """Dependency of the consumers: the app's session factory, from the lifespan state."""
+    sessions: async_sessionmaker[AsyncSession] = state.sessions
+    return sessions
 
 
 consumer_router = ConsumerRouter()
-"""The service's consumers. Stateless: each app binds them to its own broker and lifespan state."""
+"""The order processor. Stateless: each app binds it to its own broker and lifespan state."""
 
-order_created = consumer_router.publisher(ORDERS_CREATED, Order, description="An order accepted by POST /orders")
-"""What ``POST /orders`` publishes (declared, so the AsyncAPI document lists it with its schema)."""
+order_created = Publication(ORDERS_CREATED, Order, description="An order stored by POST /orders, once it committed")
+"""What ``POST /orders`` publishes through the outbox (declared on each app's outbox, so the AsyncAPI
+document lists it with its schema)."""
 
 
 @consumer_router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
-async def process_order(order: Order, orders: Annotated[OrderStore, Depends(order_store)]) -> None:
-    """Process a new order. A body that is not a valid ``Order`` never reaches this function: it is
-    dead-lettered with its validation error, not redelivered."""
-    orders.mark_processed(order.id)
+async def process_order(order: Order, sessions: Annotated[async_sessionmaker[AsyncSession], Depends(database)]) -> None:
+    """Process a new order: mark it processed and count the delivery (at least once: a redelivery counts
+    again). An order that arrives without a POST here (another service, a replay) is stored. A body that
+    is not a valid ``Order`` never reaches this function: it is dead-lettered with its validation error."""
+    async with sessions() as session, session.begin():
+        processed = update(orders_table).where(orders_table.c.id == order.id)
+        result: Any = await session.execute(processed.values(status="processed", attempts=orders_table.c.attempts + 1))
+        if result.rowcount == 0:
+            values = {"id": order.id, "item": order.item, "quantity": order.quantity}
+            await session.execute(insert(orders_table).values(**values, status="processed", attempts=1))
+
+
+def billing_router(inbox: Inbox) -> ConsumerRouter:
+    """The billing consumer of an app's ``inbox``: one invoice per order, exactly once."""
+    router = ConsumerRouter()
+
+    @router.handle(ORDERS_CREATED, queue=BILLING)
+    async def bill(order: Order, session: AsyncSession = Depends(inbox.session)) -> None:
+        """Write the order's invoice. The inbox records the message in this transaction, commits, then
+        acks: a redelivery of a billed order is acked without running this again."""
+        values = {"order_id": order.id, "quantity": order.quantity, "created_at": time.time()}
+        await session.execute(insert(invoices_table).values(**values))
+
+    return router
+
+
+def database_path() -> Path:
+    """Where the orders are kept: ``ORDERS_DB``, or a file in a new temporary directory."""
+    configured = os.environ.get("ORDERS_DB")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.mkdtemp(prefix="orders-")) / "orders.db"
 
 
 def create_app(
-    broker: Broker | None = None, *, admin_token: str | None = None, local_admin: bool | None = None
+    broker: Broker | None = None,
+    *,
+    admin_token: str | None = None,
+    local_admin: bool | None = None,
+    database: str | Path | None = None,
 ) -> FastAPI:
     """The orders service on ``broker``; by default a :class:`~jetstream_fastapi.JetStreamBroker` built from
     the ``NATS_*`` environment variables (:class:`~jetstream_fastapi.BrokerSettings`: ``NATS_URL``,
@@ -292,7 +365,10 @@ def create_app(
     ``admin_token`` (default: ``ADMIN_TOKEN``, at least :data:`MIN_ADMIN_TOKEN` characters) guards the
     admin page and the dead-letter routes. Without one, ``local_admin`` (default: whether ``HOST`` is a
     loopback address, as it is by default) serves the admin page for local use only, and otherwise no
-    admin at all."""
+    admin at all.
+
+    ``database`` is the SQLite file of the orders (default: :func:`database_path`); its tables are created
+    at startup."""
     token = admin_token if admin_token is not None else os.environ.get("ADMIN_TOKEN", "")
     if token and len(token) < MIN_ADMIN_TOKEN:
         raise ValueError(f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters (a random one)")
@@ -301,24 +377,40 @@ def create_app(
     if broker is None:
         settings = BrokerSettings()
         broker = settings.broker() if settings.url else settings.broker(servers=DEFAULT_NATS_URL)
-    orders = OrderStore()
+    path = Path(database) if database is not None else database_path()
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    outbox = Outbox(engine)
+    outbox.add_publication(order_created)
+    inbox = Inbox(sessions)
 
     @contextlib.asynccontextmanager
-    async def store_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        yield {"orders": orders}  # what order_store() reads, in handlers
+    async def database_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+        await outbox.create_tables()
+        await inbox.create_tables()
+        try:
+            yield {"sessions": sessions}  # what database() reads, in handlers
+        finally:
+            await engine.dispose()
 
-    app = FastAPI(
-        title="Orders",
-        lifespan=jetstream_lifespan(broker, consumer_router, lifespan=store_lifespan),
-        max_body_size=MAX_BODY_SIZE,
+    lifespan = jetstream_lifespan(
+        broker, consumer_router, billing_router(inbox), lifespan=database_lifespan, outbox=outbox, inbox=inbox
     )
-    app.state.orders = orders
+    app = FastAPI(title="Orders", lifespan=lifespan, max_body_size=MAX_BODY_SIZE)
+    app.state.sessions = sessions
+    app.state.outbox = outbox
+    if database is None and not os.environ.get("ORDERS_DB"):
+        weakref.finalize(app, shutil.rmtree, path.parent, True)  # the temporary directory goes with the app
     app.include_router(router)
     # GET /health/live (liveness) and GET /health/ready (readiness: NATS, JetStream, the consumer).
     app.include_router(health_router())
     # GET /asyncapi.json and GET /asyncapi: every subject the service consumes and publishes, with schemas.
-    description = "Orders accepted over HTTP and processed from JetStream."
-    app.include_router(asyncapi_router(consumer_router, title="Orders", version="1.0.0", description=description))
+    description = "Orders stored over HTTP, published through the outbox, processed and billed from JetStream."
+    routers = (consumer_router, billing_router(inbox))
+    documented = asyncapi_router(*routers, outboxes=[outbox], title="Orders", version="1.0.0", description=description)
+    app.include_router(documented)
     # GET /admin/jetstream: consumers and dead letters (replay, purge), behind the token; without one, for
     # local use only (insecure=True answers loopback names only), and not at all off loopback.
     if token:

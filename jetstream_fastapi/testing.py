@@ -30,6 +30,7 @@ connected, so an app's lifespan can connect them; call ``await broker.connect()`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -53,9 +54,14 @@ __all__ = ["broker_clock", "jetstream_broker", "memory_broker", "nats_server", "
 KINDS = ("memory", "jetstream")
 
 
-async def wait_until_handled(broker: Broker, timeout: float = 10.0, *, advance: float | None = None) -> None:
+async def wait_until_handled(
+    broker: Broker, timeout: float = 10.0, *, advance: float | None = None, outbox: Any = None
+) -> None:
     """Return once every message published to ``broker`` that is due has been handled to its end (acked,
     or dead-lettered after its retries), without sleeping; ``TimeoutError`` after ``timeout`` seconds.
+
+    With ``outbox`` (a running :class:`jetstream_fastapi.outbox.Outbox`, the app's: ``lifespan_of(app).outbox``),
+    the rows committed so far are published by its relay first, then handled.
 
     A message published with ``delay=``/``at=`` is due at its time, and not waited for before: on a real
     server (or a real clock) the test waits for its time itself. On an :class:`InMemoryBroker` with a
@@ -73,7 +79,21 @@ async def wait_until_handled(broker: Broker, timeout: float = 10.0, *, advance: 
             )
         await broker.wait_until_idle(timeout)  # what is due now first, so that advancing starts from it
         await clock.advance(advance)
+    if outbox is not None:
+        await asyncio.wait_for(_drained(outbox), timeout)
     await broker.wait_until_idle(timeout)
+
+
+async def _drained(outbox: Any) -> None:
+    """Return once ``outbox``'s table holds no row waiting to be published (failed rows wait for an operator,
+    not for the relay). The relay works in its own task on the database: its table is read again after each
+    wake-up, as tests read a server's state."""
+    while (await outbox.stats()).backlog:
+        relay = outbox.relay
+        if relay is None:
+            raise InvalidArgumentError("the outbox's relay is not running: start the app's lifespan first")
+        relay.wake()
+        await asyncio.sleep(0.01)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -81,7 +81,9 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert "textContent" in page.text
 
-        [consumer] = (await client.get(f"{API}/consumers")).json()
+        consumers = (await client.get(f"{API}/consumers")).json()
+        assert sorted(c["consumer"] for c in consumers) == ["billing", ORDER_PROCESSOR]
+        [consumer] = [c for c in consumers if c["consumer"] == ORDER_PROCESSOR]
         names = (consumer["consumer"], consumer["subject"], consumer["stream"])
         assert names == (ORDER_PROCESSOR, ORDERS_CREATED, "ORDERS")
         assert (consumer["pending"], consumer["ack_pending"], consumer["paused"]) == (0, 0, False)
@@ -91,8 +93,10 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         await broker.publish(ORDERS_CREATED, poison)  # not an Order: dead-lettered with its validation error
         await bury(broker, json.dumps(ORDER).encode())
         await broker.wait_until_idle()
-        letters = (await client.get(f"{API}/dead-letters")).json()["letters"]
-        assert len(letters) == 2
+        every = (await client.get(f"{API}/dead-letters")).json()["letters"]
+        assert len(every) == 3  # the invalid order, once per consumer of the subject, and the buried one
+        [billing] = [d for d in every if d["consumer"] == "billing"]
+        letters = [d for d in every if d["consumer"] == ORDER_PROCESSOR]
         invalid, buried = sorted(letters, key=lambda d: d["error"] != "the database was down")[::-1]
         assert invalid["error_type"] == "Reject"
         assert "invalid payload" in invalid["error"]
@@ -118,7 +122,7 @@ async def test_consumers_and_dead_letters(broker: Any) -> None:
         assert "confirm=true" in refused.json()["detail"]
         purged = await client.post(f"{API}/dead-letters/purge", json={"confirm": True, "seqs": [invalid["seq"]]})
         assert purged.json() == {"purged": 1, "more": False}
-        assert (await client.get(f"{API}/dead-letters")).json() == {"letters": [], "next": None}
+        assert [d["seq"] for d in (await client.get(f"{API}/dead-letters")).json()["letters"]] == [billing["seq"]]
 
 
 async def test_bad_input_is_a_4xx_with_a_reason(broker: Any) -> None:
@@ -220,3 +224,58 @@ async def test_a_duplicate_replay_keeps_the_letter_and_says_so(broker: Any) -> N
         assert answer.status_code == 200
         assert answer.json() | {"seq": 0} == {"stream": "ORDERS", "seq": 0, "duplicate": True, "kept": True}
         assert (await client.get(f"{API}/dead-letters/{letter['seq']}")).status_code == 200
+
+
+async def test_the_outbox_section_lists_rows_that_need_a_look_and_retries_them(tmp_path: Any) -> None:
+    import asyncio
+
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from jetstream_fastapi import InMemoryBroker, Message, jetstream_lifespan
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), poll_interval=0.2, lease_ttl=1)
+    await outbox.create_tables()
+    async with AsyncSession(outbox.engine) as session, session.begin():
+        msg_id = await outbox.publish(session, "shop.created", "the order", key="<b>k</b>")
+    table = outbox.tables.messages
+    async with outbox.engine.begin() as connection:  # as a relay leaves a row it could not even dead-letter
+        await connection.execute(update(table).values(failed="Refused: " + "x" * 1000))
+    broker = InMemoryBroker()
+    arrived = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        arrived.set()
+
+    app = FastAPI(lifespan=jetstream_lifespan(broker, outbox=outbox))
+    app.include_router(admin_router(insecure=True))
+    async with serve(app) as client:
+        await broker.subscribe("shop.created", handler, queue="shop")
+        view = (await client.get(f"{API}/outbox")).json()
+        [row] = view.pop("rows")
+        assert view == {"outbox": "jetstream_outbox", "backlog": 0, "oldest_age": 0.0, "failed": 1, "relay": "running"}
+        assert (row["msg_id"], row["key"], row["attempts"]) == (msg_id, "<b>k</b>", 0)
+        assert row["failed"].startswith("Refused: x") and len(row["failed"]) < 300  # a preview
+        assert (await client.post(f"{API}/outbox/retry", json={})).status_code == 400  # every row: confirm
+        forged = await client.post(f"{API}/outbox/retry", json={"ids": [row["id"]]}, headers={ADMIN_HEADER: ""})
+        assert forged.status_code == 403
+        retried = await client.post(f"{API}/outbox/retry", json={"ids": [row["id"]]})
+        assert retried.json() == {"retried": [row["id"]]}
+        await asyncio.wait_for(arrived.wait(), 10)
+    await outbox.engine.dispose()
+
+    broken = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'app.db'}"))
+    without = FastAPI()
+    without.include_router(admin_router(insecure=True, broker=broker, outbox=broken))
+    async with serve(without) as client:
+        down = await client.get(f"{API}/outbox")
+        assert (down.status_code, down.json()) == (
+            503,
+            {"detail": "the outbox's database does not answer: OperationalError"},
+        )
+    none = FastAPI()
+    none.include_router(admin_router(insecure=True, broker=broker))
+    async with serve(none) as client:
+        assert (await client.get(f"{API}/outbox")).json() == {"outbox": None}
+        assert (await client.post(f"{API}/outbox/retry", json={"ids": [1]})).status_code == 404

@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 
 from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
-from jetstream_fastapi import JetStreamBroker
+from jetstream_fastapi import JetStreamBroker, Message
 from jetstream_fastapi.server import NatsServer
 from tests.test_admin import bury
 
@@ -50,12 +50,12 @@ if not os.path.exists(CHROMIUM):
 
 
 @contextlib.contextmanager
-def served(url: str) -> Iterator[str]:
-    """The example app under uvicorn in a thread, on ``url``'s server; yields the app's base URL."""
+def served(url: str, app: Any = None) -> Iterator[str]:
+    """``app`` (default: the example app on ``url``'s server) under uvicorn in a thread; yields its base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(JetStreamBroker(url))
+    app = app if app is not None else create_app(JetStreamBroker(url))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -75,7 +75,7 @@ async def _dead_letters(url: str) -> None:
         await broker.publish(ORDERS_CREATED, EVIL)  # not an Order: the consumer dead-letters it
         await bury(broker, json.dumps({"id": "o-replayed", "item": "lamp", "quantity": 2}).encode())
         for _ in range(300):  # bounded: the consumer runs in the app's thread
-            if len(await broker.list_dead_letters()) == 2:
+            if len(await broker.list_dead_letters()) == 3:  # the invalid one of each consumer, the buried one
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"dead letters: {await broker.list_dead_letters()}")
@@ -98,7 +98,7 @@ def test_another_site_can_neither_frame_the_page_nor_replay(fresh_server: NatsSe
         with sync_playwright() as playwright:
             _check_hostile_site(playwright, base)
         # Nothing was replayed or purged.
-        assert len(httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]) == 2
+        assert len(httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]) == 3
 
 
 @contextlib.contextmanager
@@ -203,13 +203,16 @@ def _check_page(playwright: Any, base: str) -> None:
         posts: list[dict[str, str]] = []
         page.on("request", lambda request: posts.append(request.headers) if request.method == "POST" else None)
         page.goto(f"{base}/admin/jetstream")
-        expect(page.locator("#consumers tbody tr")).to_have_count(1)
-        expect(page.locator("#consumers tbody tr td").nth(1)).to_have_text(ORDER_PROCESSOR)
+        expect(page.locator("#consumers tbody tr")).to_have_count(2)  # the processor and billing
+        expect(page.locator(f"#consumers tbody tr[data-consumer='{ORDER_PROCESSOR}'] td").nth(1)).to_have_text(
+            ORDER_PROCESSOR
+        )
+        expect(page.locator("#outbox-summary")).to_contain_text("Backlog 0")  # the example app's outbox
         rows = page.locator("#dead-letters tbody tr")
-        expect(rows).to_have_count(2)
+        expect(rows).to_have_count(3)
 
         # The untrusted body is shown as text: no script ran, no element was made from it.
-        evil = page.locator("#dead-letters tbody tr", has_text="<script>")
+        evil = page.locator("#dead-letters tbody tr", has_text="<script>").filter(has_text=ORDER_PROCESSOR)
         expect(evil.locator("pre").first).to_have_text(EVIL)
         assert page.evaluate("window.pwned") is None
         assert page.title() == "JetStream admin"
@@ -222,7 +225,7 @@ def _check_page(playwright: Any, base: str) -> None:
         buried.locator("button.replay").click()
         expect(page.locator("#status")).to_contain_text("Replayed dead letter")
         assert dialogs and dialogs[0].startswith("Replay dead letter")
-        expect(rows).to_have_count(1)
+        expect(rows).to_have_count(2)
         deadline = time.monotonic() + 20
         while httpx.get(f"{base}/orders/o-replayed").status_code != 200:  # the consumer processed it
             assert time.monotonic() < deadline, "the replayed order was not processed"
@@ -231,7 +234,7 @@ def _check_page(playwright: Any, base: str) -> None:
 
         evil.locator("button.purge").click()
         expect(page.locator("#status")).to_contain_text("Purged 1 dead letter")
-        expect(page.locator("#dead-letters tbody")).to_contain_text("No dead letters.")
+        expect(rows).to_have_count(1)  # billing's own dead letter of the invalid order
         assert len(posts) == 2 and all(headers.get("x-jetstream-admin") == "1" for headers in posts), posts
         assert refused == []
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -318,3 +321,64 @@ def test_refused_and_duplicate_replays_and_flagged_letters_on_the_page(fresh_ser
                 browser.close()
         letters = httpx.get(f"{base}/admin/jetstream/api/dead-letters").json()["letters"]
         assert sorted(d["seq"] for d in letters) == sorted(seqs.values())  # nothing replayed, nothing lost
+
+
+async def _failed_outbox_row(outbox: Any) -> int:
+    """A row as a relay leaves one it could neither publish nor dead-letter, with a hostile key and error."""
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    await outbox.create_tables()
+    async with AsyncSession(outbox.engine) as session, session.begin():
+        await outbox.publish(session, "shop.created", "the order", key=EVIL)
+    table = outbox.tables.messages
+    async with outbox.engine.begin() as connection:
+        await connection.execute(update(table).values(failed=f"Refused: {EVIL}"))
+    [row] = await outbox.stuck()
+    await outbox.engine.dispose()  # the app's loop opens its own connections
+    return int(row.id)
+
+
+def test_the_outbox_section_retries_a_failed_row_by_click(fresh_server: NatsServer, tmp_path: Any) -> None:
+    from fastapi import FastAPI
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from jetstream_fastapi import ConsumerRouter, admin_router, jetstream_lifespan
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), poll_interval=0.2, lease_ttl=1)
+    row_id = asyncio.run(_failed_outbox_row(outbox))
+    published = threading.Event()
+    router = ConsumerRouter()
+
+    @router.handle("shop.created", queue="shop")
+    async def shop(message: Message) -> None:
+        published.set()
+
+    app = FastAPI(lifespan=jetstream_lifespan(JetStreamBroker(fresh_server.url), router, outbox=outbox))
+    app.include_router(admin_router(insecure=True))
+    with served(fresh_server.url, app) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+            page.goto(f"{base}/admin/jetstream")
+            summary = page.locator("#outbox-summary")
+            expect(summary).to_contain_text("Backlog 0")
+            expect(summary).to_contain_text("failed 1")
+            row = page.locator(f"#outbox tbody tr[data-id='{row_id}']")
+            expect(row.locator("td").nth(2)).to_have_text(EVIL)  # the key, as text
+            expect(row.locator("td").nth(5)).to_have_text(f"Refused: {EVIL}")
+            assert page.evaluate("window.pwned") is None
+            assert page.locator("#outbox img").count() == 0
+            assert not published.is_set()
+            row.locator("button.retry").click()
+            expect(page.locator("#status")).to_contain_text("Retried 1 outbox row.")
+            assert dialogs == [f"Publish outbox row {row_id} (shop.created) again?"]
+            assert published.wait(20), "the relay did not publish the retried row"
+            expect(page.locator("#outbox tbody")).to_contain_text("Nothing waits for long.")  # the next refresh
+            expect(summary).to_contain_text("failed 0")
+        finally:
+            browser.close()

@@ -52,8 +52,9 @@ def test_the_validator_rejects_a_broken_document() -> None:
 
 
 def test_example_app_document_lists_its_subjects_and_schemas() -> None:
+    outbox = create_app(InMemoryBroker()).state.outbox  # POST /orders publishes through it
     document = asyncapi_document(
-        consumer_router, title="Orders", version="1.0.0", servers=["nats://u:p@localhost:4222"]
+        consumer_router, outboxes=[outbox], title="Orders", version="1.0.0", servers=["nats://u:p@localhost:4222"]
     )
     validate(document)
     assert document["servers"] == {"nats": {"host": "localhost:4222", "protocol": "nats"}}  # no credentials
@@ -61,6 +62,7 @@ def test_example_app_document_lists_its_subjects_and_schemas() -> None:
     assert channel["address"] == ORDERS_CREATED
     actions = {op["action"]: op for op in document["operations"].values()}
     assert set(actions) == {"send", "receive"}
+    assert actions["send"]["x-jetstream-outbox"] == {"table": "jetstream_outbox"}
     receive = actions["receive"]
     assert receive["bindings"]["nats"]["queue"] == ORDER_PROCESSOR
     assert receive["x-jetstream-consumer"]["durable"] is True
@@ -234,3 +236,35 @@ def test_the_cli_documents_an_app_built_as_the_readme_shows(tmp_path: Path, monk
     validate(document)
     assert [channel["address"] for channel in document["channels"].values()] == ["orders.created"]
     assert (document["info"]["title"], document["info"]["version"]) == ("Shop", "2.0")
+
+
+def test_outbox_publications_are_send_operations_marked_with_the_outbox(tmp_path: Path) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from jetstream_fastapi.outbox import Outbox
+
+    outbox = Outbox(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), name="shop_outbox")
+    basket_added = outbox.publisher("shop.basket", Basket, description="A basket, after its transaction commits")
+    assert (basket_added.subject, outbox.subjects) == ("shop.basket", ("shop.basket",))  # its window is checked
+    router = ConsumerRouter()
+
+    @router.handle("shop.basket", queue="packer")
+    async def pack(basket: Basket) -> None: ...
+
+    document = asyncapi_document(router, outboxes=[outbox])
+    validate(document)
+    [channel] = document["channels"].values()
+    assert list(channel["messages"]) == ["Basket"]
+    sends = [op for op in document["operations"].values() if op["action"] == "send"]
+    assert sends == [
+        {
+            "action": "send",
+            "channel": {"$ref": "#/channels/shop_basket"},
+            "summary": "publishes to shop.basket through the outbox shop_outbox (after the transaction commits)",
+            "messages": [{"$ref": "#/channels/shop_basket/messages/Basket"}],
+            "description": "A basket, after its transaction commits",
+            "x-jetstream-outbox": {"table": "shop_outbox"},
+        }
+    ]
+    served = asyncapi_router(router, outboxes=[outbox], title="Shop")
+    assert served.routes

@@ -277,7 +277,8 @@ def test_console_script_and_lazy_imports() -> None:
     assert script is not None, "the console script is installed with the package"
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, check=True)
     assert "dead-letters" in result.stdout
-    code = "import sys, jetstream_fastapi.cli; print([m for m in ('nats', 'fastapi', 'pydantic') if m in sys.modules])"
+    modules = "('nats', 'fastapi', 'pydantic', 'sqlalchemy')"
+    code = f"import sys, jetstream_fastapi.cli; print([m for m in {modules} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]"
 

@@ -163,3 +163,14 @@ def test_dockerignore_keeps_the_build_context_small_but_complete() -> None:
     assert ".git" in ignored
     for needed in ("pyproject.toml", "README.md", "LICENSE", "jetstream_fastapi", "example_app"):
         assert needed not in ignored
+
+
+def test_the_orders_database_is_on_a_volume_the_app_user_owns(compose: dict[str, Any]) -> None:
+    app = compose["services"]["app"]
+    database = app["environment"]["ORDERS_DB"]
+    [volume] = app["volumes"]
+    name, mounted_at = volume.split(":")
+    assert name in compose["volumes"]
+    assert database.startswith(mounted_at + "/")  # the orders and the outbox's events survive a restart
+    steps = _instructions()
+    assert any(op == "RUN" and f"chown app {mounted_at}" in args for op, args in steps)

@@ -168,7 +168,10 @@ async def test_example_app_has_the_probes() -> None:
         assert (await client.get("/health/live")).json() == {"status": "ok"}
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
-        assert ready.json()["consumers"] == [running("orders.created", "order-processor")]
+        body = ready.json()
+        consumers = sorted(body["consumers"], key=lambda consumer: consumer["queue"])
+        assert consumers == [running("orders.created", "billing"), running("orders.created", "order-processor")]
+        assert body["outbox"] == {"backlog": 0, "oldest_age": 0.0, "failed": 0, "last_error": None}
         assert (await client.get("/healthz")).json() == {"status": "ok", "nats": True}
 
 

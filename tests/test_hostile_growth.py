@@ -129,7 +129,7 @@ async def test_refused_acks_of_this_consumer_keep_a_bounded_set(
 
 
 def test_the_subjects_a_publish_checked_are_bounded() -> None:
-    preparer = Preparer()
+    preparer = Preparer(max_subject=4000)
     for n in range(_CHECKED_SUBJECTS_LIMIT + 100):
         preparer.prepare(f"orders.{n}", b"x", None, None, max_payload=1 << 20)
     assert len(preparer._checked) <= _CHECKED_SUBJECTS_LIMIT

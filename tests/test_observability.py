@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -22,9 +24,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED, create_app
+from example_app.app import ORDER_PROCESSOR, ORDERS_CREATED
 from jetstream_fastapi import (
     Backoff,
+    Broker,
     ConsumerRouter,
     InMemoryBroker,
     InvalidArgumentError,
@@ -32,6 +35,7 @@ from jetstream_fastapi import (
     Message,
     Reject,
     Retry,
+    get_broker,
     jetstream_lifespan,
     metrics_router,
 )
@@ -137,20 +141,30 @@ def _tree(finished: tuple[ReadableSpan, ...]) -> str:
 async def test_one_trace_from_the_http_request_through_publish_to_the_handler(
     spans: InMemorySpanExporter, fresh_server: NatsServer
 ) -> None:
-    # A server of its own: the example app's durable consumer must not meet other tests' orders.
+    # A server of its own: the durable consumer must not meet other tests' orders. The route publishes
+    # directly (the example app publishes through its outbox, whose relay runs outside the request).
     broker = JetStreamBroker(fresh_server.url, fetch_wait=1.0)
-    app = create_app(broker)
+    router = ConsumerRouter()
+    processed = asyncio.Event()
+
+    @router.handle(ORDERS_CREATED, queue=ORDER_PROCESSOR)
+    async def process_order(order: dict[str, Any]) -> None:
+        processed.set()
+
+    app = FastAPI(lifespan=jetstream_lifespan(broker, router))
+
+    @app.post("/orders", status_code=202)
+    async def create_order(order: dict[str, Any], sent: Broker = Depends(get_broker)) -> dict[str, Any]:
+        ack = await sent.publish(ORDERS_CREATED, json.dumps(order).encode())
+        return {"seq": ack.seq}
+
     FastAPIInstrumentor.instrument_app(app)
     order_id = f"order-{uuid.uuid4().hex[:8]}"
     async with _uvicorn(app) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.post("/orders", json={"id": order_id, "item": "book", "quantity": 1})
         assert response.status_code == 202, response.text
         seq = response.json()["seq"]
-
-        async def processed() -> None:
-            assert (await client.get(f"/orders/{order_id}")).json()["status"] == "processed"
-
-        await eventually(processed)
+        await asyncio.wait_for(processed.wait(), 20)
         await broker.wait_until_idle()
     finished = spans.get_finished_spans()
     print(_tree(finished))  # the span tree of this run (the README's example; pytest -s shows it)
@@ -475,3 +489,54 @@ async def test_a_request_is_traced_as_a_publish_whose_handler_span_is_its_child(
     assert publish.kind is trace.SpanKind.PRODUCER and publish.name == "publish traced.request"
     assert process.parent is not None and process.parent.span_id == publish.context.span_id
     assert process.attributes["messaging.nats.outcome"] == "ack"  # type: ignore[index]
+
+
+async def test_the_outbox_figures_at_scrape_time(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from nats.js.api import StreamConfig
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from jetstream_fastapi.outbox import Outbox
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+    outbox = Outbox(engine, poll_interval=0.5, lease_ttl=2.0)
+    await outbox.create_tables()
+    received = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        received.set()
+
+    broker = InMemoryBroker(auto_provision=False, streams=[StreamConfig(name="SHOP", subjects=["shop.>"])])
+    app = FastAPI(lifespan=jetstream_lifespan(broker, outbox=outbox))
+    app.include_router(metrics_router())
+    async with LifespanManager(app) as manager:
+        await broker.subscribe("shop.>", handler, queue="shop")
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, "nowhere.created", "refused for good", key="a")  # dead-lettered
+            await outbox.publish(session, "shop.created", "stored", key="a")
+        await received.wait()
+
+        async def relayed() -> None:
+            assert (await outbox.stats()).backlog == 0
+
+        await eventually(relayed)  # the row is deleted after its PubAck: the table signals nothing
+        broker.faults.drop_connection()  # what comes next waits in the table
+        async with AsyncSession(engine) as session, session.begin():
+            await outbox.publish(session, "shop.created", "waiting")
+            failing = await outbox.publish(session, "shop.created", "failed")
+        table = outbox.tables.messages
+        async with engine.begin() as connection:  # as a relay leaves a row it could not even dead-letter
+            await connection.execute(update(table).where(table.c.msg_id == failing).values(failed="Boom: no"))
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metrics.test") as client:
+            samples = _samples((await client.get("/metrics")).text)
+        broker.faults.restore_connection()
+    await engine.dispose()
+    labels = {"outbox": "jetstream_outbox"}
+    assert _value(samples, "jetstream_outbox_up", **labels) == 1
+    assert _value(samples, "jetstream_outbox_backlog_messages", **labels) == 1
+    assert _value(samples, "jetstream_outbox_failed_messages", **labels) == 1
+    assert _value(samples, "jetstream_outbox_oldest_age_seconds", **labels) >= 0
+    assert _value(samples, "jetstream_outbox_published_messages_total", **labels) == 1
+    assert _value(samples, "jetstream_outbox_dead_letters_total", **labels) == 1
+    assert _value(samples, "jetstream_outbox_failures_total", **labels) == 0

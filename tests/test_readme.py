@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -254,3 +255,41 @@ def test_one_cpu_per_message_figure() -> None:
     column = [cell.strip() for cell in header.split("|")].index("ours CPU µs/msg")
     row = next(line for line in bench if line.startswith("| consume, no-op handler (durable pull, batch 100)"))
     assert round(float(row.split("|")[column])) == int(figures[0])
+
+
+def test_make_docs_fails_on_a_warning() -> None:
+    # mkdocs 1.6 counts for --strict only the warnings it prints: with --quiet a broken link builds the
+    # site and exits 0 (measured), so the documentation build must not be quiet.
+    recipe = re.search(r"^docs:.*\n((?:\t.*\n)+)", _text("Makefile"), re.MULTILINE)
+    assert recipe, "the Makefile has no docs target"
+    assert "mkdocs build --strict" in recipe.group(1)
+    assert not re.search(r"\s(--quiet|-q)\b", recipe.group(1)), recipe.group(1)
+
+
+def test_docstring_roles_render_as_links_or_code() -> None:
+    # The API reference renders docstrings as Markdown: reStructuredText roles would show as raw text
+    # (":class:`~jetstream_fastapi.InMemoryBroker`"). mkdocs.yml loads the griffe extension that turns them
+    # into cross-references to documented names, or inline code.
+    assert "docs/_hooks/rst_roles.py:RstRoles" in _text("mkdocs.yml")
+    spec = importlib.util.spec_from_file_location("rst_roles", ROOT / "docs" / "_hooks" / "rst_roles.py")
+    assert spec and spec.loader
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    known = roles.documented(_text("docs/reference.md"))
+    assert "jetstream_fastapi.InMemoryBroker" in known
+    convert = roles.convert
+    assert convert(":class:`~jetstream_fastapi.InMemoryBroker`", known) == (
+        "[`InMemoryBroker`][jetstream_fastapi.InMemoryBroker]"
+    )
+    assert convert(":class:`~jetstream_fastapi.backends.memory.broker.InMemoryBroker`", known) == (
+        "[`InMemoryBroker`][jetstream_fastapi.InMemoryBroker]"
+    )
+    assert convert("see :mod:`.front` and :data:`PREVIEW`", known) == "see `front` and `PREVIEW`"
+    assert convert(":meth:`Subscription.unsubscribe`", known) == "`Subscription.unsubscribe()`"
+    assert convert(":func:`~jetstream_fastapi.jetstream_lifespan`", known) == (
+        "[`jetstream_lifespan()`][jetstream_fastapi.jetstream_lifespan]"
+    )
+    assert convert(":class:`~jetstream_fastapi.core.options.BrokerOptions`", known) == "`BrokerOptions`"
+    assert convert(":py:class:`the broker <jetstream_fastapi.JetStreamBroker>`", known) == (
+        "[`the broker`][jetstream_fastapi.JetStreamBroker]"
+    )

@@ -10,6 +10,7 @@
     jetstream-fastapi schedules list REPORTS
     jetstream-fastapi schedules remove reports.daily --name evening --yes
     jetstream-fastapi asyncapi example_app.app:create_app > asyncapi.json
+    jetstream-fastapi outbox list --database sqlite+aiosqlite:///orders.db     (see :mod:`.outbox`)
 
 The server is ``--server`` or ``NATS_URL``; credentials come from the same variables as
 :class:`~jetstream_fastapi.BrokerSettings` (``NATS_CREDS_FILE``, ``NATS_TOKEN``, ``NATS_USER`` and
@@ -110,7 +111,7 @@ def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="jetstream-fastapi")
 @click.pass_context
 def main(ctx: click.Context, server: str | None, timeout: float, as_json: bool, verbose: bool) -> None:
-    """Operate jetstream-fastapi services: streams, consumers, dead letters, schedules, AsyncAPI."""
+    """Operate jetstream-fastapi services: streams, consumers, dead letters, schedules, outbox, AsyncAPI."""
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     else:

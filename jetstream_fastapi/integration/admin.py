@@ -1,4 +1,5 @@
-"""The admin page: consumers (lag, ack pending) and dead letters (replay, purge) of the app's broker.
+"""The admin page: consumers (lag, ack pending) and dead letters (replay, purge) of the app's broker, and
+its outbox (backlog, oldest row's age, rows that need a look, retry) when it has one.
 
 ::
 
@@ -11,8 +12,9 @@ authentication: the page replays and deletes messages. Every text from a message
 text (``textContent``), never as HTML. Bad input is a 4xx with a reason (``{"detail": ...}``): an unknown
 sequence 404, a letter replay refuses (malformed, truncated, a subject its stream does not capture, its
 consumer gone: :class:`~jetstream_fastapi.errors.DeadLetterReplayError`) 422, a replay whose original
-stream is gone 409, a purge without ``confirm`` 400; a server that does not answer 503. Never a 500. A
-replay the server answers ``duplicate`` (stored before) keeps the letter: ``{"duplicate": true, "kept": true}``.
+stream is gone 409, a purge without ``confirm`` 400; a server (or the outbox's database) that does not
+answer 503. Never a 500. A replay the server answers ``duplicate`` (stored before) keeps the letter:
+``{"duplicate": true, "kept": true}``.
 
 What a hostile web page cannot do with the operator's browser:
 
@@ -34,6 +36,7 @@ deletes at most ``limit`` per call and says whether ``more`` remain.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import codecs
 import dataclasses
@@ -64,7 +67,7 @@ from ..errors import (
     NotConnectedError,
     RequestTimeoutError,
 )
-from .lifespan import STATE_KEY
+from .lifespan import OUTBOX_KEY, STATE_KEY
 
 T = TypeVar("T")
 PREVIEW = 1024
@@ -104,6 +107,13 @@ class PurgeRequest(BaseModel):
     """Most dead letters deleted by one purge of every letter; the answer's ``more`` says if some remain."""
 
 
+class RetryRequest(BaseModel):
+    """The body of ``POST .../outbox/retry``: these rows, or (``ids`` ``None``) every failed row, confirmed."""
+
+    ids: list[int] | None = Field(None, max_length=MAX_LIMIT)
+    confirm: bool = False
+
+
 class _GuardedRoute(APIRoute):
     """Adds the security headers to every answer of the admin router, its errors included."""
 
@@ -129,6 +139,7 @@ def admin_router(
     dependencies: Sequence[Depends] | None = None,
     insecure: bool = False,
     broker: Broker | None = None,
+    outbox: Any = None,
     prefix: str = "/admin/jetstream",
 ) -> APIRouter:
     """The admin page and its JSON endpoints under ``prefix``.
@@ -136,7 +147,8 @@ def admin_router(
     ``dependencies`` (for example ``[Depends(require_admin)]``) run before every endpoint, the page
     included; without them, ``insecure=True`` must say that the page is meant for local use, and it then
     answers only requests addressed to a loopback name (``Host: 127.0.0.1``, ``[::1]`` or ``localhost``).
-    ``broker`` defaults to the one :func:`~jetstream_fastapi.jetstream_lifespan` put in the lifespan state.
+    ``broker`` (and ``outbox``, a :class:`jetstream_fastapi.outbox.Outbox`) default to those
+    :func:`~jetstream_fastapi.jetstream_lifespan` put in the lifespan state.
     """
     if not dependencies and insecure is not True:
         raise InvalidArgumentError(
@@ -220,7 +232,65 @@ def admin_router(
         purged, more = await _call(_purge_every(found, body.limit, body.stream, body.consumer))
         return {"purged": purged, "more": more}
 
+    def outbox_of(request: Request) -> Any:
+        return outbox if outbox is not None else getattr(request.state, OUTBOX_KEY, None)
+
+    @router.get("/api/outbox")
+    async def outbox_rows(request: Request, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)) -> dict[str, Any]:
+        """The outbox's backlog, oldest row's age and failed rows, and the rows that need a look (failed,
+        refused, or waiting for over a minute), oldest first; ``{"outbox": null}`` for an app without one."""
+        found = outbox_of(request)
+        if found is None:
+            return {"outbox": None}
+        stats, rows = await _database(_outbox_view(found, limit))
+        relay = found.relay
+        return {
+            "outbox": found.name,
+            "backlog": stats.backlog,
+            "oldest_age": round(stats.oldest_age, 3),
+            "failed": stats.failed,
+            "relay": "stopped" if relay is None else (relay.last_error or "running"),
+            "rows": [_stuck_row(row) for row in rows],
+        }
+
+    @router.post("/api/outbox/retry")
+    async def retry_outbox_rows(request: Request, body: RetryRequest) -> dict[str, Any]:
+        """Clear the failed state of rows ``ids`` (or, confirmed, of every failed row): the relay publishes
+        them again."""
+        found = outbox_of(request)
+        if found is None:
+            raise HTTPException(404, "this app has no outbox")
+        if body.ids is None and not body.confirm:
+            raise HTTPException(400, "retrying every failed row publishes them all: send confirm=true to go ahead")
+        return {"retried": await _database(found.retry(body.ids))}
+
     return router
+
+
+async def _outbox_view(outbox: Any, limit: int) -> tuple[Any, list[Any]]:
+    return await outbox.stats(), await outbox.stuck(limit)
+
+
+async def _database(call: Awaitable[T]) -> T:
+    """Await an outbox call, answering a database that fails or does not answer within 5 s with 503 (its
+    error's type only: a driver's text may quote the database URL)."""
+    try:
+        async with asyncio.timeout(5.0):
+            return await call
+    except Exception as error:
+        raise HTTPException(503, f"the outbox's database does not answer: {type(error).__name__}") from None
+
+
+def _stuck_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "msg_id": row.msg_id,
+        "subject": _cut(row.subject),
+        "key": None if row.key is None else _cut(row.key),
+        "attempts": row.attempts,
+        "age": round(row.age, 3),
+        "failed": None if row.failed is None else _cut(row.failed),
+    }
 
 
 class _RequestGuard:

@@ -11,7 +11,9 @@ of its subject, with its queue as the NATS operation binding, its consumer optio
 ``bytes`` or the raw :class:`~jetstream_fastapi.Message` as binary); a handler annotated with a return type
 answers requests (``broker.request``), and its operation has a ``reply`` with that type's schema, sent to
 the address in the request's ``Request-Reply-To`` header. Each
-:class:`~jetstream_fastapi.Publication` becomes a ``send`` operation.
+:class:`~jetstream_fastapi.Publication` becomes a ``send`` operation; those declared on an outbox
+(``outbox.publisher(...)``, with ``outboxes=[outbox]``) carry ``x-jetstream-outbox`` (the table), since
+they leave after the app's transaction commits, by the relay.
 """
 
 from __future__ import annotations
@@ -122,16 +124,19 @@ class _Builder:
             "messages": [self.message(self._replies, annotation)],
         }
 
-    def send(self, publication: Publication[Any]) -> None:
+    def send(self, publication: Publication[Any], outbox: str | None = None) -> None:
         channel = self.channel(publication.subject)
+        via = f" through the outbox {outbox} (after the transaction commits)" if outbox else ""
         body: dict[str, Any] = {
             "action": "send",
             "channel": {"$ref": f"#/channels/{channel}"},
-            "summary": f"publishes to {publication.subject}",
+            "summary": f"publishes to {publication.subject}{via}",
             "messages": [self.message(channel, publication.payload)],
         }
         if publication.description:
             body["description"] = publication.description
+        if outbox:
+            body["x-jetstream-outbox"] = {"table": outbox}
         self.operation(f"send_{channel}", body)
 
 
@@ -150,13 +155,15 @@ def _plain(value: Any) -> Any:
 def asyncapi_document(
     *routers: ConsumerRouter,
     publications: Iterable[Publication[Any]] = (),
+    outboxes: Iterable[Any] = (),
     title: str = "jetstream-fastapi app",
     version: str = "0.1.0",
     description: str | None = None,
     servers: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document (a JSON-ready dict) of ``routers``' handlers and publications, and of
-    ``publications``; ``servers`` are NATS URLs listed as the document's servers."""
+    """The AsyncAPI 3.0 document (a JSON-ready dict) of ``routers``' handlers and publications, of
+    ``publications``, and of what ``outboxes`` (:class:`jetstream_fastapi.outbox.Outbox`) declared with
+    ``outbox.publisher(...)``; ``servers`` are NATS URLs listed as the document's servers."""
     builder = _Builder()
     declared: list[Publication[Any]] = []
     for router in routers:
@@ -165,6 +172,9 @@ def asyncapi_document(
         declared += router.publications
     for publication in [*declared, *publications]:
         builder.send(publication)
+    for outbox in outboxes:
+        for publication in outbox.publications:
+            builder.send(publication, outbox=outbox.name)
     info: dict[str, Any] = {"title": title, "version": version}
     if description:
         info["description"] = description
@@ -234,6 +244,7 @@ pre{{background:#f5f5f5;padding:.5rem}}
 def asyncapi_router(
     *routers: ConsumerRouter,
     publications: Iterable[Publication[Any]] = (),
+    outboxes: Iterable[Any] = (),
     title: str = "jetstream-fastapi app",
     version: str = "0.1.0",
     description: str | None = None,
@@ -245,7 +256,13 @@ def asyncapi_router(
     The document is built once, here: a registration mistake shows at startup, not on the first request.
     """
     document = asyncapi_document(
-        *routers, publications=publications, title=title, version=version, description=description, servers=servers
+        *routers,
+        publications=publications,
+        outboxes=outboxes,
+        title=title,
+        version=version,
+        description=description,
+        servers=servers,
     )
     page = render_html(document, path.rstrip("/").rsplit("/", 1)[-1] + ".json")
     router = APIRouter(tags=["asyncapi"])

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from starlette.requests import HTTPConnection
 
 from ..driver import Broker, Subscriber
+from ..observability.hooks import observe_outbox
 from .routing import ConsumerRouter, declare_schedules
 from .workers import warn_fan_out, warn_without_queue
 
@@ -118,6 +119,7 @@ class JetStreamLifespan:
                     await outbox.start(broker)
                     stack.push_async_callback(outbox.stop)  # after the handlers stopped: they may publish
                     state[OUTBOX_KEY] = outbox
+                    observe_outbox(outbox)
                 if inbox is not None:
                     await inbox.start(broker)
                     stack.push_async_callback(inbox.stop)

@@ -54,6 +54,18 @@ class Observer:
         return ConsumerWatch(self, subject, queue)
 
 
+def observe_outbox(outbox: Any) -> None:
+    """An OpenTelemetry meter provider, if the app set one, observes ``outbox``'s figures (backlog, oldest
+    row's age, failed rows, its relay's counts); ``jetstream_lifespan(..., outbox=...)`` calls this."""
+    if not metrics.OPENTELEMETRY:
+        return
+    otel = metrics.instruments().otel
+    if otel is not None:
+        from .scrape import outbox_figures_of
+
+        otel.observe_outbox(outbox_figures_of(outbox))
+
+
 class PublishWatch:
     """One publish being watched; :meth:`done` ends it."""
 

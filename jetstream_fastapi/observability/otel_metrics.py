@@ -17,7 +17,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .._version import __version__
 
 if TYPE_CHECKING:
-    from .scrape import BrokerFigures
+    from .scrape import BrokerFigures, OutboxFigures
 
 _BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
@@ -65,11 +65,50 @@ class OtelInstruments:
         meter.create_observable_counter(
             "jetstream.connection.reconnects", [self._reconnects], description="Times the connection came back."
         )
+        # The outboxes' figures (jetstream_lifespan(..., outbox=...)): their table, their relay's counts.
+        self._outboxes: weakref.WeakSet[OutboxFigures] = weakref.WeakSet()
+        for name, unit, description, stat in (
+            ("jetstream.outbox.backlog", "{message}", "Rows waiting to be published.", _backlog),
+            ("jetstream.outbox.oldest_age", "s", "Age of the oldest waiting row.", _oldest_age),
+            ("jetstream.outbox.failed", "{message}", "Rows that wait for an operator.", _failed),
+        ):
+            meter.create_observable_gauge(name, [self._outbox_callback(stat)], unit=unit, description=description)
+        for name, description, index in (
+            ("jetstream.outbox.published", "Rows stored in their stream by this process's relay.", 0),
+            ("jetstream.outbox.dead_letters", "Rows refused for good and dead-lettered by this relay.", 1),
+        ):
+            meter.create_observable_counter(
+                name, [self._outbox_counts(index)], unit="{message}", description=description
+            )
 
     def observe(self, figures: BrokerFigures) -> None:
         """Report ``figures`` (one broker's) through the observable instruments."""
         figures.bind()
         self._figures.add(figures)
+
+    def observe_outbox(self, figures: OutboxFigures) -> None:
+        """Report ``figures`` (one outbox's) through the observable instruments."""
+        figures.bind()
+        self._outboxes.add(figures)
+
+    def _outbox_callback(self, read: Any) -> Any:
+        def callback(options: CallbackOptions) -> Iterator[Observation]:
+            for figures in list(self._outboxes):
+                figures.poke()
+                stats = figures.stats()
+                if stats is not None:
+                    yield Observation(read(stats), {"jetstream.outbox.name": figures.name})
+
+        return callback
+
+    def _outbox_counts(self, index: int) -> Any:
+        def callback(options: CallbackOptions) -> Iterator[Observation]:
+            for figures in list(self._outboxes):
+                counts = figures.counts()
+                if counts is not None:
+                    yield Observation(counts[index], {"jetstream.outbox.name": figures.name})
+
+        return callback
 
     def _callback(self, read: Any) -> Any:
         def callback(options: CallbackOptions) -> Iterator[Observation]:
@@ -137,3 +176,15 @@ def _ack_pending(state: Any, running: int) -> int | None:
 
 def _in_flight(state: Any, running: int) -> int:
     return running
+
+
+def _backlog(stats: Any) -> int:
+    return int(stats.backlog)
+
+
+def _oldest_age(stats: Any) -> float:
+    return float(stats.oldest_age)
+
+
+def _failed(stats: Any) -> int:
+    return int(stats.failed)

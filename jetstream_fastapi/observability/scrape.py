@@ -9,29 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ..driver import Broker, ConsumerState
 
+F = TypeVar("F")
 CACHE_SECONDS = 1.0
 """How long consumer states read from the server are reused."""
 READ_TIMEOUT = 2.0
 """Longest a scrape waits for the server's consumer states before it answers with the last known ones."""
 
 
-class BrokerFigures:
-    """The scrape-time figures of one broker (see the module docstring)."""
+class _Refreshed:
+    """Figures refreshed on their event loop, on demand (:meth:`poke`) or awaited (``refresh``)."""
 
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
-        self._states: dict[tuple[str, str], ConsumerState] = {}
-        self._read_at = -CACHE_SECONDS
-        self._up = False
-        self._lock = asyncio.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._refreshing: asyncio.Task[None] | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _refreshing: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Read the figures again (subclasses)."""
+        raise NotImplementedError
 
     def poke(self) -> None:
         """Refresh soon, on the broker's event loop (callable from any thread: OpenTelemetry's readers
@@ -48,6 +47,17 @@ class BrokerFigures:
     def bind(self) -> None:
         """Note the running event loop (the broker's) for :meth:`poke`."""
         self._loop = asyncio.get_running_loop()
+
+
+class BrokerFigures(_Refreshed):
+    """The scrape-time figures of one broker (see the module docstring)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._states: dict[tuple[str, str], ConsumerState] = {}
+        self._read_at = -CACHE_SECONDS
+        self._up = False
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
         """Read the consumer states unless they were read within :data:`CACHE_SECONDS`; on failure keep the
@@ -137,9 +147,10 @@ class BrokerFigures:
 
 
 class FiguresCollector:
-    """A ``prometheus_client`` collector for one broker's :class:`BrokerFigures` (in a registry of its own)."""
+    """A ``prometheus_client`` collector for one broker's :class:`BrokerFigures` or one outbox's
+    :class:`OutboxFigures` (in a registry of its own)."""
 
-    def __init__(self, figures: BrokerFigures) -> None:
+    def __init__(self, figures: BrokerFigures | OutboxFigures) -> None:
         self._figures = figures
 
     def collect(self) -> Iterator[Any]:
@@ -206,9 +217,101 @@ class WithDerivedCounters:
 def figures_of(broker: Broker) -> BrokerFigures:
     """The broker's :class:`BrokerFigures`, created at the first call and kept on the broker (they live as
     long as it does)."""
-    figures: BrokerFigures | None = getattr(broker, "_figures", None)
+    return _attached(broker, BrokerFigures)
+
+
+def _attached(owner: Any, make: Callable[[Any], F]) -> F:
+    """``owner``'s figures, made by ``make(owner)`` at the first call and kept on it."""
+    figures: F | None = getattr(owner, "_figures", None)
     if figures is None:
-        figures = BrokerFigures(broker)
-        with contextlib.suppress(AttributeError):  # a broker of one's own with __slots__: figures per scrape
-            setattr(broker, "_figures", figures)  # noqa: B010 - the broker's private cache, not in the contract
+        figures = make(owner)
+        with contextlib.suppress(AttributeError):  # an object of one's own with __slots__: figures per scrape
+            setattr(owner, "_figures", figures)  # noqa: B010 - the owner's private cache, not in the contract
     return figures
+
+
+class OutboxFigures(_Refreshed):
+    """The scrape-time figures of one outbox (:class:`jetstream_fastapi.outbox.Outbox`): its table read
+    with one aggregate query (cached for :data:`CACHE_SECONDS`), and its relay's counters in this process.
+
+    A scrape while the database does not answer keeps the last figures and reports
+    ``jetstream_outbox_up 0``. Nothing is counted per message here: the relay counts what it publishes.
+    """
+
+    def __init__(self, outbox: Any) -> None:
+        self._outbox = outbox
+        self._stats: Any = None
+        self._read_at = -CACHE_SECONDS
+        self._up = False
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Read the table unless it was read within :data:`CACHE_SECONDS`; never raises."""
+        async with self._lock:
+            if time.monotonic() - self._read_at < CACHE_SECONDS:
+                return
+            try:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    self._stats = await self._outbox.stats()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._up = False
+                return
+            self._read_at = time.monotonic()
+            self._up = True
+
+    @property
+    def name(self) -> str:
+        """The outbox's table name (the ``outbox`` label)."""
+        return str(self._outbox.name)
+
+    @property
+    def up(self) -> bool:
+        """Whether the last read of the table succeeded."""
+        return self._up
+
+    def stats(self) -> Any:
+        """The last :class:`~jetstream_fastapi.outbox.OutboxStats` read, or ``None``."""
+        return self._stats
+
+    def counts(self) -> tuple[int, int, int] | None:
+        """(published, dead-lettered, failed) by this process's running relay, or ``None`` without one."""
+        relay = self._outbox.relay
+        return None if relay is None else (relay.published, relay.dead_lettered, relay.failed)
+
+    def families(self) -> Iterator[Any]:
+        """The figures as ``prometheus_client`` metric families, labelled by the outbox's table name."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        label, name = ["outbox"], [self.name]
+        up = GaugeMetricFamily(
+            "jetstream_outbox_up", "1 when the last read of the outbox table succeeded.", labels=label
+        )
+        up.add_metric(name, 1 if self._up else 0)
+        yield up
+        stats = self._stats
+        if stats is not None:
+            for metric, documentation, value in (
+                ("jetstream_outbox_backlog_messages", "Rows waiting to be published (not failed).", stats.backlog),
+                ("jetstream_outbox_oldest_age_seconds", "Age of the oldest waiting row.", stats.oldest_age),
+                ("jetstream_outbox_failed_messages", "Rows that wait for an operator (outbox retry).", stats.failed),
+            ):
+                gauge = GaugeMetricFamily(metric, documentation, labels=label)
+                gauge.add_metric(name, value)
+                yield gauge
+        counts = self.counts()
+        if counts is not None:
+            for metric, documentation, value in (
+                ("jetstream_outbox_published_messages", "Rows stored in their stream by this process's relay.", 0),
+                ("jetstream_outbox_dead_letters", "Rows refused for good and dead-lettered by this relay.", 1),
+                ("jetstream_outbox_failures", "Rows this relay could not even dead-letter (left failed).", 2),
+            ):
+                counter = CounterMetricFamily(metric, documentation, labels=label)
+                counter.add_metric(name, counts[value])
+                yield counter
+
+
+def outbox_figures_of(outbox: Any) -> OutboxFigures:
+    """The outbox's :class:`OutboxFigures`, created at the first call."""
+    return _attached(outbox, OutboxFigures)

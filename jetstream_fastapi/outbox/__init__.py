@@ -29,7 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
         "(or '[postgres]' for PostgreSQL)"
     ) from error
 
-from .outbox import Outbox, OutboxStats
+from .outbox import Outbox, OutboxStats, StuckRow
 from .tables import outbox_tables
 
-__all__ = ["Outbox", "OutboxStats", "outbox_tables"]
+__all__ = ["Outbox", "OutboxStats", "StuckRow", "outbox_tables"]

@@ -10,9 +10,9 @@ import uuid
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -23,10 +23,13 @@ from ..errors import InvalidArgumentError
 from .tables import KEY_LENGTH, OutboxTables, outbox_tables
 
 if TYPE_CHECKING:
-    from sqlalchemy import MetaData
+    from sqlalchemy import ColumnElement, MetaData
 
     from ..core.broker import BaseBroker
+    from ..integration.publishing import Publication
     from .relay import Relay
+
+P = TypeVar("P")
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -45,6 +48,23 @@ class OutboxStats:
     failed: int
     """Rows that could neither be published nor dead-lettered (``failed`` column set): they wait for an
     operator."""
+
+
+@dataclass(frozen=True)
+class StuckRow:
+    """A row of the outbox that needs a look (:meth:`Outbox.stuck`): failed, refused before, or old."""
+
+    id: int
+    msg_id: str
+    subject: str
+    key: str | None
+    attempts: int
+    """Publishes the server refused so far (a row whose chain waits for NATS keeps 0)."""
+    age: float
+    """Seconds since the row was written."""
+    failed: str | None
+    """Why the row could neither be published nor dead-lettered (it waits for :meth:`Outbox.retry`), or
+    ``None`` for a row the relay still tries."""
 
 
 class Outbox:
@@ -100,6 +120,8 @@ class Outbox:
         self.lease_ttl = float(lease_ttl)
         self.max_attempts = max_attempts
         self.subjects = tuple(check_subject(subject, wildcards=False) for subject in subjects)
+        self.publications: list[Publication[Any]] = []
+        """What the app declared it publishes through this outbox (:meth:`publisher`), for AsyncAPI."""
         self.dialect = engine.dialect.name
         self._relay: Relay | None = None
         self._wake = asyncio.Event()
@@ -110,6 +132,23 @@ class Outbox:
         relay's retry of it (a relay that died after the PubAck, before the delete: its lease runs out, the
         next round takes the row): the streams' duplicate windows must be at least this long."""
         return self.lease_ttl + self.poll_interval
+
+    def publisher(self, subject: str, payload: type[P], *, description: str | None = None) -> Publication[P]:
+        """Declare that the app publishes ``payload`` on ``subject`` through this outbox: the AsyncAPI
+        document (``asyncapi_router(..., outboxes=[outbox])``) lists it as a ``send`` operation marked
+        ``x-jetstream-outbox``, and the relay checks the subject's duplicate window at start. Returns the
+        :class:`~jetstream_fastapi.Publication` (``publication.encode(value)``, ``publication.subject``)."""
+        from ..integration.publishing import Publication
+
+        publication = Publication(subject, payload, description=description)
+        self.add_publication(publication)
+        return publication
+
+    def add_publication(self, publication: Publication[Any]) -> None:
+        """Declare an existing :class:`~jetstream_fastapi.Publication` as published through this outbox."""
+        self.publications.append(publication)
+        if publication.subject not in self.subjects:
+            self.subjects += (publication.subject,)
 
     # -- in the app's transaction --------------------------------------------------------------------
 
@@ -192,6 +231,44 @@ class Outbox:
         async with self.engine.connect() as connection:
             backlog, oldest, failed = (await connection.execute(query)).one()
         return OutboxStats(int(backlog), max(0.0, time.time() - oldest) if oldest is not None else 0.0, int(failed))
+
+    # -- operations (the CLI, the admin page) ---------------------------------------------------------
+
+    async def stuck(self, limit: int = 100, *, older_than: float = 60.0) -> list[StuckRow]:
+        """Up to ``limit`` rows that need a look, oldest first: the failed ones, those the server refused at
+        least once, and those waiting for longer than ``older_than`` seconds (NATS down, no relay running)."""
+        table, now = self.tables.messages, time.time()
+        columns = (table.c.id, table.c.msg_id, table.c.subject, table.c.key, table.c.attempts, table.c.created_at)
+        query = (
+            select(*columns, table.c.failed)
+            .where(or_(table.c.failed.is_not(None), table.c.attempts > 0, table.c.created_at < now - older_than))
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            StuckRow(row.id, row.msg_id, row.subject, row.key, row.attempts, max(0.0, now - row.created_at), row.failed)
+            for row in rows
+        ]
+
+    async def retry(self, ids: Iterable[int] | None = None) -> list[int]:
+        """Clear the failed state and the refusal count of rows ``ids`` (default: every failed row) so that
+        the relay publishes them again (with their own msg id); returns the ids changed, in order (an id of
+        no such row, or of a row that was neither failed nor refused, is left out). A retried
+        row is published after the rows of its key that went on meanwhile: out of its commit order."""
+        table = self.tables.messages
+        # Only rows the relay gave up on or was refused for: a row it holds now keeps its lease.
+        chosen: ColumnElement[bool] = table.c.failed.is_not(None)
+        if ids is not None:
+            chosen = table.c.id.in_(list(ids)) & or_(chosen, table.c.attempts > 0)
+        async with self.engine.begin() as connection:
+            found = [row.id for row in await connection.execute(select(table.c.id).where(chosen).order_by(table.c.id))]
+            if found:
+                await connection.execute(update(table).where(table.c.id.in_(found)).values(failed=None, attempts=0))
+        if found:
+            self.notify()
+        return found
 
     # -- the relay's lifecycle (jetstream_lifespan calls these) ---------------------------------------
 
