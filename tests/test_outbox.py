@@ -238,6 +238,7 @@ def test_the_base_install_does_not_import_sqlalchemy() -> None:
     script = (
         "import sys, jetstream_fastapi\n"
         "from jetstream_fastapi import jetstream_lifespan, ConsumerRouter, InMemoryBroker, health_router\n"
+        "from jetstream_fastapi.inbox import KeyValueInbox, message_identity\n"
         "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
