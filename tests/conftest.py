@@ -143,7 +143,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
     name = f"t{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres")
     try:
-        await admin.execute(f"CREATE DATABASE {name}")
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")  # template0: copied 3x faster
     finally:
         await admin.close()
     yield server.url(name)

@@ -238,6 +238,7 @@ def test_the_base_install_does_not_import_sqlalchemy() -> None:
     script = (
         "import sys, jetstream_fastapi\n"
         "from jetstream_fastapi import jetstream_lifespan, ConsumerRouter, InMemoryBroker, health_router\n"
+        "from jetstream_fastapi.inbox import KeyValueInbox, message_identity\n"
         "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
@@ -346,3 +347,24 @@ async def test_readiness_reports_the_outbox_backlog(engine: AsyncEngine, prefix:
     assert body["outbox"]["backlog"] == 1
     assert body["outbox"]["failed"] == 0
     assert body["outbox"]["oldest_age"] >= 0
+
+
+async def test_nats_down_is_reported_once_not_once_per_row(
+    engine: AsyncEngine, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with InMemoryBroker(publish_timeout=0.1) as broker, relaying(broker, engine, prefix) as r:
+        broker.faults.drop_connection()
+        async with r.sessions() as session, session.begin():
+            for n in range(10):
+                await r.outbox.publish(session, f"{prefix}.k{n}", str(n), key=f"k{n}")
+        relay = r.outbox.relay
+        assert relay is not None
+
+        async def reported() -> None:
+            assert relay.last_error is not None
+
+        await eventually(reported)  # the relay's own state: polled
+        broker.faults.restore_connection()
+        await r.received.until(lambda: len(r.received.messages) == 10, "every event")
+    reports = [record for record in caplog.records if "NATS" in record.getMessage()]
+    assert len(reports) == 1, [record.getMessage() for record in reports]

@@ -13,6 +13,7 @@ errors. A backend only stores and delivers:
 * :meth:`Backend.consume`: run a consumer that hands each message to the front's ``process`` and settles
   it as the returned :class:`~jetstream_fastapi.core.handling.Verdict` says;
 * :meth:`Backend.read` and :meth:`Backend.delete` stored messages (dead-letter admin);
+* :meth:`Backend.kv_get` and :meth:`Backend.kv_create` keys of a Key-Value bucket (the Key-Value inbox);
 * :meth:`Backend.open_inbox`, :meth:`Backend.reply` and :meth:`Backend.captures`: the core (not stored)
   messages of request/reply, and whether a reply address is a stream's;
 * report its limits and health, and :meth:`Backend.translate` the errors of the layer below.
@@ -296,6 +297,16 @@ class Backend(Protocol):
 
     async def stream_facts(self, stream: str) -> StreamFacts:
         """The subjects and the schedule flag of ``stream`` (which exists)."""
+        ...
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        """The value of ``key`` in the Key-Value ``bucket`` (created if missing); ``None`` if it has none
+        (never written, or expired)."""
+        ...
+
+    async def kv_create(self, bucket: str, key: str, value: bytes, ttl: float) -> bool:
+        """Write ``key`` in ``bucket`` (created if missing) unless it has a value, to expire after ``ttl``
+        seconds: the first writer wins. Whether this call wrote it."""
         ...
 
     def translate(self, error: Exception) -> JetStreamError | None:

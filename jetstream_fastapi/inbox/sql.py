@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..driver import Ack, Message
 from ..errors import InvalidArgumentError
+from .identity import message_identity
 
 logger = logging.getLogger("jetstream_fastapi")
 
@@ -33,16 +34,6 @@ def inbox_table(metadata: MetaData | None = None, name: str = "jetstream_inbox")
         Column("handled_at", Float, nullable=False, index=True),
         PrimaryKeyConstraint("consumer", "message"),
     )
-
-
-def message_identity(message: Message) -> tuple[str, str]:
-    """``(consumer, message)`` as the inbox records them: the consumer that delivered it (the queue), and
-    the message's msg id, or its stream and sequence when it has none."""
-    delivery = message.delivery
-    if delivery is None:
-        raise InvalidArgumentError("the inbox needs a delivered message (one a broker handed to a handler)")
-    identity = message.msg_id or f"{delivery.stream}#{delivery.sequence}"
-    return delivery.consumer, identity[:255]
 
 
 class Inbox:

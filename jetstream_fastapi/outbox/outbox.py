@@ -77,7 +77,7 @@ class Outbox:
     ============== ======= ============================================================================
     name           ``jetstream_outbox``  the table (and ``<name>_lease``, and the NOTIFY channel)
     batch_size     100     rows claimed per round
-    concurrency    16      keys published at once (rows of one key: one at a time, in commit order)
+    concurrency    256     publishes in flight, at most one per key (a key's rows: in commit order)
     poll_interval  1.0     seconds between reads when no wake-up comes (the fallback)
     lease_ttl      10.0    seconds a relay owns the rows it claimed (or the SQLite relay lease)
     max_attempts   5       publishes the server refuses before the row is dead-lettered
@@ -92,7 +92,7 @@ class Outbox:
         name: str = "jetstream_outbox",
         metadata: MetaData | None = None,
         batch_size: int = 100,
-        concurrency: int = 16,
+        concurrency: int = 256,
         poll_interval: float = 1.0,
         lease_ttl: float = 10.0,
         max_attempts: int = 5,

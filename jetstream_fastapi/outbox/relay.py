@@ -1,16 +1,17 @@
 """The relay: publishes committed outbox rows through the broker, then deletes them.
 
-One round: claim rows (:mod:`.claims`), publish them (the rows of one key one after another in id order,
-keys in parallel; each publish awaits its PubAck and carries the row's msg id), then, in one short
-transaction, delete what was stored or dead-lettered and give the rest back. A crash anywhere in a round
+One round: claim rows (:mod:`.claims`), publish them pipelined (up to ``concurrency`` publishes in flight,
+at most one per key: a key's next row is sent once the PubAck of the one before it came, so each key
+keeps its id order; each publish carries the row's msg id), then, in one short transaction, delete what
+was stored or dead-lettered (one statement) and give the rest back. A crash anywhere in a round
 leaves rows that are published again later with the same msg id: the stream stores them once if its
 duplicate window covers :attr:`~jetstream_fastapi.outbox.Outbox.retry_horizon` (checked, with a warning).
 
 What a failed publish leads to:
 
 * NATS unreachable or slow (not connected, timeouts): the key's chain stops there (its later rows wait,
-  keeping their order) and the round's other rows go on; the relay retries with a growing delay, and
-  publishes in order once the server answers again.
+  keeping their order) and the round's other rows go on; the relay warns once (not once per row),
+  retries with a growing delay, and publishes in order once the server answers again.
 * The server or the library refuses the message for good (no stream, too large, invalid): the row is
   dead-lettered (``deadletter.OUTBOX.<table>``, with the reason) and deleted; any other refusal is retried
   up to ``max_attempts`` before that. If even the dead letter cannot be stored, the row gets the reason in
@@ -78,7 +79,8 @@ class Round:
     failed: dict[int, str] = field(default_factory=dict)
     retried: list[int] = field(default_factory=list)
     given_back: list[int] = field(default_factory=list)
-    stalled: bool = False
+    unreachable: str | None = None
+    """Why NATS did not take a row (the first such reason of the round), or ``None``."""
 
 
 class Relay:
@@ -157,11 +159,12 @@ class Relay:
             self._wake.clear()
             try:
                 await self._listen()
-                busy, stalled = await self.round()
+                busy, unreachable = await self.round()
             except Exception as error:  # the database: down, restarting, locked
-                busy, stalled = False, True
-                self._trouble(f"the database failed: {type(error).__name__}: {error}", troubles)
-            if stalled:
+                busy, unreachable = False, f"the database failed: {_first_line(error)}"
+            stalled = unreachable is not None
+            if unreachable is not None:
+                self._trouble(unreachable, troubles)
                 troubles += 1
                 delay = _RETRY.delay(troubles, random.random())
             else:
@@ -179,37 +182,39 @@ class Relay:
             logger.warning("outbox %s relay: %s (retrying)", self.outbox.name, text)
         self.last_error = text
 
-    async def round(self) -> tuple[bool, bool]:
-        """One round: claim, publish, write back. Returns (a full batch was claimed, NATS was unreachable)."""
+    async def round(self) -> tuple[bool, str | None]:
+        """One round: claim, publish, write back. Returns whether a full batch was claimed, and why NATS
+        did not take a row (``None``: it took them all)."""
         rows = await self.claims.claim(self.outbox.batch_size)
         if not rows:
-            return False, False
+            return False, None
         result = await self._publish(rows)
         await self._write_back(result)
-        return len(rows) == self.outbox.batch_size, result.stalled
+        return len(rows) == self.outbox.batch_size, result.unreachable
 
     async def _publish(self, rows: Sequence[Row]) -> Round:
         chains: dict[object, list[Row]] = {}
         for row in rows:  # in id order, so each chain is in commit order
             chains.setdefault(row.key if row.key is not None else ("", row.id), []).append(row)
         result = Round()
-        slots = asyncio.Semaphore(self.outbox.concurrency)
+        window = asyncio.Semaphore(self.outbox.concurrency)
 
         async def chain(chained: list[Row]) -> None:
-            async with slots:
-                for index, row in enumerate(chained):
+            for index, row in enumerate(chained):
+                async with window:  # a slot per publish: a long chain does not hold one between its rows
                     fate, reason = await self._publish_one(row)
-                    if fate in (Fate.SENT, Fate.DEAD):
-                        result.gone.append(row.id)
-                        continue
-                    if fate is Fate.FAILED:
-                        result.failed[row.id] = reason
-                        continue
-                    # Retried or stalled: the key's later rows wait for it, in order.
-                    (result.retried if fate is Fate.RETRY else result.given_back).append(row.id)
-                    result.given_back.extend(later.id for later in chained[index + 1 :])
-                    result.stalled |= fate is Fate.STALLED
-                    return
+                if fate in (Fate.SENT, Fate.DEAD):
+                    result.gone.append(row.id)
+                    continue
+                if fate is Fate.FAILED:
+                    result.failed[row.id] = reason
+                    continue
+                # Retried or stalled: the key's later rows wait for it, in order.
+                (result.retried if fate is Fate.RETRY else result.given_back).append(row.id)
+                result.given_back.extend(later.id for later in chained[index + 1 :])
+                if fate is Fate.STALLED and result.unreachable is None:
+                    result.unreachable = reason
+                return
 
         await asyncio.gather(*(chain(chained) for chained in chains.values()))
         return result
@@ -219,8 +224,8 @@ class Relay:
         try:
             ack = await self.broker.publish(row.subject, message, msg_id=row.msg_id)
         except _UNREACHABLE as error:
-            self._trouble(f"NATS did not take {row.subject!r}: {error}", 1)
-            return Fate.STALLED, ""
+            # Said once per round by the loop, without the subject: every row meets the same outage.
+            return Fate.STALLED, f"NATS did not take the rows ({type(error).__name__}); they wait, in order"
         except _REFUSED_FOR_GOOD as error:
             return await self._dead_letter(row, message, error)
         except JetStreamError as error:
@@ -247,8 +252,8 @@ class Relay:
             await self.broker.publish_dead_letter(
                 message, error, source=DEAD_LETTER_SOURCE, consumer=self.outbox.name, msg_id=f"dlq-{row.msg_id}"
             )
-        except _UNREACHABLE:
-            return Fate.STALLED, ""
+        except _UNREACHABLE as unreachable:
+            return Fate.STALLED, f"NATS did not take a dead letter ({type(unreachable).__name__}); it waits"
         except JetStreamError as refused:
             self.failed += 1
             logger.error(  # noqa: TRY400 - the refusal is described; a traceback adds nothing
@@ -353,3 +358,9 @@ class Relay:
             await connection.invalidate()
         with contextlib.suppress(Exception):
             await connection.close()
+
+
+def _first_line(error: BaseException) -> str:
+    # SQLAlchemy's errors add the statement and its parameters on further lines: the first one says it.
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

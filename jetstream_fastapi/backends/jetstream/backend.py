@@ -35,6 +35,7 @@ from .consumers import consumer_config, ensure_consumer
 from .dead_letters import dead_letter_config
 from .idle import consumer_idle
 from .key_order import caught_up, ensure_partitioned_stream
+from .keyvalue import KeyValues
 from .publish_options import scheduled, with_wire_headers
 from .publisher import Publisher
 from .requests import open_inbox, send_reply
@@ -81,6 +82,7 @@ class JetStreamBackend:
             on_reconnected=self._connection_restored,
         )
         self._nc: NATS | None = None
+        self._key_values: KeyValues | None = None  # the Key-Value buckets of the current connection
         self._jsm: JetStreamManager | None = None
         self._registry: StreamRegistry | None = None
         self._publisher: Publisher | None = None
@@ -314,6 +316,20 @@ class JetStreamBackend:
 
     async def read_last(self, stream: str, subject: str) -> Stored | None:
         return await last_on_subject(self._require()[1], stream, subject)
+
+    # -- Key-Value ---------------------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        return await self._buckets().get(bucket, key)
+
+    async def kv_create(self, bucket: str, key: str, value: bytes, ttl: float) -> bool:
+        return await self._buckets().create(bucket, key, value, ttl)
+
+    def _buckets(self) -> KeyValues:
+        nc = self._require()[0]
+        if self._key_values is None or self._key_values.nc is not nc:
+            self._key_values = KeyValues(nc, self._connection.connect_timeout)
+        return self._key_values
 
     async def stream_facts(self, stream: str) -> StreamFacts:
         return await stream_facts(self._require()[2], stream)

@@ -84,6 +84,7 @@ class MemoryBackend:
         self.server = MemoryServer(streams, self.clock, duplicate_window, self.consumers)
         self.faults = Faults(self.consumers, self.clock)
         self._inboxes: dict[str, OnReply] = {}  # request/reply: inbox prefix -> its listener
+        self.buckets: dict[str, dict[str, tuple[bytes, float]]] = {}  # Key-Value: bucket -> key -> (value, expiry)
         self._open = False
         self.server_version = server_version
         """The nats-server version to behave as for the feature checks (``None``: every feature)."""
@@ -285,6 +286,29 @@ class MemoryBackend:
             source=source,
             duplicate_window=self.server.duplicate_window,
         )
+
+    # -- Key-Value ---------------------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        found = self._bucket(bucket).get(key)
+        if found is None or found[1] <= self.clock.now():
+            return None
+        return found[0]
+
+    async def kv_create(self, bucket: str, key: str, value: bytes, ttl: float) -> bool:
+        keys = self._bucket(bucket)
+        now = self.clock.now()
+        found = keys.get(key)
+        if found is not None and found[1] > now:
+            return False
+        keys[key] = (value, now + ttl)
+        return True
+
+    def _bucket(self, name: str) -> dict[str, tuple[bytes, float]]:
+        self._require()
+        if self.faults.connection_dropped:
+            raise NotConnectedError("the NATS connection is down (faults.drop_connection)")
+        return self.buckets.setdefault(name, {})  # an expired key counts as none, as past a message's TTL
 
     def _require(self) -> None:
         if not self._open:
