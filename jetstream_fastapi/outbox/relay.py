@@ -17,7 +17,7 @@ What a failed publish leads to:
   up to ``max_attempts`` before that. If even the dead letter cannot be stored, the row gets the reason in
   its ``failed`` column, an ERROR is logged and :attr:`Relay.failed` counts it: it waits for an operator.
 
-Wake-ups: right after a commit in this process (a SQLAlchemy session event, or :meth:`Outbox.notify`),
+Wake-ups: right after a commit in this process (a SQLAlchemy session event, or :meth:`~jetstream_fastapi.outbox.Outbox.notify`),
 PostgreSQL ``LISTEN`` for commits of every instance, and ``poll_interval`` as the fallback.
 """
 
@@ -31,7 +31,7 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import delete, update
 
@@ -48,10 +48,34 @@ from ..errors import (
 from .claims import Claims, RelayLease, Row, RowLeases
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from ..core.broker import BaseBroker
-    from .outbox import Outbox
+    from .tables import OutboxTables
 
 logger = logging.getLogger("jetstream_fastapi")
+
+
+class RelaySource(Protocol):
+    """What a :class:`Relay` reads of its :class:`~jetstream_fastapi.outbox.Outbox`: its table and settings
+    (the outbox starts the relay; the relay never needs the rest of it)."""
+
+    name: str
+    engine: AsyncEngine
+    tables: OutboxTables
+    dialect: str
+    subjects: tuple[str, ...]
+    batch_size: int
+    concurrency: int
+    poll_interval: float
+    lease_ttl: float
+    max_attempts: int
+
+    @property
+    def retry_horizon(self) -> float:
+        """Seconds a row may wait between its first publish and a retry of it."""
+        ...
+
 
 DEAD_LETTER_SOURCE = "OUTBOX"
 """The dead letters of the outbox are ``deadletter.OUTBOX.<table>`` (``list_dead_letters(stream="OUTBOX")``)."""
@@ -86,7 +110,7 @@ class Round:
 class Relay:
     """Publishes an :class:`~jetstream_fastapi.outbox.Outbox`'s rows through a broker (see the module docstring)."""
 
-    def __init__(self, outbox: Outbox, broker: BaseBroker) -> None:
+    def __init__(self, outbox: RelaySource, broker: BaseBroker) -> None:
         self.outbox = outbox
         self.broker = broker
         self.owner = uuid.uuid4().hex[:16]
