@@ -17,8 +17,9 @@ What a failed publish leads to:
   up to ``max_attempts`` before that. If even the dead letter cannot be stored, the row gets the reason in
   its ``failed`` column, an ERROR is logged and :attr:`Relay.failed` counts it: it waits for an operator.
 
-Wake-ups: right after a commit in this process (a SQLAlchemy session event, or :meth:`~jetstream_fastapi.outbox.Outbox.notify`),
-PostgreSQL ``LISTEN`` for commits of every instance, and ``poll_interval`` as the fallback.
+Wake-ups: right after a commit in this process (a SQLAlchemy session event, or
+:meth:`~jetstream_fastapi.outbox.Outbox.notify`), PostgreSQL ``LISTEN`` for commits of every instance, and
+``poll_interval`` as the fallback.
 """
 
 from __future__ import annotations
