@@ -46,7 +46,8 @@ class Slots:
 
     def to_pull(self, ready: int) -> int:
         """How many messages the next pull request should ask for (0: do not pull yet)."""
-        free = self.free(ready)
+        # free()'s formula, restated: asked after every ack, where calling it cost ~300 CPU instructions (valgrind).
+        free = self.concurrency - self.outstanding - ready - self.in_flight
         return free if free >= self.threshold else 0
 
     def delivered(self) -> None:
