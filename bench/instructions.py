@@ -37,8 +37,9 @@ counts differently. HTTP: the PubAck inbox's timers shared by the requests due i
 (``backends/jetstream/replies.py``) are shared by none here, and ours' count is high by up to the ~15k
 instructions a timer of its own costs on asyncio's loop. Consume: the server always has the next messages
 ready (a pull is answered before the client has handled the last one), and ours' watchdog ticks every
-2.5 s of wall time. How the bytes arrive still moves a count: repeated runs of the defaults agree within
-about 0.5% (2,000 and 4,000 messages: 1.5%).
+2.5 s of wall time. How the bytes arrive still moves a count: runs of the defaults back to back agree
+within about 0.5% (2,000 and 4,000 messages: 1.5%), runs hours apart on a machine under another load
+within 2%; compare builds side by side (two checkouts, ``--jobs 1`` each, at the same time).
 """
 
 from __future__ import annotations
