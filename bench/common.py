@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.abc
 import importlib.util
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -197,3 +199,25 @@ def spread(values: list[float], fmt: str = ",.0f") -> str:
 
 def ratio(ours: float, other: float) -> str:
     return f"{ours / other:.2f}" if other else "-"
+
+
+# -- what is installed -------------------------------------------------------------------------------
+
+
+class _Hidden(importlib.abc.MetaPathFinder):
+    """Answers "not installed" for some top-level packages, as if pip had never put them there."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by the benchmark)", name=fullname)
+        return None  # not one of ours: the next finder looks
+
+
+def hide_packages(*names: str) -> None:
+    """Make ``names`` unimportable in this process (call before the library is imported): the library
+    then runs as it does where they are not installed, e.g. without the ``metrics`` or ``otel`` extra."""
+    if names:
+        sys.meta_path.insert(0, _Hidden(frozenset(names)))

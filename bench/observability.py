@@ -40,7 +40,7 @@ MODES = ("off", "api", "metrics", "tracing", "both")
 SCENARIOS = ("consume", "publish", "hook")
 
 
-def _configure(mode: str) -> dict[str, bool]:
+def configure(mode: str) -> dict[str, bool]:
     """Set up the process for ``mode``; the broker options that go with it."""
     if mode in ("tracing", "both"):
         from opentelemetry import trace
@@ -124,7 +124,7 @@ def _bare_spans(n: int) -> Sample:
 
 
 async def _child(url: str, mode: str, scenario: str, n: int) -> Sample:
-    options = _configure(mode)
+    options = configure(mode)
     if scenario == "sdk-span":
         return _bare_spans(n)
     if scenario == "hook":

