@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from nats.js.api import StreamConfig
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from jetstream_fastapi import InMemoryBroker, Message
 from jetstream_fastapi.outbox import Outbox
+from jetstream_fastapi.outbox.claims import RelayLease, Row
+from jetstream_fastapi.outbox.relay import Relay
 from tests.conftest import WAIT, BrokerFactory, eventually
 
 orders = Table("orders", MetaData(), Column("id", Integer, primary_key=True), Column("customer", String(50)))
@@ -368,3 +370,120 @@ async def test_nats_down_is_reported_once_not_once_per_row(
         await r.received.until(lambda: len(r.received.messages) == 10, "every event")
     reports = [record for record in caplog.records if "NATS" in record.getMessage()]
     assert len(reports) == 1, [record.getMessage() for record in reports]
+
+
+# -- the SQLite relay lease: renewed at half its TTL, never used after it lapsed ---------------------------
+
+
+class Clock:
+    """A wall clock the test moves by hand (the lease compares ``until`` with it)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Any) -> AsyncIterator[AsyncEngine]:
+    made = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'lease.db'}")
+    yield made
+    await made.dispose()
+
+
+def _lease_writes(engine: AsyncEngine, table: str) -> list[str]:
+    """The INSERT and UPDATE statements sent on ``table`` from now on (each one a write transaction,
+    an fsync on SQLite)."""
+    writes: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        words = statement.split()
+        if words[0].upper() in ("UPDATE", "INSERT") and table in statement:
+            writes.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    return writes
+
+
+def _lease(outbox: Outbox, owner: str, clock: Clock) -> RelayLease:
+    tables = outbox.tables
+    lease = RelayLease(outbox.engine, tables.messages, tables.leases, owner, outbox.lease_ttl)
+    lease.clock = clock
+    return lease
+
+
+async def test_the_sqlite_relay_lease_is_renewed_at_half_its_ttl_not_every_round(sqlite_engine: AsyncEngine) -> None:
+    outbox = await _outbox(sqlite_engine, poll_interval=0.5, lease_ttl=10.0)
+    clock = Clock()
+    lease = _lease(outbox, "a", clock)
+    writes = _lease_writes(sqlite_engine, outbox.tables.leases.name)
+    rounds = 40
+    for _ in range(rounds):  # 20 s of idle rounds, one per poll_interval
+        assert await lease.claim(10) == []
+        assert lease.holds()
+        clock.now += outbox.poll_interval
+    # One take, then one renewal per half TTL (5 s): 4, not one per round (40).
+    assert len(writes) == 1 + int(rounds * outbox.poll_interval / (outbox.lease_ttl / 2)), writes
+
+
+async def test_a_standby_sqlite_relay_takes_over_only_after_the_lease_ran_out(sqlite_engine: AsyncEngine) -> None:
+    outbox = await _outbox(sqlite_engine, poll_interval=0.5, lease_ttl=10.0)
+    clock = Clock()
+    first, second = _lease(outbox, "first", clock), _lease(outbox, "second", clock)
+    async with sqlite_engine.begin() as connection:
+        await outbox.publish(connection, "orders.created", b"1", key="1")
+    assert [row.body for row in await first.claim(10)] == [b"1"]
+    writes = _lease_writes(sqlite_engine, outbox.tables.leases.name)
+    for _ in range(5):  # the standby reads, and writes nothing, while the lease holds
+        assert await second.claim(10) == []
+        clock.now += 1.0
+    assert writes == []
+    clock.now += 5.0  # the first relay stalled: it did not renew, its lease ran out
+    assert not first.holds()
+    assert [row.body for row in await second.claim(10)] == [b"1"]
+    assert await first.claim(10) == []
+    assert not first.holds()
+    await second.give_up()  # a relay that stops hands over at once
+    assert [row.body for row in await first.claim(10)] == [b"1"]
+
+
+class _RecordingBroker:
+    """Takes every publish (the lease tests need no NATS)."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish(self, subject: str, message: Message, *, msg_id: str) -> Any:
+        self.published.append(msg_id)
+        return dataclasses.make_dataclass("Ack", ["stream"])("ORDERS")
+
+    async def duplicate_window(self, subject: str) -> float:
+        return 120.0
+
+
+async def test_a_relay_whose_lease_lapsed_after_its_claim_publishes_nothing(sqlite_engine: AsyncEngine) -> None:
+    outbox = await _outbox(sqlite_engine, poll_interval=0.5, lease_ttl=10.0)
+    async with sqlite_engine.begin() as connection:
+        for n in range(3):
+            await outbox.publish(connection, "orders.created", str(n), key="1")
+    broker = _RecordingBroker()
+    relay = Relay(outbox, broker)  # type: ignore[arg-type]  # only publish and duplicate_window are used
+    clock = Clock()
+    claims = relay.claims
+    assert isinstance(claims, RelayLease)
+    claims.clock = clock
+    claim = claims.claim
+
+    async def claim_then_stall(limit: int) -> list[Row]:
+        rows = await claim(limit)
+        clock.now += outbox.lease_ttl  # the relay stalled between its claim and its publishes
+        return rows
+
+    claims.claim = claim_then_stall  # type: ignore[method-assign]
+    await relay.round()
+    assert broker.published == []
+    assert (await outbox.stats()).backlog == 3  # still waiting, for whoever holds the lease now
+    claims.claim = claim  # type: ignore[method-assign]
+    await relay.round()
+    assert len(broker.published) == 3
