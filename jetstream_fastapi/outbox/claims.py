@@ -19,10 +19,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Row as SqlRow
 from sqlalchemy import Table, or_, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 logger = logging.getLogger("jetstream_fastapi")
@@ -53,6 +55,11 @@ class Claims(Protocol):
         """Up to ``limit`` rows, in id order, that this relay alone publishes now."""
         ...
 
+    def holds(self) -> bool:
+        """Whether the rows of the last claim are still this relay's to publish (their lease has not run
+        out: after it, another relay may publish them)."""
+        ...
+
     async def give_up(self) -> None:
         """Hand everything this relay holds back (it stops)."""
         ...
@@ -63,6 +70,11 @@ class RowLeases:
 
     def __init__(self, engine: AsyncEngine, table: Table, owner: str, ttl: float) -> None:
         self.engine, self.table, self.owner, self.ttl = engine, table, owner, ttl
+        self.until = 0.0
+        """When the rows of the last claim stop being this relay's."""
+
+    def holds(self) -> bool:
+        return time.time() < self.until
 
     async def claim(self, limit: int) -> list[Row]:
         table, now = self.table, time.time()
@@ -82,6 +94,7 @@ class RowLeases:
             await connection.execute(
                 update(table).where(table.c.id.in_(kept)).values(lease_owner=self.owner, lease_until=now + self.ttl)
             )
+            self.until = now + self.ttl
             rows = await connection.execute(select(table).where(table.c.id.in_(kept)).order_by(table.c.id))
             return [Row.of(row) for row in rows]
 
@@ -112,11 +125,27 @@ class RowLeases:
 
 
 class RelayLease:
-    """One relay at a time, by a lease row (see the module docstring)."""
+    """One relay at a time, by a lease row (see the module docstring).
 
-    def __init__(self, engine: AsyncEngine, table: Table, leases: Table, owner: str, ttl: float) -> None:
+    The holder renews the lease only once less than ``renew_within`` seconds of it are left (half the TTL
+    by default): the other rounds read the lease row and the rows, and on SQLite a transaction that only
+    reads takes no write lock and commits without an fsync. A standby reads too, and writes only once the
+    lease ran out (or was given up).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, table: Table, leases: Table, owner: str, ttl: float, renew_within: float = 0.0
+    ) -> None:
         self.engine, self.table, self.leases, self.owner, self.ttl = engine, table, leases, owner, ttl
+        self.renew_within = renew_within or ttl / 2
+        self.clock: Callable[[], float] = time.time
+        self.until = 0.0
+        """When this relay's lease runs out, as it last wrote it (``0.0``: not held)."""
         self.holding = False
+
+    def holds(self) -> bool:
+        """Whether the lease is still this relay's: no other relay takes it before ``until``."""
+        return self.clock() < self.until
 
     async def claim(self, limit: int) -> list[Row]:
         table = self.table
@@ -129,29 +158,50 @@ class RelayLease:
             return [Row.of(row) for row in rows]
 
     async def _hold(self, connection: AsyncConnection) -> bool:
-        """Take or renew the lease; whether this relay holds it now."""
-        leases, now = self.leases, time.time()
-        mine_or_lapsed = or_(leases.c.owner == self.owner, leases.c.until < now)
-        renewed = await connection.execute(
-            update(leases)
-            .where(leases.c.name == self.table.name, mine_or_lapsed)
-            .values(owner=self.owner, until=now + self.ttl)
-        )
-        holding = renewed.rowcount == 1
+        """Take or renew the lease when needed; whether this relay holds it now."""
+        leases, now = self.leases, self.clock()
+        found = await connection.execute(select(leases.c.owner, leases.c.until).where(leases.c.name == self.table.name))
+        current = found.first()
+        mine = current is not None and current.owner == self.owner
+        if mine and self.until - now > self.renew_within:
+            holding = True  # long enough left: this round only reads
+        elif current is None or mine or current.until < now:
+            holding = await self._take(connection, now, exists=current is not None)
+        else:
+            holding = False
         if not holding:
-            exists = await connection.execute(select(leases.c.name).where(leases.c.name == self.table.name))
-            if exists.first() is None:
-                await connection.execute(
-                    leases.insert().values(name=self.table.name, owner=self.owner, until=now + self.ttl)
-                )
-                holding = True
+            self.until = 0.0
         if holding != self.holding:
             self.holding = holding
             logger.info("outbox %s: this relay %s", self.table.name, "publishes now" if holding else "stands by")
         return holding
 
+    async def _take(self, connection: AsyncConnection, now: float, *, exists: bool) -> bool:
+        """Write the lease row as this relay's until ``now + ttl``; whether it is."""
+        leases, until = self.leases, now + self.ttl
+        if exists:
+            # The condition again, in the write: a relay that took the lapsed lease since the read keeps it.
+            mine_or_lapsed = or_(leases.c.owner == self.owner, leases.c.until < now)
+            statement: Any = (
+                update(leases)
+                .where(leases.c.name == self.table.name, mine_or_lapsed)
+                .values(owner=self.owner, until=until)
+            )
+        else:  # another relay inserting it first holds it
+            statement = (
+                sqlite_insert(leases)
+                .values(name=self.table.name, owner=self.owner, until=until)
+                .on_conflict_do_nothing()
+            )
+        written = await connection.execute(statement)
+        if written.rowcount != 1:
+            return False
+        self.until = until
+        return True
+
     async def give_up(self) -> None:
         leases = self.leases
+        self.until = 0.0  # before the write: nothing is published from here on, even if it fails
         async with self.engine.begin() as connection:
             await connection.execute(update(leases).where(leases.c.owner == self.owner).values(until=0.0))
         self.holding = False

@@ -93,6 +93,8 @@ class Fate(enum.Enum):
     FAILED = "failed"
     RETRY = "retry"
     STALLED = "stalled"
+    LAPSED = "lapsed"
+    """Not published: the relay's lease ran out since the claim; the row is whoever holds it now's."""
 
 
 @dataclass
@@ -117,7 +119,15 @@ class Relay:
         self.owner = uuid.uuid4().hex[:16]
         tables = outbox.tables
         self.claims: Claims = (
-            RelayLease(outbox.engine, tables.messages, tables.leases, self.owner, outbox.lease_ttl)
+            # Renewed once less than half the TTL is left, or two polls (a round is due at least every poll).
+            RelayLease(
+                outbox.engine,
+                tables.messages,
+                tables.leases,
+                self.owner,
+                outbox.lease_ttl,
+                renew_within=max(outbox.lease_ttl / 2, 2 * outbox.poll_interval),
+            )
             if outbox.dialect == "sqlite"
             else RowLeases(outbox.engine, tables.messages, self.owner, outbox.lease_ttl)
         )
@@ -234,6 +244,8 @@ class Relay:
                 if fate is Fate.FAILED:
                     result.failed[row.id] = reason
                     continue
+                if fate is Fate.LAPSED:  # not ours any more: left as they are, for the lease's holder
+                    return
                 # Retried or stalled: the key's later rows wait for it, in order.
                 (result.retried if fate is Fate.RETRY else result.given_back).append(row.id)
                 result.given_back.extend(later.id for later in chained[index + 1 :])
@@ -245,6 +257,9 @@ class Relay:
         return result
 
     async def _publish_one(self, row: Row) -> tuple[Fate, str]:
+        if not self.claims.holds():
+            # The lease ran out (a stalled round): another relay may be publishing these rows by now.
+            return Fate.LAPSED, ""
         message = Message(body=row.body, headers=dict(row.headers), subject=row.subject)
         try:
             ack = await self.broker.publish(row.subject, message, msg_id=row.msg_id)
