@@ -7,7 +7,11 @@
   rows of one key are never published by two relays at once, nor out of order.
 * :class:`RelayLease` (SQLite): one writer at a time anyway; a single relay holds a lease row and publishes
   every row in id order (the commit order on SQLite); the other instances stand by and take over when the
-  lease runs out (a relay that died).
+  lease runs out (a relay that died). The holder writes the lease row only when it is running low, so its
+  rounds only read (no write lock, no fsync on SQLite).
+
+A relay publishes a claimed row only while its lease holds (:meth:`Claims.holds`, against the ``until`` it
+wrote): after that, the row is the new holder's.
 
 A relay that stops (or stalls) for longer than its lease loses it; another may then publish the same rows:
 the stream stores the second publish once (same msg id, within its duplicate window).

@@ -107,7 +107,7 @@ class Outbox:
         if poll_interval * 2 > lease_ttl:
             raise InvalidArgumentError(
                 f"lease_ttl ({lease_ttl:g}s) must be at least twice poll_interval ({poll_interval:g}s): "
-                "the relay renews its lease once per round"
+                "a relay round, which may renew the lease, is due at least once per poll_interval"
             )
         if not name.isidentifier():
             raise InvalidArgumentError(f"name must be a plain identifier (a table name), got {name!r}")

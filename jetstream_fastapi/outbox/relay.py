@@ -1,11 +1,12 @@
 """The relay: publishes committed outbox rows through the broker, then deletes them.
 
-One round: claim rows (:mod:`.claims`), publish them pipelined (up to ``concurrency`` publishes in flight,
-at most one per key: a key's next row is sent once the PubAck of the one before it came, so each key
-keeps its id order; each publish carries the row's msg id), then, in one short transaction, delete what
-was stored or dead-lettered (one statement) and give the rest back. A crash anywhere in a round
-leaves rows that are published again later with the same msg id: the stream stores them once if its
-duplicate window covers :attr:`~jetstream_fastapi.outbox.Outbox.retry_horizon` (checked, with a warning).
+One round: claim rows (:mod:`.claims`), publish them pipelined (up to ``concurrency`` publishes in flight, at
+most one per key: a key's next row is sent once the PubAck of the one before it came, so each key keeps its id
+order; each publish carries the row's msg id, and none starts once the claim's lease ran out), then, in one
+short transaction, delete what was stored or dead-lettered (one statement) and give the rest back. A crash
+anywhere in a round leaves rows that are published again later with the same msg id: the stream stores them
+once if its duplicate window covers :attr:`~jetstream_fastapi.outbox.Outbox.retry_horizon` (checked, with a
+warning).
 
 What a failed publish leads to:
 
