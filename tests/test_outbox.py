@@ -487,3 +487,34 @@ async def test_a_relay_whose_lease_lapsed_after_its_claim_publishes_nothing(sqli
     claims.claim = claim  # type: ignore[method-assign]
     await relay.round()
     assert len(broker.published) == 3
+
+
+async def test_two_sqlite_relays_one_publishes_the_other_takes_over_when_it_stops(
+    make_broker: BrokerFactory, sqlite_engine: AsyncEngine, prefix: str
+) -> None:
+    broker = await make_broker()
+    async with relaying(broker, sqlite_engine, prefix) as r:
+        first = r.outbox.relay
+        assert first is not None
+
+        async def holding() -> None:
+            assert first.claims.holds()
+
+        await eventually(holding)  # the relay's own state: polled
+        standby = Outbox(sqlite_engine, poll_interval=0.5, lease_ttl=2.0)
+        await standby.start(broker)
+        second = standby.relay
+        assert second is not None
+        try:
+            for batch in range(2):
+                async with r.sessions() as session, session.begin():
+                    for n in range(5):
+                        await r.outbox.publish(session, f"{prefix}.created", f"{batch}.{n}", key="a")
+                expected = 5 * (batch + 1)
+                await r.received.until(lambda n=expected: len(r.received.messages) == n, "the key's events")
+                await _until_empty(r.outbox)
+                await r.outbox.stop()  # the first relay hands the lease over; the standby publishes the second
+            assert r.received.bodies() == [f"{batch}.{n}" for batch in range(2) for n in range(5)]
+            assert (first.published, second.published) == (5, 5)
+        finally:
+            await standby.stop()
