@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import pytest
 
-from jetstream_fastapi import Message
-from jetstream_fastapi.core.handling import Action, ConsumerSettings, run_handler
+from jetstream_fastapi import Handler, Message
+from jetstream_fastapi.core.handling import Action, ConsumerSettings, Verdict, run_handler
+from jetstream_fastapi.core.processing import DeadLetterOutcome, Processor
 from tests.conftest import BrokerFactory
 
 COUNT = 400
@@ -69,7 +71,25 @@ async def test_a_handler_raising_cancelled_error_on_every_attempt_is_dead_letter
     await broker.disconnect()
 
 
-async def test_cancelling_the_handler_task_still_cancels_it() -> None:
+def _run(way: str, handler: Handler) -> Awaitable[Verdict]:
+    """One message through ``run_handler``, or through the processor, which awaits the handler itself when
+    there is no ``handler_timeout`` (and goes through ``run_handler`` when there is one)."""
+    message = Message(body=b"x")
+    if way == "run_handler":
+        return run_handler(handler, message, ConsumerSettings())
+
+    async def store(message: Message, verdict: Verdict) -> DeadLetterOutcome:
+        return "stored"
+
+    timeout = 60.0 if way == "processor with handler_timeout" else None
+    return Processor(handler, ConsumerSettings(handler_timeout=timeout), store, lambda: None)(message)
+
+
+WAYS = ["run_handler", "processor", "processor with handler_timeout"]
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_cancelling_the_handler_task_still_cancels_it(way: str) -> None:
     # A shutdown timeout cancels the task running the handler: that must not become a failed attempt.
     started = asyncio.Event()
 
@@ -77,17 +97,18 @@ async def test_cancelling_the_handler_task_still_cancels_it() -> None:
         started.set()
         await asyncio.Event().wait()
 
-    task = asyncio.ensure_future(run_handler(handler, Message(body=b"x"), ConsumerSettings()))
+    task = asyncio.ensure_future(_run(way, handler))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-async def test_a_handler_raising_cancelled_error_is_a_failed_attempt() -> None:
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_handler_raising_cancelled_error_is_a_failed_attempt(way: str) -> None:
     async def handler(message: Message) -> None:
         raise asyncio.CancelledError()
 
-    verdict = await run_handler(handler, Message(body=b"x"), ConsumerSettings())
+    verdict = await _run(way, handler)
     assert verdict.action is Action.NAK
     assert isinstance(verdict.error, asyncio.CancelledError)

@@ -136,19 +136,32 @@ async def run_handler(handler: Handler, message: Message, settings: ConsumerSett
             result = await handler(message)
         else:
             result = await _with_timeout(handler, message, settings.handler_timeout)
-    except Ack as ack:
-        logger.debug("message on %s acked without handling: %s", message.subject, ack.reason)
-        return ACKED
-    except Retry as retry:
-        return _failed(message, settings, retry, retry.after)
-    except Reject as reject:
-        _log(logging.WARNING, "rejected as poison", message, reject)
-        return Verdict(Action.TERM, error=reject)
     except BaseException as error:
-        if not is_handler_failure(error):
+        verdict = verdict_for(message, settings, error)
+        if verdict is None:
             raise
-        return _failed(message, settings, error, None)
+        return verdict
     return ACKED if result is None else Verdict(Action.ACK, result=result)
+
+
+def verdict_for(message: Message, settings: ConsumerSettings, error: BaseException) -> Verdict | None:
+    """The verdict on a handler that raised ``error``: :class:`Ack` → ack, :class:`Retry` → nak after its
+    delay, :class:`Reject` → terminate, anything else a failed attempt (see :func:`run_handler`); ``None``
+    when ``error`` is not the handler's to decide (:func:`is_handler_failure`), for the caller to re-raise.
+
+    A plain function, so that a caller awaiting the handler itself (the processor's hot path) shares these
+    rules without a second coroutine around the handler's."""
+    if isinstance(error, Ack):
+        logger.debug("message on %s acked without handling: %s", message.subject, error.reason)
+        return ACKED
+    if isinstance(error, Retry):
+        return _failed(message, settings, error, error.after)
+    if isinstance(error, Reject):
+        _log(logging.WARNING, "rejected as poison", message, error)
+        return Verdict(Action.TERM, error=error)
+    if not is_handler_failure(error):
+        return None
+    return _failed(message, settings, error, None)
 
 
 def is_handler_failure(error: BaseException) -> bool:

@@ -1,8 +1,8 @@
 """What happens to each delivered message, the same for every backend: run the handler, decide its fate,
 and never lose it on the way to the dead letters.
 
-A message's fate comes from :func:`~jetstream_fastapi.core.handling.run_handler` (ack, nak after a delay,
-terminate). A terminated message is stored in the dead-letter stream first; if that fails, a nak would not
+A message's fate comes from the rules of :func:`~jetstream_fastapi.core.handling.run_handler` (ack, nak after
+a delay, terminate). A terminated message is stored in the dead-letter stream first; if that fails, a nak would not
 help on the last attempt (a server does not redeliver past ``max_deliver``), so the message is *held*:
 still processing for the backend (which keeps it "in progress" on the server), its dead letter retried
 with the consumer's backoff until it is stored. A subscription that stops meanwhile gives it back (nak),
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 from ..driver import REPLAY_CONSUMER, Handler, Message
 from ..errors import DeliveryLimitError
 from ..observability.logs import message_extra
-from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler
+from .handling import ACKED, Action, ConsumerSettings, Verdict, run_handler, verdict_for
 from .requests import REPLY_TO, Replier
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Processor:
         self._handler = handler
         self._replier = replier  # answers requests; None: replies are not sent
         self._settings = settings
+        self._timeout = settings.handler_timeout  # None: the handler is awaited here, without run_handler
         self.settings = settings
         """The subscription's resolved consumer settings (``max_deliver`` as the handler sees it)."""
         self._store_dead_letter = store_dead_letter if settings.dead_letter else None
@@ -87,9 +88,11 @@ class Processor:
         """The last message held because its dead letter could not be stored (for health probes)."""
 
     async def __call__(self, message: Message) -> Verdict:
-        # The hot path: one coroutine around the handler's (run_handler's), and the usual outcome, the
-        # shared ACKED verdict, recognised by identity before anything else is looked at. A replay is meant
-        # for one consumer: the others settle it unhandled (one dict lookup for every other message).
+        # The hot path: without a handler_timeout the handler is awaited right here, its errors decided by
+        # verdict_for (run_handler's rules, as a plain function: no second coroutine around the handler's),
+        # and the usual outcome, the shared ACKED verdict, is recognised by identity before anything else
+        # is looked at. A replay is meant for one consumer: the others settle it unhandled (one dict lookup
+        # for every other message).
         target = message.headers.get(REPLAY_CONSUMER)
         if target is not None and message.delivery is not None and target != message.delivery.consumer:
             return self._not_ours(message, target)
@@ -100,6 +103,15 @@ class Processor:
             limit = self._limit
             if limit is not None and message.attempt > limit:
                 verdict = self._past_limit(message, limit)
+            elif self._timeout is None:
+                try:
+                    result = await self._handler(message)
+                except BaseException as error:  # CancelledError too: a failed attempt unless this task's
+                    verdict = verdict_for(message, self._settings, error)
+                    if verdict is None:
+                        raise  # this task is being cancelled, or the process stopped
+                else:
+                    verdict = ACKED if result is None else Verdict(Action.ACK, result=result)
             else:
                 verdict = await run_handler(self._handler, message, self._settings)
             if verdict is not ACKED:

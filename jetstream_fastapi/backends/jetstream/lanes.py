@@ -7,7 +7,8 @@ on their way: a burst for slow handlers fans out to every lane in a few event-lo
 fast handlers (which finish without suspending) the first lane runs the whole burst and the two it woke
 find nothing (three wake-ups per burst instead of one per message).
 
-:meth:`Lanes.offer` saves the hop to a lane for a caller that is itself a task handing over items one by
+:meth:`Lanes.offer` (or its parts, :meth:`Lanes.takes_inline`, :meth:`Lanes.watch_turns` and :meth:`Lanes.returned`)
+saves the hop to a lane for a caller that is itself a task handing over items one by
 one (nats-py's subscription task, on its public API). A parked lane runs only on the next event-loop
 turn, and with fast handlers a consumer's pull cycle is a few turns long (server → reader → subscription
 task → lane → flusher → server): one turn fewer gave ~20% more messages per second at the same CPU
@@ -65,26 +66,36 @@ class Lanes(Generic[T]):
     async def offer(self, item: T) -> None:
         """Run ``item`` on the caller's task when handlers have not been suspending (see the module
         docstring) and no item is waiting; otherwise :meth:`push` it."""
-        if self._streak < INLINE_AFTER or not self._may_inline or self.ready or not self._open:
+        if not self.takes_inline():
             self.push(item)
             return
-        # _watch_turns() inlined: calling it cost ~350 of offer()'s ~3,400 CPU instructions (valgrind) a message.
-        if not self._counting:
-            self._counting = True
-            asyncio.get_running_loop().call_soon(self._count_turn)
-        turns = self._turns
+        turns = self.watch_turns()
         await self._handle(item)
-        if self._turns != turns:
-            self._may_inline = False
-            self._streak = 0
+        self.returned(turns)
 
-    def _watch_turns(self) -> int:
+    def takes_inline(self) -> bool:
+        """Whether the next item may run on the caller's task (as :meth:`offer` runs it): handlers have not
+        been suspending, and no item is waiting (an inline one would jump the queue).
+
+        :meth:`offer` in parts, for a caller on the hot path that awaits its own handler instead of a
+        coroutine around it: ``takes_inline()``, then ``turns = watch_turns()``, the handler, and
+        ``returned(turns)``."""
+        return self._streak >= INLINE_AFTER and self._may_inline and not self.ready and self._open
+
+    def watch_turns(self) -> int:
+        """The event-loop turns counted so far, for :meth:`returned` after a handler."""
         # _count_turn runs on the loop's next turn; a handler that suspends resumes on that turn at the
         # earliest, and after it (callbacks run in order): the count moves only if the handler suspended.
         if not self._counting:
             self._counting = True
             asyncio.get_running_loop().call_soon(self._count_turn)
         return self._turns
+
+    def returned(self, turns: int) -> None:
+        """An inline handler returned: if it suspended (the turns moved), items go to lanes from now on."""
+        if self._turns != turns:
+            self._may_inline = False
+            self._streak = 0
 
     def _count_turn(self) -> None:
         self._counting = False
@@ -129,7 +140,7 @@ class Lanes(Generic[T]):
                     woken = False
                     if len(ready) > self._waking and self._wake() and len(ready) > self._waking:
                         self._wake()
-                turns = self._watch_turns()
+                turns = self.watch_turns()
                 await self._handle(item)
                 self._streak = self._streak + 1 if self._turns == turns else 0
             else:

@@ -101,9 +101,3 @@ async def scheduled(message: Outgoing, registry: StreamRegistry, max_payload: in
     if size > max_payload:
         raise PayloadTooLargeError(message.subject, size, max_payload)
     return Outgoing(subject, message.body, headers, None)
-
-
-def is_schedule(headers: dict[str, str] | None) -> bool:
-    """Whether a delivered message is a schedule (kept on a subject a wildcard consumer also sees), not a
-    message for the handler: the server delivers its target's copy at its time."""
-    return headers is not None and SCHEDULE_HEADER in headers
